@@ -1,0 +1,35 @@
+"""sql2tfrecord: PostgreSQL table -> tf.Transform -> sharded TFRecords, with Apache Beam.
+
+The same file serves `pip install -e .` locally and Beam's `--setup_file` for remote
+workers (Dataflow, Flink): the workers install the three packages and the pinned stack.
+"""
+
+import setuptools
+
+REQUIRED = [
+    # These resolve together on Python 3.10-3.12 (checked on 3.11).
+    "apache-beam[gcp]>=2.77,<2.78",
+    "tensorflow>=2.21,<2.22",
+    "tensorflow-transform>=1.21,<1.22",
+    "tfx-bsl>=1.21,<1.22",
+    "pyarrow>=14",
+    "psycopg2-binary>=2.9,<3",
+    "numpy",
+    "pyyaml>=6",
+]
+
+EXTRAS = {
+    # An embedded, throwaway PostgreSQL for run_local.sh and the tests.
+    "local": ["pgserver==0.1.4", "psutil"],
+    "test": ["pytest>=8", "hypothesis>=6", "pgserver==0.1.4", "psutil"],
+}
+
+setuptools.setup(
+    name="sql2tfrecord",
+    version="0.1.0",
+    description="PostgreSQL to TFRecords with tf.Transform, on Apache Beam",
+    python_requires=">=3.10,<3.13",
+    packages=["pipeline", "transforms", "trainer", "localdev"],
+    install_requires=REQUIRED,
+    extras_require=EXTRAS,
+)
