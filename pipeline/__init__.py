@@ -1,0 +1,1 @@
+"""Beam side of sql2tfrecord: options, partitioned PostgreSQL read, split, write, the job."""

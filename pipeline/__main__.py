@@ -1,0 +1,103 @@
+"""`python -m pipeline`: the command line (see README and DESIGN.md for the flags).
+
+Exit codes: 0 success, 2 bad flags, 1 any other failure. A user-facing failure is
+one line on stderr (`sql2tfrecord: error: …`); tracebacks only with --verbose.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+_LOGGER = logging.getLogger("pipeline")
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _user_error(err: BaseException) -> str | None:
+    """The message of an expected (user-facing) failure, else None."""
+    from pipeline.connection import DatabaseError
+    from pipeline.output import OutputExistsError
+    from pipeline.postgres_io import PartitionReadError
+    from transforms.features import ConfigError
+    from transforms.types import UnsupportedTypeError
+
+    expected = (
+        DatabaseError,
+        OutputExistsError,
+        ConfigError,
+        UnsupportedTypeError,
+        PartitionReadError,
+    )
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, expected):
+            return _one_line(err)
+        # Beam wraps worker exceptions; look for ours in the chain and the message.
+        for cls in (PartitionReadError, DatabaseError):
+            marker = f"{cls.__name__}: "
+            text = str(err)
+            if marker in text:
+                return text.split(marker, 1)[1].strip().splitlines()[0]
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the job; returns the process exit code."""
+    from pipeline.options import UsageError, parse_args
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    verbose = "--verbose" in argv
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        for noisy in ("apache_beam", "tensorflow", "absl", "tensorflow_transform"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        config, beam_args = parse_args(argv)
+    except UsageError as err:
+        print(f"sql2tfrecord: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        from apache_beam.options.pipeline_options import (
+            GoogleCloudOptions,
+            PipelineOptions,
+        )
+
+        from pipeline.job import prepare_job, run_job
+
+        beam_options = PipelineOptions(beam_args, save_main_session=False)
+        temp_location = beam_options.view_as(GoogleCloudOptions).temp_location
+        job = prepare_job(config, temp_location)
+        manifest = run_job(job, beam_options)
+    except KeyboardInterrupt:
+        print("sql2tfrecord: interrupted; the output has no manifest", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place errors become exit codes
+        message = _user_error(err)
+        if verbose or message is None:
+            _LOGGER.exception("sql2tfrecord failed")
+        print(f"sql2tfrecord: error: {message or _one_line(err)}", file=sys.stderr)
+        return 1
+    rows = {name: split["rows"] for name, split in manifest["splits"].items()}
+    print(
+        f"sql2tfrecord: wrote {config.output_dir}: rows {rows}, "
+        f"{manifest['elapsed_seconds']:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""What the launcher asks the PostgreSQL catalog: tables, columns, keys, sizes.
+
+Column types always come from the catalog (`pg_type` via the result description),
+never from the values. NOT NULL is known for table columns only; a `--query`'s
+columns are treated as nullable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from psycopg2 import sql
+
+from pipeline.connection import DatabaseError
+from transforms.types import Column
+
+__all__ = ["TableRef", "resolve_table", "describe", "primary_key", "table_size"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TableRef:
+    """A resolved table: schema and name exactly as stored in the catalog."""
+
+    schema: str
+    name: str
+
+    @property
+    def identifier(self) -> sql.Composable:
+        """The quoted, schema-qualified identifier."""
+        return sql.Identifier(self.schema, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def resolve_table(conn, table: str) -> TableRef:
+    """Finds `--table` in the catalog.
+
+    The name is tried first verbatim (mixed case, spaces, dots and quotes need no
+    quoting), then as an SQL-syntax name such as `schema.table` or `"My Table"`.
+    Nothing the user typed is ever spliced into SQL text.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = %s AND c.relkind IN ('r','p','v','m','f') "
+            "AND pg_table_is_visible(c.oid)",
+            (table,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            cur.execute("SAVEPOINT resolve")
+            try:
+                cur.execute(
+                    "SELECT n.nspname, c.relname FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE c.oid = to_regclass(%s)",
+                    (table,),
+                )
+                row = cur.fetchone()
+            except Exception:  # noqa: BLE001 - invalid name syntax means "not found"
+                cur.execute("ROLLBACK TO SAVEPOINT resolve")
+                row = None
+    if row is None:
+        raise DatabaseError(f"--table: table {table!r} does not exist (or is not visible)")
+    return TableRef(schema=row[0], name=row[1])
+
+
+_TYPE_QUERY = """
+SELECT t.oid,
+       CASE WHEN b.typtype = 'e' THEN 'enum' ELSE b.typname END,
+       format_type(t.oid, NULL),
+       e.oid IS NOT NULL,
+       CASE WHEN e.typtype = 'e' THEN 'enum' ELSE eb.typname END
+FROM pg_type t
+JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+LEFT JOIN pg_type e ON e.oid = b.typelem AND b.typcategory = 'A'
+LEFT JOIN pg_type eb ON eb.oid = CASE WHEN e.typtype = 'd' THEN e.typbasetype
+                                     ELSE e.oid END
+WHERE t.oid = ANY(%s)
+"""
+
+
+def describe(conn, source: sql.Composable, table: TableRef | None) -> list[Column]:
+    """Describes the columns of `SELECT * FROM (source)` using catalog types.
+
+    Args:
+        conn: an open connection.
+        source: a relation or a parenthesised query, as SQL.
+        table: when the source is a table, used to read NOT NULL constraints.
+    """
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT * FROM {} AS q LIMIT 0").format(source))
+        described = [(d.name, d.type_code) for d in cur.description]
+        cur.execute(_TYPE_QUERY, (list({oid for _, oid in described}),))
+        types = {row[0]: row[1:] for row in cur.fetchall()}
+        not_null: set[str] = set()
+        if table is not None:
+            cur.execute(
+                "SELECT a.attname FROM pg_attribute a "
+                "WHERE a.attrelid = %s::regclass AND a.attnotnull AND a.attnum > 0 "
+                "AND NOT a.attisdropped",
+                (sql.Identifier(table.schema, table.name).as_string(conn),),
+            )
+            not_null = {row[0] for row in cur.fetchall()}
+    columns = []
+    for name, oid in described:
+        base, display, is_array, element = types[oid]
+        columns.append(
+            Column(
+                name=name,
+                pg_type=element if is_array else base,
+                display_type=display,
+                is_array=bool(is_array),
+                not_null=name in not_null,
+            )
+        )
+    return columns
+
+
+def primary_key(conn, table: TableRef) -> list[str]:
+    """The primary key columns of a table, in key order (empty when none)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT a.attname FROM pg_index i "
+            "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON TRUE "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.ord",
+            (sql.Identifier(table.schema, table.name).as_string(conn),),
+        )
+        return [row[0] for row in cur.fetchall()]
+
+
+def table_size(conn, table: TableRef) -> tuple[int, int]:
+    """Returns (row estimate, current number of heap blocks) of a table.
+
+    The row estimate comes from `pg_class.reltuples` scaled to the current size
+    (as the planner does); -1 rows when the table was never analysed or vacuumed.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT c.reltuples, c.relpages, "
+            "pg_relation_size(c.oid) / current_setting('block_size')::int8 "
+            "FROM pg_class c WHERE c.oid = %s::regclass",
+            (sql.Identifier(table.schema, table.name).as_string(conn),),
+        )
+        reltuples, relpages, pages = cur.fetchone()
+    if reltuples < 0 or relpages <= 0:
+        return -1, int(pages)
+    return int(reltuples / relpages * pages), int(pages)

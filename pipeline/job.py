@@ -1,0 +1,269 @@
+"""The job: plan in the launcher, build the Beam graph, run it, publish the manifest.
+
+`prepare_job` does everything that can fail before the pipeline runs (flags, database,
+catalog, feature config, output directory); `build_pipeline(p, job)` only wires
+transforms from that plain, picklable plan; `run_job` runs it while holding the
+exported snapshot and writes `manifest.json` last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import output
+from pipeline.assign import AssignSplit
+from pipeline.connection import Dsn
+from pipeline.options import JobConfig
+from pipeline.postgres_io import ReadFromPostgres
+from pipeline.source import ExportedSnapshot, ReadPlan, SourceSpec, plan_read
+from pipeline.write import SHARD_SUFFIX, WriteExamples
+from transforms.features import ConfigError, FeatureConfig, infer_features, load_config
+
+__all__ = ["Job", "prepare_job", "build_pipeline", "run_job"]
+
+_LOGGER = logging.getLogger(__name__)
+
+DESIRED_BATCH_SIZE = None  # let tf.Transform size its batches adaptively
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """Everything decided before the pipeline runs."""
+
+    config: JobConfig
+    source: SourceSpec
+    plan: ReadPlan
+    features: FeatureConfig | None
+    split_key: str
+    temp_dir: str
+
+    @property
+    def label(self) -> str:
+        """The (transformed) label key."""
+        return self.config.label
+
+
+def _split_key(config: JobConfig, plan: ReadPlan, source: SourceSpec) -> str:
+    if config.split_key:
+        return config.split_key
+    if plan.table is not None:
+        from pipeline import catalog
+        from pipeline.connection import connect
+
+        conn = connect(source.dsn)
+        try:
+            key = catalog.primary_key(conn, plan.table)
+        finally:
+            conn.close()
+        if len(key) == 1:
+            return key[0]
+        if len(key) > 1:
+            raise ConfigError(
+                f"--split_key: table {plan.table} has a composite primary key "
+                f"({', '.join(key)}); name one column to hash"
+            )
+        raise ConfigError(f"--split_key: table {plan.table} has no primary key; name one")
+    raise ConfigError("--split_key is required with --query")
+
+
+def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
+    """Plans the read and the features; raises one-line errors before anything runs."""
+    source = SourceSpec(
+        dsn=Dsn(config.db_url, statement_timeout_ms=config.statement_timeout_ms),
+        table=config.table,
+        query=config.query,
+    )
+    plan = plan_read(
+        source,
+        None,
+        num_partitions=config.num_partitions,
+        partition_column=config.partition_column,
+    )
+    split_key = _split_key(config, plan, source)
+    all_columns = plan.columns
+    names = {c.name for c in all_columns}
+    for flag, name in (("--split_key", split_key), ("--label", config.label)):
+        if name not in names:
+            raise ConfigError(f"{flag}: column {name!r} not found; have {sorted(names)}")
+    if config.preprocessing_module:
+        features = None
+        needed = [c.name for c in all_columns]
+    else:
+        if config.features:
+            features = load_config(config.features, all_columns, config.label)
+        else:
+            exclude = [split_key] + _primary_key_columns(plan, source)
+            features = infer_features(all_columns, config.label, exclude=exclude)
+        needed = list(dict.fromkeys([*features.columns, split_key]))
+    plan = dataclasses.replace(
+        plan, columns=tuple(c for c in all_columns if c.name in set(needed))
+    )
+    output.prepare_output_dir(config.output_dir, config.overwrite)
+    temp_dir = temp_location or output.join(config.output_dir, ".tmp")
+    return Job(config, source, plan, features, split_key, temp_dir)
+
+
+def _primary_key_columns(plan: ReadPlan, source: SourceSpec) -> list[str]:
+    if plan.table is None:
+        return []
+    from pipeline import catalog
+    from pipeline.connection import connect
+
+    conn = connect(source.dsn)
+    try:
+        return catalog.primary_key(conn, plan.table)
+    finally:
+        conn.close()
+
+
+def _preprocessing_fn(job: Job) -> Callable:
+    if job.features is None:
+        from transforms.user_module import load_preprocessing_fn
+
+        return load_preprocessing_fn(job.config.preprocessing_module)
+    from transforms.preprocessing import build_preprocessing_fn
+
+    return build_preprocessing_fn(job.features, job.plan.columns)
+
+
+def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
+    """Wires read -> split -> analyze (train) -> transform (all splits) -> write."""
+    import tensorflow_transform.beam as tft_beam
+
+    from transforms.schema import tensor_adapter_config
+
+    config = job.config
+    adapter_config = tensor_adapter_config(job.plan.columns)
+    raw = p | "Read" >> ReadFromPostgres(job.source, job.plan, snapshot_id)
+    splits = raw | "AssignSplit" >> AssignSplit(
+        job.plan.columns, config.label, job.split_key, config.splits
+    )
+    with tft_beam.Context(
+        temp_dir=job.temp_dir, desired_batch_size=DESIRED_BATCH_SIZE
+    ):
+        transform_fn = (splits["train"], adapter_config) | "Analyze" >> (
+            tft_beam.AnalyzeDataset(_preprocessing_fn(job))
+        )
+        for name in config.splits.names:
+            step = name[:1].upper() + name[1:]
+            transformed, _ = ((splits[name], adapter_config), transform_fn) | (
+                f"Transform{step}"
+                >> tft_beam.TransformDataset(output_record_batches=True)
+            )
+            transformed | f"Write{step}" >> WriteExamples(
+                config.output_dir, name, config.num_shards
+            )
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
+            config.output_dir
+        )
+
+
+def _counter(result, name: str) -> int:
+    from apache_beam.metrics.metric import MetricsFilter
+
+    counters = result.metrics().query(
+        MetricsFilter().with_namespace("sql2tfrecord").with_name(name)
+    )["counters"]
+    return int(sum(c.committed or 0 for c in counters))
+
+
+def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
+    """Runs the pipeline and publishes the manifest; returns the manifest."""
+    import tensorflow_transform as tft
+    from tensorflow_transform.tf_metadata import metadata_io
+
+    from transforms.schema import raw_metadata
+
+    config = job.config
+    started = time.time()
+    metadata_io.write_metadata(
+        raw_metadata(job.plan.columns), output.join(config.output_dir, "metadata")
+    )
+    snapshot = ExportedSnapshot(job.source.dsn) if config.snapshot else None
+    if snapshot is not None:
+        snapshot.__enter__()
+    try:
+        p = beam.Pipeline(options=beam_options)
+        build_pipeline(p, job, snapshot.snapshot_id if snapshot else None)
+        result = p.run()
+        result.wait_until_finish()
+    finally:
+        if snapshot is not None:
+            snapshot.__exit__(None, None, None)
+    elapsed = time.time() - started
+
+    tft_output = tft.TFTransformOutput(config.output_dir)
+    vocabularies = {}
+    if job.features is not None:
+        for feature in job.features.features:
+            if feature.transform == "vocabulary":
+                vocabularies[feature.name] = {
+                    "size": tft_output.vocabulary_size_by_name(feature.vocab_filename),
+                    "num_oov_buckets": feature.num_oov_buckets,
+                }
+    splits = {}
+    for name, weight in config.splits.splits:
+        pattern = output.join(config.output_dir, name, f"part-*{SHARD_SUFFIX}")
+        from apache_beam.io.filesystems import FileSystems
+
+        files = sorted(
+            m.path for m in FileSystems.match([pattern])[0].metadata_list
+        )
+        splits[name] = {
+            "weight": weight,
+            "rows": _counter(result, f"examples_{name}"),
+            "files": [f.rsplit("/", 1)[-1] for f in files],
+        }
+    rows_read = _counter(result, "rows_read")
+    manifest = {
+        "format": "sql2tfrecord/1",
+        "source": {
+            "db": job.source.dsn.masked,
+            "table": config.table,
+            "query": config.query,
+            "columns": [
+                {"name": c.name, "type": c.display_type, "not_null": c.not_null}
+                for c in job.plan.columns
+            ],
+        },
+        "read_plan": {
+            "description": job.plan.description,
+            "partitions": [p.label for p in job.plan.partitions],
+            "snapshot": bool(snapshot),
+            "row_estimate": job.plan.row_estimate,
+        },
+        "label": config.label,
+        "split_key": job.split_key,
+        "splits": splits,
+        "rows_read": rows_read,
+        "rows_dropped_null_label": _counter(result, "rows_dropped_null_label"),
+        "features": job.features.to_json() if job.features else None,
+        "preprocessing_module": config.preprocessing_module,
+        "transformed_features": sorted(tft_output.transformed_feature_spec()),
+        "vocabularies": vocabularies,
+        "compression": "GZIP",
+        "elapsed_seconds": round(elapsed, 3),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _cleanup_temp(job)
+    output.write_manifest(config.output_dir, manifest)
+    _LOGGER.info(
+        "Wrote %s: %s rows in %.1f s", config.output_dir,
+        {k: v["rows"] for k, v in splits.items()}, elapsed,
+    )
+    return manifest
+
+
+def _cleanup_temp(job: Job) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    default_temp = output.join(job.config.output_dir, ".tmp")
+    if job.temp_dir == default_temp and FileSystems.exists(default_temp):
+        FileSystems.delete([default_temp])

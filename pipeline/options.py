@@ -1,0 +1,166 @@
+"""Command-line flags -> a frozen, validated JobConfig, plus the Beam flags.
+
+`parse_args` is the only place flags are read. Every problem with our flags is
+reported at once in one `UsageError`; anything that is neither our flag nor a known
+Beam flag (a misspelling) is an error, never silently ignored. Abbreviations are not
+accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.split import SplitSpec, parse_splits
+
+__all__ = ["JobConfig", "UsageError", "parse_args"]
+
+DEFAULT_SPLITS = "train=80,eval=20"
+
+
+class UsageError(ValueError):
+    """Invalid flags; the message lists every problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """Our flags, validated. The DSN is held in full but never shown (see Dsn)."""
+
+    db_url: str = dataclasses.field(repr=False)
+    table: str | None
+    query: str | None
+    label: str
+    output_dir: str
+    split_key: str | None = None
+    splits: SplitSpec = parse_splits(DEFAULT_SPLITS)
+    features: str | None = None
+    preprocessing_module: str | None = None
+    partition_column: str | None = None
+    num_partitions: int | None = None
+    num_shards: int = 0
+    overwrite: bool = False
+    snapshot: bool = True
+    statement_timeout_ms: int = 0
+    verbose: bool = False
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Read a PostgreSQL table or query, analyze and transform it with "
+        "tf.Transform, and write gzip TFRecords per split plus the transform graph. "
+        "Any other flag is passed to Apache Beam (--runner, --temp_location, ...).",
+        allow_abbrev=False,
+    )
+    add = parser.add_argument
+    add("--db_url", default=None, help="libpq URL or DSN (default: $DATABASE_URL)")
+    add("--table", help="table to read (name as stored, or schema.table)")
+    add("--query", help="a single SELECT to read instead of --table")
+    add("--label", help="label column")
+    add("--split_key", help="column hashed to assign splits (default: primary key)")
+    add("--splits", default=DEFAULT_SPLITS, help="named splits with weights")
+    add("--features", help="YAML/JSON feature config (default: inferred from types)")
+    add("--preprocessing_module", help="Python file defining preprocessing_fn(inputs)")
+    add("--partition_column", help="partition the read on this column's quantiles")
+    add("--num_partitions", type=int, help="number of read partitions (default: auto)")
+    add("--num_shards", type=int, default=0, help="TFRecord shards per split (0: auto)")
+    add("--output_dir", help="output directory (any Beam filesystem path)")
+    add("--overwrite", action="store_true", help="replace an existing output")
+    add(
+        "--no_snapshot",
+        action="store_true",
+        help="do not share one exported snapshot across partition reads",
+    )
+    add(
+        "--statement_timeout_ms",
+        type=int,
+        default=0,
+        help="statement_timeout of every database session (0: server default)",
+    )
+    add("--verbose", action="store_true", help="show tracebacks and debug logs")
+    return parser
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    seen = set()
+    stack = list(PipelineOptions.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        stack.extend(cls.__subclasses__())
+        try:
+            cls._add_argparse_args(parser)  # noqa: SLF001 - Beam's own registry
+        except argparse.ArgumentError:
+            pass  # an option registered by two classes
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
+    """Splits argv into our validated JobConfig and the Beam flags.
+
+    Raises:
+        UsageError: listing every problem found.
+    """
+    parser = _parser()
+    args, beam_args = parser.parse_known_args(list(argv))
+    problems = []
+    _, unknown = _beam_parser().parse_known_args(beam_args)
+    unknown_flags = [a for a in unknown if a.startswith("-")]
+    if unknown_flags:
+        problems.append(f"unknown flag(s): {' '.join(unknown_flags)}")
+    db_url = args.db_url if args.db_url is not None else os.environ.get("DATABASE_URL")
+    if not db_url:
+        problems.append("`--db_url` is required (or set DATABASE_URL)")
+    if (args.table is None) == (args.query is None):
+        problems.append("give exactly one of `--table` and `--query`")
+    if not args.label:
+        problems.append("`--label` is required")
+    if not args.output_dir:
+        problems.append("`--output_dir` is required")
+    if args.features and args.preprocessing_module:
+        problems.append("give at most one of `--features` and `--preprocessing_module`")
+    if args.num_partitions is not None and args.num_partitions < 1:
+        problems.append(f"`--num_partitions` must be >= 1, got {args.num_partitions}")
+    if args.num_shards < 0:
+        problems.append(f"`--num_shards` must be >= 0, got {args.num_shards}")
+    if args.statement_timeout_ms < 0:
+        problems.append(
+            f"`--statement_timeout_ms` must be >= 0, got {args.statement_timeout_ms}"
+        )
+    splits = None
+    try:
+        splits = parse_splits(args.splits)
+    except ValueError as err:
+        problems.append(str(err))
+    for flag in ("features", "preprocessing_module"):
+        path = getattr(args, flag)
+        if path and not os.path.isfile(path):
+            problems.append(f"`--{flag}` file not found: {path}")
+    if problems:
+        raise UsageError("; ".join(problems))
+    config = JobConfig(
+        db_url=db_url,
+        table=args.table,
+        query=args.query,
+        label=args.label,
+        output_dir=args.output_dir.rstrip("/") or "/",
+        split_key=args.split_key,
+        splits=splits,
+        features=args.features,
+        preprocessing_module=args.preprocessing_module,
+        partition_column=args.partition_column,
+        num_partitions=args.num_partitions,
+        num_shards=args.num_shards,
+        overwrite=args.overwrite,
+        snapshot=not args.no_snapshot,
+        statement_timeout_ms=args.statement_timeout_ms,
+        verbose=args.verbose,
+    )
+    return config, beam_args

@@ -1,0 +1,125 @@
+"""The raw schema from the catalog, and the Arrow layout tf.Transform reads.
+
+`NOT NULL` scalar columns are dense (`FixedLenFeature([])`); nullable columns and
+arrays are variable-length (`VarLenFeature`, a SparseTensor in `preprocessing_fn`,
+as TFX presents them). Floating columns reach `preprocessing_fn` as float32, as in TFX.
+
+tf.Transform's RecordBatch input path wants every column as `large_list<…>` (dense
+ones with exactly one value per row) matching a `TensorAdapterConfig`;
+`to_transform_batch` converts the reader's flat batches into that layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import tensorflow as tf
+from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
+
+from transforms.types import Column, Kind
+
+__all__ = [
+    "raw_feature_spec",
+    "raw_metadata",
+    "transform_arrow_schema",
+    "tensor_adapter_config",
+    "to_transform_batch",
+]
+
+_TF_DTYPE = {
+    Kind.INT: tf.int64,
+    Kind.FLOAT: tf.float32,
+    Kind.BYTES: tf.string,
+    Kind.DATE: tf.int64,
+    Kind.TIMESTAMP: tf.int64,
+}
+_ARROW_VALUE = {
+    Kind.INT: pa.int64(),
+    Kind.FLOAT: pa.float32(),
+    Kind.BYTES: pa.large_binary(),
+    Kind.DATE: pa.int64(),
+    Kind.TIMESTAMP: pa.int64(),
+}
+
+
+def is_dense(column: Column) -> bool:
+    """A column is a dense feature iff it is a NOT NULL scalar."""
+    return column.not_null and not column.is_array
+
+
+def raw_feature_spec(columns: Sequence[Column]) -> dict[str, tf.io.FixedLenFeature]:
+    """The raw feature spec of the selected columns (see module docstring)."""
+    spec = {}
+    for column in columns:
+        dtype = _TF_DTYPE[column.kind]
+        spec[column.name] = (
+            tf.io.FixedLenFeature([], dtype) if is_dense(column) else tf.io.VarLenFeature(dtype)
+        )
+    return spec
+
+
+def raw_metadata(columns: Sequence[Column]) -> dataset_metadata.DatasetMetadata:
+    """DatasetMetadata of the raw rows (written to `<output>/metadata/`)."""
+    return dataset_metadata.DatasetMetadata(
+        schema_utils.schema_from_feature_spec(raw_feature_spec(columns))
+    )
+
+
+def transform_arrow_schema(columns: Sequence[Column]) -> pa.Schema:
+    """The Arrow schema of batches fed to tf.Transform (every column a large_list)."""
+    return pa.schema(
+        [pa.field(c.name, pa.large_list(_ARROW_VALUE[c.kind])) for c in columns]
+    )
+
+
+def tensor_adapter_config(columns: Sequence[Column]) -> tensor_adapter.TensorAdapterConfig:
+    """The TensorAdapterConfig matching `transform_arrow_schema(columns)` exactly."""
+    schema = schema_utils.schema_from_feature_spec(raw_feature_spec(columns))
+    return tensor_adapter.TensorAdapterConfig(
+        transform_arrow_schema(columns),
+        tensor_representation_util.InferTensorRepresentationsFromSchema(schema),
+    )
+
+
+def _as_list_array(array: pa.Array, column: Column) -> pa.Array:
+    value_type = _ARROW_VALUE[column.kind]
+    if column.is_array:
+        # NULL array -> no values; NULL elements inside an array are dropped.
+        lengths = pc.fill_null(pc.list_value_length(array), 0)
+        flat = pc.list_flatten(array)
+        if flat.null_count:
+            parents = pc.list_parent_indices(array)
+            valid = pc.is_valid(flat)
+            lengths = pa.array(
+                np.bincount(
+                    parents.to_numpy()[valid.to_numpy(zero_copy_only=False)],
+                    minlength=len(array),
+                ),
+                pa.int64(),
+            )
+            flat = flat.filter(valid)
+        values = flat.cast(value_type)
+    else:
+        lengths = pc.cast(pc.is_valid(array), pa.int64())
+        values = array.drop_null().cast(value_type)
+    offsets = np.zeros(len(array) + 1, dtype=np.int64)
+    np.cumsum(lengths.to_numpy(zero_copy_only=False), out=offsets[1:])
+    return pa.LargeListArray.from_arrays(pa.array(offsets), values)
+
+
+def to_transform_batch(batch: pa.RecordBatch, columns: Sequence[Column]) -> pa.RecordBatch:
+    """Converts a raw reader batch to `transform_arrow_schema(columns)`.
+
+    Raises ValueError naming the column when a NOT NULL column holds a NULL.
+    """
+    arrays = []
+    for column in columns:
+        array = batch.column(column.name)
+        if is_dense(column) and array.null_count:
+            raise ValueError(f'column "{column.name}" is NOT NULL but holds NULLs')
+        arrays.append(_as_list_array(array, column))
+    return pa.RecordBatch.from_arrays(arrays, schema=transform_arrow_schema(columns))
