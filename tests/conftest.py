@@ -1,0 +1,67 @@
+"""Shared fixtures: a real PostgreSQL for the whole session.
+
+With `DATABASE_URL` set, tests use that server (each session works in its own
+throwaway schema-less database objects, prefixed `t_`); otherwise the suite starts an
+embedded, throwaway PostgreSQL (localdev.embedded_postgres) and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg2
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    """A libpq URL of a PostgreSQL where tests may create and drop tables."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from localdev.embedded_postgres import EmbeddedPostgres
+
+    with EmbeddedPostgres() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def make_table(database_url):
+    """Runs DDL/DML and returns a fresh table name; tables are dropped at the end."""
+    created = []
+
+    def make(ddl: str, *statements: str, prefix: str = "t") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        conn = psycopg2.connect(database_url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(ddl.format(table=f'"{name}"'))
+            for statement in statements:
+                cur.execute(statement.format(table=f'"{name}"'))
+            cur.execute(f'ANALYZE "{name}"')
+        conn.close()
+        created.append(name)
+        return name
+
+    yield make
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for name in created:
+            cur.execute(f'DROP TABLE IF EXISTS "{name}" CASCADE')
+    conn.close()
+
+
+def query(database_url: str, sql: str, params=()) -> list[tuple]:
+    """Fetches all rows of a query (tests only)."""
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()

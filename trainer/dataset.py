@@ -1,0 +1,112 @@
+"""make_dataset: the transformed TFRecords of one split as a fast `tf.data.Dataset`.
+
+list_files(shuffle) -> interleave(TFRecordDataset(GZIP), parallel) -> shuffle ->
+batch -> vectorised parse_example (transformed spec) -> (features, label) -> prefetch.
+The feature spec and the label key come from the output directory itself
+(`transformed_metadata/` and `manifest.json`), never typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+__all__ = ["make_dataset", "read_manifest", "shard_files"]
+
+SHARD_PATTERN = "part-*.tfrecord.gz"
+
+
+def read_manifest(output_dir: str) -> dict:
+    """The manifest of a complete output; FileNotFoundError if it is incomplete."""
+    path = os.path.join(output_dir, "manifest.json")
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"{output_dir} has no manifest.json: not an sql2tfrecord output, or the "
+            "run that wrote it did not finish"
+        )
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def shard_files(output_dir: str, split: str) -> list[str]:
+    """The split's shard files, sorted; ValueError naming the split when none exist."""
+    files = sorted(tf.io.gfile.glob(os.path.join(output_dir, split, SHARD_PATTERN)))
+    if not files:
+        raise ValueError(f"split {split!r} has no files under {output_dir}/{split}/")
+    return files
+
+
+def make_dataset(
+    output_dir: str,
+    split: str = "train",
+    batch_size: int = 256,
+    shuffle: bool = True,
+    num_epochs: int | None = 1,
+    *,
+    shuffle_buffer: int = 10_000,
+    cache: bool = False,
+    shard: tuple[int, int] | tf.distribute.InputContext | None = None,
+    deterministic: bool | None = None,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """Returns a dataset of `(features: dict[str, Tensor], label: Tensor)` batches.
+
+    Args:
+        output_dir: a complete sql2tfrecord output directory.
+        split: which split to read ("train", "eval", ...).
+        batch_size: examples per batch (the last batch may be smaller).
+        shuffle: shuffle file order and examples (buffer `shuffle_buffer`).
+        num_epochs: passes over the data; None repeats forever.
+        cache: keep the serialized examples in memory after the first epoch.
+        shard: `(num_workers, worker_index)` or a `tf.distribute.InputContext`:
+            each worker reads a disjoint subset of files. ValueError when there are
+            fewer files than workers.
+        deterministic: force (or forbid) a deterministic element order; default:
+            deterministic exactly when not shuffling.
+        seed: seed of the file and example shuffles.
+    """
+    manifest = read_manifest(output_dir)
+    label = manifest["label"]
+    spec = tft.TFTransformOutput(output_dir).transformed_feature_spec()
+    files = shard_files(output_dir, split)
+    if isinstance(shard, tf.distribute.InputContext):
+        shard = (shard.num_input_pipelines, shard.input_pipeline_id)
+    if shard is not None:
+        num_workers, index = shard
+        if len(files) < num_workers:
+            raise ValueError(
+                f"split {split!r} has {len(files)} files for {num_workers} workers; "
+                "rerun the pipeline with --num_shards >= the number of workers"
+            )
+        files = files[index::num_workers]
+    if deterministic is None:
+        deterministic = not shuffle
+
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    if cache:
+        dataset = dataset.cache()  # serialized examples; reshuffled every epoch
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    dataset = dataset.batch(batch_size)
+
+    def parse(serialized):
+        features = tf.io.parse_example(serialized, spec)
+        return features, features.pop(label)
+
+    dataset = dataset.map(
+        parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
+    )
+    if num_epochs != 1:
+        dataset = dataset.repeat(num_epochs)
+    return dataset.prefetch(tf.data.AUTOTUNE)
