@@ -34,6 +34,6 @@ def test_arrays_are_large_lists_of_the_element_type():
 
 
 def test_read_expressions_convert_in_sql():
-    assert read_expression('"b"', Column("b", "bool", "boolean")) == '"b"::int8'
+    assert read_expression('"b"', Column("b", "bool", "boolean")) == '"b"::int4'
     assert "DATE '1970-01-01'" in read_expression('"d"', Column("d", "date", "date"))
     assert "extract(epoch" in read_expression('"t"', Column("t", "timestamptz", "ts"))

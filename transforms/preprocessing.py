@@ -67,8 +67,9 @@ def _scaled(x, feature: Feature, scale: Callable) -> tf.Tensor:
         return tf.cast(scale(_dense(x, tf.constant(feature.constant, tf.float64))), tf.float32)
     scaled = scale(x)
     if isinstance(scaled, tf.SparseTensor):
-        fill = tft.mean(scaled) if scale is not tft.scale_to_z_score else 0.0
-        scaled = _dense(scaled, tf.cast(fill, tf.float64))
+        # A z-scored mean is 0 by definition; other scalings impute their train mean.
+        fill = 0.0 if scale is tft.scale_to_z_score else tft.mean(scaled)
+        scaled = _dense(scaled, tf.cast(fill, scaled.dtype))
     return tf.cast(scaled, tf.float32)
 
 
@@ -95,7 +96,14 @@ def _apply(feature: Feature, x, kind: Kind) -> tf.Tensor:
     if t == "scale_0_1":
         return _scaled(x, feature, tft.scale_to_0_1)
     if t == "bucketize":
-        return tft.bucketize(_numeric_filled(x, feature), feature.num_buckets)
+        # Quantiles of the present values only; a NULL is imputed, then bucketed.
+        values = x.values if isinstance(x, tf.SparseTensor) else x
+        boundaries = tft.quantiles(
+            tf.cast(values, tf.float32), feature.num_buckets, epsilon=0.001
+        )
+        return tft.apply_buckets(
+            tf.cast(_numeric_filled(x, feature), tf.float32), boundaries
+        )
     if t == "vocabulary":
         tokens = _strings(x, feature)
         return tft.compute_and_apply_vocabulary(
@@ -115,9 +123,12 @@ def _apply(feature: Feature, x, kind: Kind) -> tf.Tensor:
             return _dense(x, tf.constant(feature.missing_token.encode()))
         if kind is Kind.FLOAT:
             return tf.cast(_numeric_filled(x, feature), tf.float32)
-        return tf.cast(
-            tf.round(_numeric_filled(x, feature)), tf.int64
-        )
+        # Integers stay int64 end to end (float64 would round large keys).
+        if isinstance(x, tf.SparseTensor) and feature.impute == "mean":
+            fill = tf.cast(tf.round(tft.mean(_as_float64(x))), tf.int64)
+        else:
+            fill = tf.constant(int(feature.constant), tf.int64)
+        return _dense(x, fill)
     seconds = _dense(x, tf.constant(0, tf.int64))
     if kind is Kind.DATE:
         seconds = seconds * SECONDS_PER_DAY

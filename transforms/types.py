@@ -108,7 +108,7 @@ def kind_of(column: Column) -> Kind:
 def _scalar_expression(ref: str, column: Column) -> str:
     kind = kind_of(column)
     if column.pg_type == "bool":
-        return f"{ref}::int8"
+        return f"{ref}::int4"
     if kind is Kind.INT:
         return ref
     if kind is Kind.FLOAT:
