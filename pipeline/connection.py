@@ -72,14 +72,17 @@ def _password_of(value: str) -> str | None:
     return None
 
 
-def connect(dsn: Dsn, *, read_only: bool = True) -> psycopg2.extensions.connection:
+def connect(
+    dsn: Dsn, *, read_only: bool = True, session_options: str = ""
+) -> psycopg2.extensions.connection:
     """Opens a connection, or raises DatabaseError with a one-line, secret-free message.
 
     Args:
         dsn: where to connect.
         read_only: make every transaction of the session read-only.
+        session_options: extra `-c name=value` server options.
     """
-    options = []
+    options = [session_options] if session_options else []
     if read_only:
         options.append("-c default_transaction_read_only=on")
     if dsn.statement_timeout_ms:

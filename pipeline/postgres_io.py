@@ -11,25 +11,38 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
+import time
 from collections.abc import Iterator
 
 import apache_beam as beam
 import pyarrow as pa
+import psycopg2
+import psycopg2.errors
 import pyarrow.csv as pacsv
 from apache_beam.metrics import Metrics
 
 from pipeline.connection import connect
+from pipeline.copy_stream import CopyStream
 from pipeline.partitioning import Partition
 from pipeline.source import ReadPlan, SourceSpec, copy_sql
 from transforms.types import arrow_type
 
-__all__ = ["ReadFromPostgres", "PartitionReadError", "raw_arrow_schema", "read_partition"]
+__all__ = [
+    "ReadFromPostgres",
+    "PartitionReader",
+    "PartitionReadError",
+    "raw_arrow_schema",
+    "read_partition",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
 BLOCK_SIZE = 4 << 20  # bytes of CSV per RecordBatch: ~30-60k rows of a typical table
+# Same snapshot + no synchronized scans + no parallel workers = the same row order on
+# every execution of a partition's COPY, which makes resuming by row count exact.
+READER_SESSION_OPTIONS = (
+    "-c synchronize_seqscans=off -c max_parallel_workers_per_gather=0"
+)
 
 
 class PartitionReadError(RuntimeError):
@@ -62,7 +75,11 @@ def _decode_arrays(batch: pa.RecordBatch, plan: ReadPlan) -> pa.RecordBatch:
 
 
 def read_partition(
-    conn, plan: ReadPlan, partition: Partition, snapshot_id: str | None
+    conn,
+    plan: ReadPlan,
+    partition: Partition,
+    snapshot_id: str | None,
+    block_size: int = BLOCK_SIZE,
 ) -> Iterator[pa.RecordBatch]:
     """Streams one partition as RecordBatches with the plan's raw schema.
 
@@ -76,32 +93,15 @@ def read_partition(
             cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_id,))
         else:
             cur.execute("SELECT 1")  # opens the transaction
-        read_fd, write_fd = os.pipe()
-        reader = os.fdopen(read_fd, "rb", buffering=1 << 20)
-        writer = os.fdopen(write_fd, "wb", buffering=1 << 20)
-        failure: list[BaseException] = []
-
-        def produce() -> None:
-            try:
-                cur.copy_expert(statement, writer, size=1 << 16)
-            except BaseException as err:  # noqa: BLE001 - re-raised by the consumer
-                failure.append(err)
-            finally:
-                try:
-                    writer.close()
-                except OSError:
-                    pass
-
-        producer = threading.Thread(target=produce, name="copy-out", daemon=True)
-        producer.start()
+        stream = CopyStream(lambda writer: cur.copy_expert(statement, writer, 1 << 16))
         finished = False
         try:
-            if reader.peek(1):
+            if not stream.at_end():
                 csv = pacsv.open_csv(
-                    reader,
+                    stream,
                     read_options=pacsv.ReadOptions(
                         column_names=[c.name for c in plan.columns],
-                        block_size=BLOCK_SIZE,
+                        block_size=block_size,
                         use_threads=True,
                     ),
                     parse_options=pacsv.ParseOptions(newlines_in_values=True),
@@ -115,14 +115,104 @@ def read_partition(
                 for batch in csv:
                     yield _decode_arrays(batch, plan)
             finished = True
+        except Exception as err:
+            # pyarrow wraps the stream's error; surface the database's own error.
+            if stream.error is not None:
+                raise stream.error from err
+            raise
         finally:
-            reader.close()
-            if not finished and producer.is_alive():
+            stream.close()
+            if not finished and stream.producing and not conn.closed:
                 conn.cancel()
-            producer.join()
-            conn.rollback()
-        if failure:
-            raise failure[0]
+            stream.join()
+            if not conn.closed:
+                conn.rollback()
+
+
+def _connection_lost(conn, err: BaseException) -> bool:
+    return bool(conn is None or conn.closed) or isinstance(
+        err, (psycopg2.InterfaceError, psycopg2.errors.AdminShutdown)
+    )
+
+
+class PartitionReader:
+    """Reads partitions on one connection, surviving lost connections exactly.
+
+    When the connection drops mid-partition, the reader reconnects (bounded
+    attempts, exponential backoff), re-runs the same COPY in the same exported
+    snapshot and skips the rows it already emitted: with one snapshot and
+    `synchronize_seqscans=off` the row order is the same, so no row is lost or
+    duplicated. Without a snapshot a mid-partition loss is an error instead.
+    """
+
+    def __init__(
+        self,
+        source: SourceSpec,
+        plan: ReadPlan,
+        snapshot_id: str | None,
+        *,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        block_size: int = BLOCK_SIZE,
+    ):
+        self._source, self._plan, self._snapshot_id = source, plan, snapshot_id
+        self._max_retries, self._backoff_s = max_retries, backoff_s
+        self._block_size = block_size
+        self.conn = None
+        self.reconnects = 0
+
+    def _connect(self):
+        self.conn = connect(self._source.dsn, session_options=READER_SESSION_OPTIONS)
+
+    def read(self, partition: Partition) -> Iterator[pa.RecordBatch]:
+        """Yields the partition's rows as RecordBatches; raises PartitionReadError."""
+        emitted, attempt = 0, 0
+        while True:
+            try:
+                if self.conn is None or self.conn.closed:
+                    self._connect()
+                skip = emitted
+                for batch in read_partition(
+                    self.conn, self._plan, partition, self._snapshot_id, self._block_size
+                ):
+                    if skip >= batch.num_rows:
+                        skip -= batch.num_rows
+                        continue
+                    if skip:
+                        batch, skip = batch.slice(skip), 0
+                    emitted += batch.num_rows
+                    yield batch
+                return
+            except Exception as err:
+                lost = _connection_lost(self.conn, err)
+                resumable = emitted == 0 or self._snapshot_id is not None
+                if not lost or not resumable or attempt >= self._max_retries:
+                    raise PartitionReadError(
+                        f"partition {partition.label} of {self._plan.relation} failed "
+                        f"after {emitted} rows: {_first_line(err)}"
+                    ) from err
+                attempt += 1
+                self.reconnects += 1
+                _LOGGER.warning(
+                    "Partition %s: connection lost after %d rows (%s); retry %d/%d",
+                    partition.label, emitted, _first_line(err), attempt,
+                    self._max_retries,
+                )
+                self.close()
+                time.sleep(self._backoff_s * 2 ** (attempt - 1))
+
+    def close(self) -> None:
+        """Closes the connection (a later read reconnects)."""
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 class _ReadPartitionFn(beam.DoFn):
@@ -132,37 +222,28 @@ class _ReadPartitionFn(beam.DoFn):
         self._source = source
         self._plan = plan
         self._snapshot_id = snapshot_id
-        self._conn = None
+        self._reader = None
         self._rows = Metrics.counter("sql2tfrecord", "rows_read")
         self._bytes = Metrics.counter("sql2tfrecord", "bytes_read")
 
     def setup(self):
-        self._conn = connect(self._source.dsn)
+        self._reader = PartitionReader(self._source, self._plan, self._snapshot_id)
+        self._reader._connect()  # noqa: SLF001 - fail fast in setup
 
     def process(self, partition: Partition) -> Iterator[pa.RecordBatch]:
         rows = 0
-        try:
-            for batch in read_partition(
-                self._conn, self._plan, partition, self._snapshot_id
-            ):
-                rows += batch.num_rows
-                self._rows.inc(batch.num_rows)
-                self._bytes.inc(batch.nbytes)
-                yield batch
-        except Exception as err:
-            if self._conn is not None and self._conn.closed:
-                self._conn = connect(self._source.dsn)  # fresh one for the retry
-            raise PartitionReadError(
-                f"partition {partition.label} of {self._plan.relation} failed: "
-                f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
-            ) from err
+        for batch in self._reader.read(partition):
+            rows += batch.num_rows
+            self._rows.inc(batch.num_rows)
+            self._bytes.inc(batch.nbytes)
+            yield batch
         Metrics.counter("sql2tfrecord", f"rows_{partition.label}").inc(rows)
         _LOGGER.info("Partition %s: %d rows", partition.label, rows)
 
     def teardown(self):
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 class ReadFromPostgres(beam.PTransform):

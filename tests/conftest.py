@@ -39,9 +39,9 @@ def make_table(database_url):
         conn = psycopg2.connect(database_url)
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute(ddl.format(table=f'"{name}"'))
+            cur.execute(ddl.replace("{table}", f'"{name}"'))
             for statement in statements:
-                cur.execute(statement.format(table=f'"{name}"'))
+                cur.execute(statement.replace("{table}", f'"{name}"'))
             cur.execute(f'ANALYZE "{name}"')
         conn.close()
         created.append(name)
