@@ -1,7 +1,10 @@
 """AssignSplit: raw reader batches -> tf.Transform-ready batches, one PCollection per split.
 
-Rows whose label is NULL cannot be trained on: they are dropped here and counted
-(`rows_dropped_null_label`, recorded in the manifest), never dropped silently.
+Rows whose label is NULL cannot be trained on, and rows with a NULL in a feature
+configured with `impute: drop` are unwanted: both are dropped here and counted
+(`rows_dropped_null_label`, `dropped_null:<column>`, recorded in the manifest),
+never dropped silently. NaN and ±Infinity in floating columns are counted per column
+(`non_finite:<column>`); the transforms treat them as missing.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.split import SplitSpec, assign_splits
 from transforms.schema import to_transform_batch
-from transforms.types import Column
+from transforms.types import Column, Kind
 
 __all__ = ["AssignSplit"]
 
@@ -28,11 +31,16 @@ class _AssignSplitFn(beam.DoFn):
         label: str,
         split_key: str,
         spec: SplitSpec,
+        drop_if_null: Sequence[str] = (),
     ):
         self._columns = tuple(columns)
         self._label = label
         self._split_key = split_key
         self._spec = spec
+        self._drop_if_null = tuple(drop_if_null)
+        self._floats = tuple(
+            c.name for c in columns if c.kind is Kind.FLOAT and not c.is_array
+        )
         self._dropped = Metrics.counter("sql2tfrecord", "rows_dropped_null_label")
         self._counters = [
             Metrics.counter("sql2tfrecord", f"rows_{name}") for name in spec.names
@@ -43,6 +51,18 @@ class _AssignSplitFn(beam.DoFn):
         if label.null_count:
             self._dropped.inc(label.null_count)
             batch = batch.filter(pc.is_valid(label))
+        for name in self._drop_if_null:
+            column = batch.column(name)
+            if column.null_count:
+                Metrics.counter("sql2tfrecord", f"dropped_null:{name}").inc(
+                    column.null_count
+                )
+                batch = batch.filter(pc.is_valid(column))
+        for name in self._floats:
+            finite = pc.is_finite(batch.column(name))
+            bad = len(finite) - pc.sum(finite).as_py() - finite.null_count if len(finite) else 0
+            if bad:
+                Metrics.counter("sql2tfrecord", f"non_finite:{name}").inc(bad)
         if batch.num_rows == 0:
             return
         assignment = assign_splits(batch.column(self._split_key), self._spec)
@@ -66,14 +86,26 @@ class AssignSplit(beam.PTransform):
     """
 
     def __init__(
-        self, columns: Sequence[Column], label: str, split_key: str, spec: SplitSpec
+        self,
+        columns: Sequence[Column],
+        label: str,
+        split_key: str,
+        spec: SplitSpec,
+        drop_if_null: Sequence[str] = (),
     ):
         super().__init__()
         self._columns, self._label = tuple(columns), label
         self._split_key, self._spec = split_key, spec
+        self._drop_if_null = tuple(drop_if_null)
 
     def expand(self, batches):
         tagged = batches | "Assign" >> beam.ParDo(
-            _AssignSplitFn(self._columns, self._label, self._split_key, self._spec)
+            _AssignSplitFn(
+                self._columns,
+                self._label,
+                self._split_key,
+                self._spec,
+                self._drop_if_null,
+            )
         ).with_outputs(*self._spec.names)
         return {name: tagged[name] for name in self._spec.names}

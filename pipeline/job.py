@@ -143,7 +143,11 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
     adapter_config = tensor_adapter_config(job.plan.columns)
     raw = p | "Read" >> ReadFromPostgres(job.source, job.plan, snapshot_id)
     splits = raw | "AssignSplit" >> AssignSplit(
-        job.plan.columns, config.label, job.split_key, config.splits
+        job.plan.columns,
+        config.label,
+        job.split_key,
+        config.splits,
+        job.features.drop_if_null if job.features else (),
     )
     with tft_beam.Context(
         temp_dir=job.temp_dir, desired_batch_size=DESIRED_BATCH_SIZE
@@ -165,13 +169,15 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         )
 
 
-def _counter(result, name: str) -> int:
+def _counters(result) -> dict[str, int]:
     from apache_beam.metrics.metric import MetricsFilter
 
-    counters = result.metrics().query(
-        MetricsFilter().with_namespace("sql2tfrecord").with_name(name)
-    )["counters"]
-    return int(sum(c.committed or 0 for c in counters))
+    totals: dict[str, int] = {}
+    query = result.metrics().query(MetricsFilter().with_namespace("sql2tfrecord"))
+    for counter in query["counters"]:
+        name = counter.key.metric.name
+        totals[name] = totals.get(name, 0) + int(counter.committed or 0)
+    return totals
 
 
 def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
@@ -198,6 +204,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         if snapshot is not None:
             snapshot.__exit__(None, None, None)
     elapsed = time.time() - started
+    counts = _counters(result)
 
     tft_output = tft.TFTransformOutput(config.output_dir)
     vocabularies = {}
@@ -218,10 +225,10 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         )
         splits[name] = {
             "weight": weight,
-            "rows": _counter(result, f"examples_{name}"),
+            "rows": counts.get(f"examples_{name}", 0),
             "files": [f.rsplit("/", 1)[-1] for f in files],
         }
-    rows_read = _counter(result, "rows_read")
+    rows_read = counts.get("rows_read", 0)
     manifest = {
         "format": "sql2tfrecord/1",
         "source": {
@@ -243,7 +250,12 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         "split_key": job.split_key,
         "splits": splits,
         "rows_read": rows_read,
-        "rows_dropped_null_label": _counter(result, "rows_dropped_null_label"),
+        "rows_dropped_null_label": counts.get("rows_dropped_null_label", 0),
+        "rows_dropped_null": _by_column(counts, "dropped_null:"),
+        "non_finite_values": _by_column(counts, "non_finite:"),
+        "rows_per_partition": {
+            p.label: counts.get(f"rows_{p.label}", 0) for p in job.plan.partitions
+        },
         "features": job.features.to_json() if job.features else None,
         "preprocessing_module": config.preprocessing_module,
         "transformed_features": sorted(tft_output.transformed_feature_spec()),
@@ -259,6 +271,10 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         {k: v["rows"] for k, v in splits.items()}, elapsed,
     )
     return manifest
+
+
+def _by_column(counts: dict[str, int], prefix: str) -> dict[str, int]:
+    return {k[len(prefix) :]: v for k, v in counts.items() if k.startswith(prefix)}
 
 
 def _cleanup_temp(job: Job) -> None:

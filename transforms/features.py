@@ -7,7 +7,8 @@ A config file (`--features`, YAML or JSON) looks like::
       - column: f0                  # raw column; the output is named `name` or the column
         transform: zscore           # zscore | scale_0_1 | bucketize | vocabulary | hash |
                                     # passthrough | hour_of_day | day_of_week
-        impute: mean                # mean | constant  (what a NULL becomes)
+        impute: mean                # numbers: mean | median | constant | drop
+                                    # text: token | most_frequent | drop
         indicator: true             # also emit `<name>_is_missing` (1 where NULL)
       - {column: c10, transform: vocabulary, top_k: 1000, num_oov_buckets: 2}
 
@@ -60,18 +61,28 @@ _KEYS = {
     "scale_0_1": {"impute", "constant", "indicator"},
     "bucketize": {"impute", "constant", "indicator", "num_buckets"},
     "vocabulary": {
+        "impute",
         "top_k",
         "frequency_threshold",
         "num_oov_buckets",
         "missing_token",
         "indicator",
     },
-    "hash": {"hash_buckets", "missing_token", "indicator"},
-    "passthrough": {"impute", "constant", "indicator"},
+    "hash": {"impute", "hash_buckets", "missing_token", "indicator"},
+    "passthrough": {"impute", "constant", "missing_token", "indicator"},
     "hour_of_day": {"indicator"},
     "day_of_week": {"indicator"},
 }
 _COMMON_KEYS = {"column", "name", "transform"}
+_NUMERIC_IMPUTE = {"mean", "median", "constant", "drop"}
+_IMPUTE = {
+    "zscore": _NUMERIC_IMPUTE,
+    "scale_0_1": _NUMERIC_IMPUTE,
+    "bucketize": _NUMERIC_IMPUTE,
+    "passthrough": _NUMERIC_IMPUTE | {"token"},
+    "vocabulary": {"token", "most_frequent", "drop"},
+    "hash": {"token", "drop"},
+}
 
 
 class ConfigError(ValueError):
@@ -86,7 +97,11 @@ class Feature:
         name: output feature name.
         column: raw column it reads.
         transform: see the module docstring.
-        impute: "mean" or "constant" — what a NULL becomes (numeric transforms).
+        impute: what a NULL (or a NaN/±Infinity) becomes. Numbers: "mean",
+            "median" (train statistics of present values) or "constant"; text:
+            "token" (`missing_token`, its own category) or "most_frequent"
+            (vocabulary only). "drop" drops the row before the split (counted).
+            None means the transform's default ("mean" or "token").
         constant: the fill value for impute="constant".
         indicator: also output `<name>_is_missing` (int64 0/1).
         top_k, frequency_threshold, num_oov_buckets: vocabulary options.
@@ -98,7 +113,7 @@ class Feature:
     name: str
     column: str
     transform: str
-    impute: str = "mean"
+    impute: str | None = None
     constant: float = 0.0
     indicator: bool = False
     top_k: int | None = None
@@ -107,6 +122,13 @@ class Feature:
     missing_token: str = MISSING_TOKEN
     num_buckets: int = 10
     hash_buckets: int = 1000
+
+    @property
+    def imputation(self) -> str:
+        """The effective imputation ("mean" for numbers, "token" for text)."""
+        if self.impute is not None:
+            return self.impute
+        return "token" if self.transform in ("vocabulary", "hash") else "mean"
 
     @property
     def indicator_name(self) -> str:
@@ -133,6 +155,13 @@ class FeatureConfig:
 
     label: Label
     features: tuple[Feature, ...]
+
+    @property
+    def drop_if_null(self) -> tuple[str, ...]:
+        """Columns whose NULL drops the row (impute: drop)."""
+        return tuple(
+            dict.fromkeys(f.column for f in self.features if f.impute == "drop")
+        )
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -248,8 +277,12 @@ def _parse_feature(entry: Any, index: int) -> Feature:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} for {transform}")
     values = {k: v for k, v in entry.items() if k not in _COMMON_KEYS}
-    if values.get("impute", "mean") not in ("mean", "constant"):
-        raise ConfigError(f"{where}: impute must be 'mean' or 'constant'")
+    allowed = _IMPUTE.get(transform, set())
+    if "impute" in values and values["impute"] not in allowed:
+        raise ConfigError(
+            f"{where}: impute must be one of {sorted(allowed)} for {transform}, "
+            f"got {values['impute']!r}"
+        )
     for key in ("top_k", "frequency_threshold", "num_buckets", "hash_buckets"):
         if key in values and (not isinstance(values[key], int) or values[key] < 1):
             raise ConfigError(f"{where}: {key} must be an integer >= 1, got {values[key]!r}")

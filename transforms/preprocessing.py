@@ -3,9 +3,11 @@
 Inputs follow the raw schema (`transforms.schema`): dense `[batch]` tensors for NOT
 NULL columns, `SparseTensor`s `[batch, ≤1]` for nullable ones. Every output is a dense
 `[batch]` tensor: float32 for scaled numbers, int64 for ids, buckets, time parts and
-indicators. Statistics are computed on present values only and NULLs are imputed
-afterwards — a z-scored NULL with `impute: mean` is exactly 0 — never by filling 0
-before the analyzer.
+indicators. NULL, NaN and ±Infinity count as missing: statistics are computed on
+the present, finite values of the train split only, and missing values are imputed
+afterwards (mean, median or a constant) and then transformed like any value — a
+z-scored NULL with `impute: mean` is exactly 0 — never by filling 0 before the
+analyzer. An all-missing column yields 0 (and its indicator 1), never NaN.
 
 Vocabularies are named after their feature (`vocab_filename`), so the trainer can
 ask `TFTransformOutput.vocabulary_size_by_name(name)`. tf.Transform drops the empty
@@ -46,97 +48,150 @@ def _dense(x, default) -> tf.Tensor:
     return x
 
 
-def _is_missing(x) -> tf.Tensor:
+def _present_mask(x) -> tf.Tensor:
+    """[batch] bool: the row has a value (a NULL is absent from the SparseTensor)."""
     if not isinstance(x, tf.SparseTensor):
-        return tf.zeros_like(x, dtype=tf.int64)
-    present = tf.SparseTensor(
-        x.indices, tf.ones_like(x.values, dtype=tf.int64), x.dense_shape
+        return tf.ones_like(x, dtype=tf.bool)
+    ones = tf.SparseTensor(x.indices, tf.ones_like(x.values, tf.int64), x.dense_shape)
+    return _dense(ones, tf.constant(0, tf.int64)) > 0
+
+
+class _Numbers:
+    """A numeric column as float64 values plus a mask of usable (present, finite) rows.
+
+    NULL, NaN and ±Infinity are all "missing": statistics skip them and imputation
+    replaces them.
+    """
+
+    def __init__(self, x):
+        nan = tf.constant(float("nan"), tf.float64)
+        if isinstance(x, tf.SparseTensor):
+            x = tf.SparseTensor(x.indices, tf.cast(x.values, tf.float64), x.dense_shape)
+            self.value = _dense(x, nan)
+        else:
+            self.value = tf.cast(x, tf.float64)
+        self.present = tf.math.is_finite(self.value)
+        self.values = tf.boolean_mask(self.value, self.present)  # for analyzers
+
+    def missing(self) -> tf.Tensor:
+        """[batch] int64 indicator, 1 where the value is missing."""
+        return 1 - tf.cast(self.present, tf.int64)
+
+    def mean(self) -> tf.Tensor:
+        """Train mean of usable values (0 when there are none)."""
+        return _finite_or(tft.mean(self.values), 0.0)
+
+    def filled(self, feature: Feature) -> tf.Tensor:
+        """[batch] float64 with missing values imputed as the feature asks."""
+        how = feature.imputation
+        if how == "constant":
+            fill = tf.constant(float(feature.constant), tf.float64)
+        elif how == "median":
+            median = tft.quantiles(self.values, num_buckets=2, epsilon=0.001)
+            fill = _finite_or(tf.cast(tf.reshape(median, [-1])[0], tf.float64), 0.0)
+        else:  # "mean"; also for "drop", whose rows never reach the transform
+            fill = self.mean()
+        return tf.where(self.present, self.value, fill)
+
+
+def _finite_or(value: tf.Tensor, default: float) -> tf.Tensor:
+    value = tf.cast(value, tf.float64)
+    return tf.where(tf.math.is_finite(value), value, tf.constant(default, tf.float64))
+
+
+def _zscore(numbers: _Numbers, feature: Feature) -> tf.Tensor:
+    mean = numbers.mean()
+    std = _finite_or(tf.sqrt(tft.var(numbers.values)), 0.0)
+    scale = tf.where(std > 0, std, tf.constant(1.0, tf.float64))
+    return tf.cast((numbers.filled(feature) - mean) / scale, tf.float32)
+
+
+def _scale_0_1(numbers: _Numbers, feature: Feature) -> tf.Tensor:
+    low = _finite_or(tft.min(numbers.values), 0.0)
+    high = _finite_or(tft.max(numbers.values), 0.0)
+    span = tf.where(high > low, high - low, tf.constant(1.0, tf.float64))
+    return tf.cast((numbers.filled(feature) - low) / span, tf.float32)
+
+
+def _bucketize(numbers: _Numbers, feature: Feature) -> tf.Tensor:
+    boundaries = tft.quantiles(
+        tf.cast(numbers.values, tf.float32), feature.num_buckets, epsilon=0.001
     )
-    return 1 - _dense(present, tf.constant(0, tf.int64))
-
-
-def _as_float64(x):
-    if isinstance(x, tf.SparseTensor):
-        return tf.SparseTensor(x.indices, tf.cast(x.values, tf.float64), x.dense_shape)
-    return tf.cast(x, tf.float64)
-
-
-def _scaled(x, feature: Feature, scale: Callable) -> tf.Tensor:
-    x = _as_float64(x)
-    if feature.impute == "constant":
-        return tf.cast(scale(_dense(x, tf.constant(feature.constant, tf.float64))), tf.float32)
-    scaled = scale(x)
-    if isinstance(scaled, tf.SparseTensor):
-        # A z-scored mean is 0 by definition; other scalings impute their train mean.
-        fill = 0.0 if scale is tft.scale_to_z_score else tft.mean(scaled)
-        scaled = _dense(scaled, tf.cast(fill, scaled.dtype))
-    return tf.cast(scaled, tf.float32)
-
-
-def _numeric_filled(x, feature: Feature) -> tf.Tensor:
-    x = _as_float64(x)
-    if not isinstance(x, tf.SparseTensor):
-        return x
-    fill = (
-        tf.constant(feature.constant, tf.float64)
-        if feature.impute == "constant"
-        else tf.cast(tft.mean(x), tf.float64)
-    )
-    return _dense(x, fill)
+    return tft.apply_buckets(tf.cast(numbers.filled(feature), tf.float32), boundaries)
 
 
 def _strings(x, feature: Feature) -> tf.Tensor:
     return escape_token(_dense(x, tf.constant(feature.missing_token.encode())))
 
 
-def _apply(feature: Feature, x, kind: Kind) -> tf.Tensor:
-    t = feature.transform
-    if t == "zscore":
-        return _scaled(x, feature, tft.scale_to_z_score)
-    if t == "scale_0_1":
-        return _scaled(x, feature, tft.scale_to_0_1)
-    if t == "bucketize":
-        # Quantiles of the present values only; a NULL is imputed, then bucketed.
-        values = x.values if isinstance(x, tf.SparseTensor) else x
-        boundaries = tft.quantiles(
-            tf.cast(values, tf.float32), feature.num_buckets, epsilon=0.001
-        )
-        return tft.apply_buckets(
-            tf.cast(_numeric_filled(x, feature), tf.float32), boundaries
-        )
-    if t == "vocabulary":
+def _vocabulary(x, feature: Feature) -> tf.Tensor:
+    if feature.imputation == "most_frequent" and isinstance(x, tf.SparseTensor):
+        # Ids of present tokens; a NULL takes id 0, the most frequent train token.
+        tokens = tf.SparseTensor(x.indices, escape_token(x.values), x.dense_shape)
+        weights = tf.ones_like(tokens.values, dtype=tf.float32)
+    else:
         tokens = _strings(x, feature)
-        return tft.compute_and_apply_vocabulary(
-            tokens,
-            top_k=feature.top_k,
-            frequency_threshold=feature.frequency_threshold,
-            num_oov_buckets=feature.num_oov_buckets,
-            vocab_filename=feature.vocab_filename,
-            # Weighted counts are pre-reduced per batch (same vocabulary, far fewer
-            # Beam elements than one per token).
-            weights=tf.ones_like(tokens, dtype=tf.float32),
-        )
-    if t == "hash":
-        return tft.hash_strings(_strings(x, feature), feature.hash_buckets)
-    if t == "passthrough":
-        if kind is Kind.BYTES:
-            return _dense(x, tf.constant(feature.missing_token.encode()))
-        if kind is Kind.FLOAT:
-            return tf.cast(_numeric_filled(x, feature), tf.float32)
-        # Integers stay int64 end to end (float64 would round large keys).
-        if isinstance(x, tf.SparseTensor) and feature.impute == "mean":
-            fill = tf.cast(tf.round(tft.mean(_as_float64(x))), tf.int64)
-        else:
-            fill = tf.constant(int(feature.constant), tf.int64)
-        return _dense(x, fill)
+        weights = tf.ones_like(tokens, dtype=tf.float32)
+    ids = tft.compute_and_apply_vocabulary(
+        tokens,
+        top_k=feature.top_k,
+        frequency_threshold=feature.frequency_threshold,
+        num_oov_buckets=feature.num_oov_buckets,
+        vocab_filename=feature.vocab_filename,
+        # Weighted counts are pre-reduced per batch: the same vocabulary, far fewer
+        # Beam elements than one per token.
+        weights=weights,
+    )
+    return _dense(ids, tf.constant(0, tf.int64))
+
+
+def _passthrough(x, feature: Feature, kind: Kind) -> tf.Tensor:
+    if kind is Kind.BYTES:
+        return _dense(x, tf.constant(feature.missing_token.encode()))
+    if kind is Kind.FLOAT:
+        return tf.cast(_Numbers(x).filled(feature), tf.float32)
+    # Integers stay int64 end to end (float64 would round large keys).
+    if not isinstance(x, tf.SparseTensor):
+        return x
+    if feature.imputation == "constant":
+        return _dense(x, tf.constant(int(feature.constant), tf.int64))
+    return _dense(x, tf.cast(tf.round(_Numbers(x).filled(feature)), tf.int64))
+
+
+def _time_part(x, feature: Feature, kind: Kind) -> tf.Tensor:
     seconds = _dense(x, tf.constant(0, tf.int64))
     if kind is Kind.DATE:
         seconds = seconds * SECONDS_PER_DAY
-    if t == "hour_of_day":
+    if feature.transform == "hour_of_day":
         return tf.math.floormod(tf.math.floordiv(seconds, 3600), 24)
-    if t == "day_of_week":  # Monday = 0; 1970-01-01 was a Thursday
-        return tf.math.floormod(tf.math.floordiv(seconds, SECONDS_PER_DAY) + 3, 7)
-    raise ValueError(f"unknown transform {t!r} for feature {feature.name!r}")
+    # day_of_week, Monday = 0; 1970-01-01 was a Thursday.
+    return tf.math.floormod(tf.math.floordiv(seconds, SECONDS_PER_DAY) + 3, 7)
+
+
+_NUMERIC_TRANSFORMS = {"zscore": _zscore, "scale_0_1": _scale_0_1, "bucketize": _bucketize}
+
+
+def _apply(feature: Feature, x, kind: Kind) -> dict[str, tf.Tensor]:
+    """The feature's output(s): its value and, if asked, its is-missing indicator."""
+    t = feature.transform
+    if t in _NUMERIC_TRANSFORMS:
+        numbers = _Numbers(x)
+        out = {feature.name: _NUMERIC_TRANSFORMS[t](numbers, feature)}
+        missing = numbers.missing()
+    else:
+        if t == "vocabulary":
+            value = _vocabulary(x, feature)
+        elif t == "hash":
+            value = tft.hash_strings(_strings(x, feature), feature.hash_buckets)
+        elif t == "passthrough":
+            value = _passthrough(x, feature, kind)
+        else:
+            value = _time_part(x, feature, kind)
+        out = {feature.name: value}
+        missing = 1 - tf.cast(_present_mask(x), tf.int64)
+    if feature.indicator:
+        out[feature.indicator_name] = missing
+    return out
 
 
 def build_preprocessing_fn(
@@ -148,10 +203,7 @@ def build_preprocessing_fn(
     def preprocessing_fn(inputs):
         outputs = {}
         for feature in config.features:
-            x = inputs[feature.column]
-            outputs[feature.name] = _apply(feature, x, kinds[feature.column])
-            if feature.indicator:
-                outputs[feature.indicator_name] = _is_missing(x)
+            outputs.update(_apply(feature, inputs[feature.column], kinds[feature.column]))
         label = config.label
         y = inputs[label.column]
         if kinds[label.column] is Kind.BYTES:
@@ -161,7 +213,7 @@ def build_preprocessing_fn(
                 vocab_filename=label.column,
             )
         elif label.threshold is not None:
-            value = _dense(_as_float64(y), tf.constant(0.0, tf.float64))
+            value = _Numbers(y).value
             outputs[label.column] = tf.cast(value > label.threshold, tf.int64)
         elif kinds[label.column] is Kind.FLOAT:
             outputs[label.column] = _dense(y, tf.constant(0.0, tf.float32))
