@@ -43,7 +43,7 @@ class _AssignSplitFn(beam.DoFn):
         )
         self._dropped = Metrics.counter("sql2tfrecord", "rows_dropped_null_label")
         self._counters = [
-            Metrics.counter("sql2tfrecord", f"rows_{name}") for name in spec.names
+            Metrics.counter("sql2tfrecord", f"split:{name}") for name in spec.names
         ]
 
     def process(self, batch: pa.RecordBatch) -> Iterator:

@@ -254,7 +254,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         "rows_dropped_null": _by_column(counts, "dropped_null:"),
         "non_finite_values": _by_column(counts, "non_finite:"),
         "rows_per_partition": {
-            p.label: counts.get(f"rows_{p.label}", 0) for p in job.plan.partitions
+            p.label: counts.get(f"partition:{p.label}", 0) for p in job.plan.partitions
         },
         "features": job.features.to_json() if job.features else None,
         "preprocessing_module": config.preprocessing_module,

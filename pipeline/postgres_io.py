@@ -237,7 +237,7 @@ class _ReadPartitionFn(beam.DoFn):
             self._rows.inc(batch.num_rows)
             self._bytes.inc(batch.nbytes)
             yield batch
-        Metrics.counter("sql2tfrecord", f"rows_{partition.label}").inc(rows)
+        Metrics.counter("sql2tfrecord", f"partition:{partition.label}").inc(rows)
         _LOGGER.info("Partition %s: %d rows", partition.label, rows)
 
     def teardown(self):

@@ -9,6 +9,7 @@ import collections
 import datetime as dt
 import io
 import json
+import math
 import os
 
 import numpy as np
@@ -38,8 +39,23 @@ FEATURES = {
         {"column": "ts", "name": "ts_hour", "transform": "hour_of_day"},
         {"column": "ts", "name": "ts_dow", "transform": "day_of_week"},
         {"column": "x", "name": "x_bucket", "transform": "bucketize", "num_buckets": 4},
+        {"column": "x", "name": "x_median", "transform": "zscore", "impute": "median"},
+        {"column": "city", "name": "city_mf", "transform": "vocabulary",
+         "impute": "most_frequent"},
     ],
 }
+
+
+def _x(rng):
+    """10% NULL, 2% NaN, 2% ±Infinity (all "missing" for the transforms)."""
+    u = rng.random()
+    if u < 0.10:
+        return None
+    if u < 0.12:
+        return "NaN"
+    if u < 0.14:
+        return "Infinity" if u < 0.13 else "-Infinity"
+    return float(rng.normal(5, 2))
 
 
 def _rows():
@@ -53,7 +69,7 @@ def _rows():
     for i, row_id in enumerate(ids):
         yield (
             int(row_id),
-            None if rng.random() < 0.1 else float(rng.normal(5, 2)),
+            _x(rng),
             int(rng.integers(-1000, 1000)),
             None if rng.random() < 0.2 else f"{rng.uniform(0, 500):.2f}",
             bool(rng.random() < 0.3),
@@ -139,7 +155,13 @@ def _db_rows(database_url, table):
         f'extract(epoch FROM ts)::int8, y FROM "{table}"',
     )
     names = ["id", "x", "n", "price", "flag", "cat", "city", "born", "ts", "y"]
-    return {r[0]: dict(zip(names, r)) for r in rows}
+    out = {}
+    for r in rows:
+        row = dict(zip(names, r))
+        if row["x"] is not None and not math.isfinite(row["x"]):
+            row["x_raw"], row["x"] = row["x"], None  # missing for the transforms
+        out[r[0]] = row
+    return out
 
 
 def _split_of(row_id: int) -> str:
@@ -195,6 +217,9 @@ def test_rows_per_split_are_exact(output_a, expected, data_a):
     dropped = sum(1 for r in expected["rows"].values() if r["y"] is None)
     assert manifest["rows_dropped_null_label"] == dropped > 0
     assert manifest["rows_read"] == ROWS
+    assert sum(manifest["rows_per_partition"].values()) == ROWS
+    non_finite = sum(1 for r in expected["rows"].values() if "x_raw" in r)
+    assert manifest["non_finite_values"] == {"x": non_finite} and non_finite > 0
 
 
 def test_split_is_the_same_with_another_partition_plan(output_a, output_b):
@@ -228,6 +253,31 @@ def test_zscore_uses_train_population_stats_and_imputes_mean(expected, data_a):
                     assert got == pytest.approx((raw - mean) / std, rel=1e-4, abs=1e-5)
                     if column != "n":
                         assert data[f"{column}_is_missing"][k] == 0
+
+
+def test_median_imputation_uses_the_train_median(expected, data_a):
+    present = np.array([r["x"] for r in expected["train"] if r["x"] is not None])
+    mean, std, median = present.mean(), present.std(), np.median(present)
+    for split in ("train", "eval"):
+        data = data_a[split]
+        for row_id, k in _by_id(data).items():
+            raw = expected["labelled"][row_id]["x"]
+            if raw is None:
+                # quantiles are approximate (epsilon 0.001): allow a small rank error
+                assert data["x_median"][k] == pytest.approx((median - mean) / std, abs=0.02)
+            else:
+                assert data["x_median"][k] == pytest.approx((raw - mean) / std, rel=1e-4, abs=1e-5)
+
+
+def test_most_frequent_imputation_maps_null_to_id_zero(output_a, expected, data_a):
+    vocab = [t.decode() for t in tft.TFTransformOutput(output_a).vocabulary_by_name("city_mf")]
+    assert MISSING not in vocab
+    for split in ("train", "eval"):
+        data = data_a[split]
+        for row_id, k in _by_id(data).items():
+            raw = expected["labelled"][row_id]["city"]
+            if raw is None:
+                assert data["city_mf"][k] == 0
 
 
 def test_scale_0_1_uses_train_range_and_imputes_train_mean(expected, data_a):
