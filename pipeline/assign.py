@@ -28,7 +28,7 @@ class _AssignSplitFn(beam.DoFn):
     def __init__(
         self,
         columns: Sequence[Column],
-        label: str,
+        label: str | None,
         split_key: str,
         spec: SplitSpec,
         drop_if_null: Sequence[str] = (),
@@ -47,10 +47,11 @@ class _AssignSplitFn(beam.DoFn):
         ]
 
     def process(self, batch: pa.RecordBatch) -> Iterator:
-        label = batch.column(self._label)
-        if label.null_count:
-            self._dropped.inc(label.null_count)
-            batch = batch.filter(pc.is_valid(label))
+        if self._label is not None:
+            label = batch.column(self._label)
+            if label.null_count:
+                self._dropped.inc(label.null_count)
+                batch = batch.filter(pc.is_valid(label))
         for name in self._drop_if_null:
             column = batch.column(name)
             if column.null_count:
@@ -88,7 +89,7 @@ class AssignSplit(beam.PTransform):
     def __init__(
         self,
         columns: Sequence[Column],
-        label: str,
+        label: str | None,
         split_key: str,
         spec: SplitSpec,
         drop_if_null: Sequence[str] = (),

@@ -42,6 +42,7 @@ class Job:
     plan: ReadPlan
     features: FeatureConfig | None
     split_key: str
+    raw_label: str | None
     temp_dir: str
 
     @property
@@ -89,13 +90,20 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
     split_key = _split_key(config, plan, source)
     all_columns = plan.columns
     names = {c.name for c in all_columns}
-    for flag, name in (("--split_key", split_key), ("--label", config.label)):
-        if name not in names:
-            raise ConfigError(f"{flag}: column {name!r} not found; have {sorted(names)}")
+    if split_key not in names:
+        raise ConfigError(f"--split_key: column {split_key!r} not found; have {sorted(names)}")
     if config.preprocessing_module:
+        # A user module names its transformed label with --label; when that is also
+        # a raw column, rows where it is NULL are dropped (as with built-in features).
         features = None
-        needed = [c.name for c in all_columns]
+        raw_label = config.label if config.label in names else None
+        needed = [c.name for c in all_columns if _supported(c)]
     else:
+        if config.label not in names:
+            raise ConfigError(
+                f"--label: column {config.label!r} not found; have {sorted(names)}"
+            )
+        raw_label = config.label
         if config.features:
             features = load_config(config.features, all_columns, config.label)
         else:
@@ -105,9 +113,26 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
     plan = dataclasses.replace(
         plan, columns=tuple(c for c in all_columns if c.name in set(needed))
     )
+    for column in plan.columns:
+        _ = column.kind  # UnsupportedTypeError names the column and the cast
     output.prepare_output_dir(config.output_dir, config.overwrite)
     temp_dir = temp_location or output.join(config.output_dir, ".tmp")
-    return Job(config, source, plan, features, split_key, temp_dir)
+    return Job(config, source, plan, features, split_key, raw_label, temp_dir)
+
+
+def _supported(column) -> bool:
+    from transforms.types import UnsupportedTypeError
+
+    try:
+        _ = column.kind
+        return True
+    except UnsupportedTypeError:
+        _LOGGER.warning(
+            "Column %r of type %s is not read (no feature mapping); cast it in a "
+            "--query to use it in the preprocessing module",
+            column.name, column.display_type,
+        )
+        return False
 
 
 def _primary_key_columns(plan: ReadPlan, source: SourceSpec) -> list[str]:
@@ -144,7 +169,7 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
     raw = p | "Read" >> ReadFromPostgres(job.source, job.plan, snapshot_id)
     splits = raw | "AssignSplit" >> AssignSplit(
         job.plan.columns,
-        config.label,
+        job.raw_label,
         job.split_key,
         config.splits,
         job.features.drop_if_null if job.features else (),
@@ -207,6 +232,12 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     counts = _counters(result)
 
     tft_output = tft.TFTransformOutput(config.output_dir)
+    transformed = tft_output.transformed_feature_spec()
+    if config.label not in transformed:
+        raise ConfigError(
+            f"--label: {config.label!r} is not among the transformed features "
+            f"{sorted(transformed)}; the output has no manifest"
+        )
     vocabularies = {}
     if job.features is not None:
         for feature in job.features.features:
@@ -258,7 +289,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         },
         "features": job.features.to_json() if job.features else None,
         "preprocessing_module": config.preprocessing_module,
-        "transformed_features": sorted(tft_output.transformed_feature_spec()),
+        "transformed_features": sorted(transformed),
         "vocabularies": vocabularies,
         "compression": "GZIP",
         "elapsed_seconds": round(elapsed, 3),

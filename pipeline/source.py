@@ -93,7 +93,8 @@ def plan_read(
 
     Args:
         source: the table or query.
-        needed_columns: columns to select (None: all of them), in order.
+        needed_columns: columns to select, in order, their types checked (None: all
+            of them, types unchecked: the caller projects and checks).
         num_partitions: wanted partitions (None: from the row estimate).
         partition_column: split on this column's quantiles instead of blocks.
     """
@@ -125,7 +126,7 @@ def plan_read(
                 )
             columns = [by_name[n] for n in needed_columns]
         problems = []
-        for column in columns:
+        for column in columns if needed_columns is not None else ():
             try:
                 _ = column.kind
             except UnsupportedTypeError as err:
