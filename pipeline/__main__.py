@@ -79,7 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.job import prepare_job, run_job
 
         beam_options = PipelineOptions(beam_args, save_main_session=False)
-        temp_location = beam_options.view_as(GoogleCloudOptions).temp_location
+        cloud = beam_options.view_as(GoogleCloudOptions)
+        if config.snapshot and cloud.template_location:
+            print(
+                "sql2tfrecord: error: --template_location: a template runs after this "
+                "launcher exits, so no launcher can hold the shared snapshot; pass "
+                "--no_snapshot",
+                file=sys.stderr,
+            )
+            return 2
+        temp_location = cloud.temp_location
         job = prepare_job(config, temp_location)
         manifest = run_job(job, beam_options)
     except KeyboardInterrupt:

@@ -224,7 +224,10 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         p = beam.Pipeline(options=beam_options)
         build_pipeline(p, job, snapshot.snapshot_id if snapshot else None)
         result = p.run()
-        result.wait_until_finish()
+        # The snapshot must outlive every partition read: wait for the whole job.
+        state = result.wait_until_finish()
+        if state is not None and str(state).rsplit(".", 1)[-1] not in ("DONE", "UNKNOWN"):
+            raise RuntimeError(f"the pipeline ended in state {state}; no manifest written")
     finally:
         if snapshot is not None:
             snapshot.__exit__(None, None, None)
