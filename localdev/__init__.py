@@ -1,0 +1,1 @@
+"""Local development helpers: an embedded PostgreSQL and the sample table (not the job)."""
