@@ -1,15 +1,21 @@
 """A throwaway PostgreSQL server for run_local.sh and the tests, from pip alone.
 
-Binaries: `$SQL2TFRECORD_PG_BIN`, else those bundled in the `pgserver` wheel
-(PostgreSQL 16, no system packages), else `initdb`/`pg_ctl` from `pg_config --bindir`
-or PATH. The server listens on
-127.0.0.1 only, on a free port, with trust authentication, fsync off (it is
-throwaway), in a fresh temporary directory that `stop()` deletes.
-
-PostgreSQL refuses to run as root: as root, the server runs as the unprivileged
-user `nobody` (override with `SQL2TFRECORD_PG_USER`); when that user cannot reach
-the binaries (a venv under a private home), they are copied to a world-readable
-temporary directory first.
+Contract:
+    * Binaries: those bundled in the `pgserver` wheel (PostgreSQL 16), else
+      `initdb`/`pg_ctl`/`postgres` from `pg_config --bindir`, else from PATH.
+    * The server listens on 127.0.0.1 only, on a free port chosen by the OS, with
+      trust authentication, `fsync`/`synchronous_commit`/`full_page_writes` off
+      (the data is throwaway), and a database `sql2tfrecord` owned by `postgres`.
+    * Everything lives in one fresh data directory that `stop()` deletes; `stop()`
+      is idempotent and also runs at interpreter exit. A failed `start()` leaves no
+      server and no directories behind.
+    * PostgreSQL refuses to run as root: as root, the server runs as the
+      unprivileged user `nobody` (override with `$SQL2TFRECORD_PG_USER`). When that
+      user cannot execute the pgserver binaries (a virtualenv under a private home),
+      the installation is copied to a world-readable temporary directory that
+      `stop()` deletes.
+    * Importing this module has no side effects; `pgserver` and `psycopg2` are
+      only needed once a server is started.
 """
 
 from __future__ import annotations
@@ -18,250 +24,448 @@ import atexit
 import importlib.util
 import logging
 import os
-import pwd
+import shlex
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["EmbeddedPostgres", "find_bin_dir"]
+__all__ = ["DATABASE", "SUPERUSER", "EmbeddedPostgres", "find_bin_dir"]
 
 _LOGGER = logging.getLogger(__name__)
 
 DATABASE = "sql2tfrecord"
 SUPERUSER = "postgres"
 
+_HOST = "127.0.0.1"
+_ROOT_RUN_USER = "nobody"
+_SERVER_SETTINGS = (
+    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+    "-c max_connections=100"
+)
+_INITDB_FLAGS = (
+    "-A", "trust", "-U", SUPERUSER, "-E", "UTF8", "--locale=C", "--no-sync",
+    "--no-instructions",
+)  # fmt: skip
+_LOG_NAME = "server.log"
+_PORT_ATTEMPTS = 5
+_START_TIMEOUT_S = 60
+_REQUIRED = ("initdb", "pg_ctl", "postgres")
+_NO_BINARIES = (
+    "no PostgreSQL server binaries (initdb, pg_ctl, postgres) found: install the "
+    "test extra: pip install pgserver, or PostgreSQL server binaries"
+)
+
+
+def _has_server_binaries(bin_dir: Path) -> bool:
+    return all((bin_dir / name).is_file() for name in _REQUIRED)
+
+
+def _pgserver_bin_dir() -> Path | None:
+    # pgserver._commands.POSTGRES_BIN_PATH is <package>/pginstall/bin. We locate the
+    # package without importing it: its __init__ imports psutil, fasteners and
+    # platformdirs and warns when $XDG_RUNTIME_DIR is unset.
+    try:
+        spec = importlib.util.find_spec("pgserver")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "pginstall" / "bin"
+        if _has_server_binaries(candidate):
+            return candidate
+    return None
+
 
 def find_bin_dir() -> Path:
-    """The directory holding initdb, pg_ctl and postgres; RuntimeError if none.
+    """Finds the directory holding initdb, pg_ctl and postgres.
 
-    Order: `$SQL2TFRECORD_PG_BIN`, the pgserver wheel, `pg_config --bindir`, PATH.
+    Order: the `pgserver` wheel, `pg_config --bindir`, `initdb` on PATH.
+
+    Returns:
+        The directory.
+
+    Raises:
+        RuntimeError: none of them has the server binaries.
     """
-    override = os.environ.get("SQL2TFRECORD_PG_BIN")
-    if override:
-        return Path(override)
-    spec = importlib.util.find_spec("pgserver")  # located, not imported (no side effects)
-    if spec is not None and spec.origin:
-        bundled = Path(spec.origin).parent / "pginstall" / "bin"
-        if (bundled / "initdb").exists():
-            return bundled
+    bundled = _pgserver_bin_dir()
+    if bundled is not None:
+        return bundled
     try:
         out = subprocess.run(
-            ["pg_config", "--bindir"], capture_output=True, text=True, check=True
+            ["pg_config", "--bindir"], capture_output=True, text=True, timeout=30
         )
         candidate = Path(out.stdout.strip())
-        if (candidate / "initdb").exists():
+        if out.returncode == 0 and _has_server_binaries(candidate):
             return candidate
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.SubprocessError):
         pass
     initdb = shutil.which("initdb")
     if initdb:
-        return Path(os.path.realpath(initdb)).parent
-    raise RuntimeError(
-        "no PostgreSQL server binaries: install the local extra "
-        "(pip install -e '.[local]', which brings pgserver) or PostgreSQL's initdb"
-    )
+        candidate = Path(os.path.realpath(initdb)).parent
+        if _has_server_binaries(candidate):
+            return candidate
+    raise RuntimeError(_NO_BINARIES)
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((_HOST, 0))
+        return probe.getsockname()[1]
 
 
-def _run_as(user: str | None) -> dict:
-    if user is None:
-        return {}
-    entry = pwd.getpwnam(user)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def _can_execute(user: str, path: Path) -> bool:
+def _ids(user: str) -> tuple[int, int]:
+    import pwd
+
     try:
-        probe = subprocess.run(
-            [str(path / "pg_ctl"), "--version"], capture_output=True, **_run_as(user)
-        )
-    except PermissionError:
-        return False
-    return probe.returncode == 0
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise RuntimeError(
+            f"running as root, but the user {user!r} to run PostgreSQL as does not "
+            "exist; set SQL2TFRECORD_PG_USER to an unprivileged user"
+        ) from None
+    if entry.pw_uid == 0:
+        raise RuntimeError(f"PostgreSQL cannot run as {user!r}: it is uid 0")
+    return entry.pw_uid, entry.pw_gid
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 class EmbeddedPostgres:
-    """Context manager: start()/stop() a private PostgreSQL on 127.0.0.1.
+    """A private PostgreSQL on 127.0.0.1; `start()`/`stop()` or a `with` block.
+
+    Example:
+        with EmbeddedPostgres() as server:
+            psycopg2.connect(server.url)
 
     Attributes:
-        url: `postgresql://postgres@127.0.0.1:PORT/sql2tfrecord` once started.
-        data_dir: the cluster directory (deleted by stop()).
-        bin_dir: the binaries in use.
+        data_dir: the cluster directory (deleted by `stop()`), set by `start()`
+            unless given.
+        bin_dir: the directory of the binaries in use, set by `start()` unless
+            given.
+        port: the TCP port, once started.
     """
 
-    def __init__(self, base_dir: str | None = None):
-        self._base_dir = base_dir
-        self._work_dir: Path | None = None
-        self._copied_bin: Path | None = None
-        self._user: str | None = None
-        self.bin_dir: Path | None = None
+    def __init__(
+        self,
+        data_dir: str | os.PathLike | None = None,
+        bin_dir: str | os.PathLike | None = None,
+    ):
+        """Prepares, without starting, a server.
+
+        Args:
+            data_dir: where to create the cluster; must not exist or be empty, and is
+                deleted by `stop()`. Default: a fresh temporary directory.
+            bin_dir: the PostgreSQL binaries. Default: `find_bin_dir()`.
+        """
+        self._requested_data_dir = Path(data_dir).absolute() if data_dir else None
+        self._requested_bin_dir = Path(bin_dir).absolute() if bin_dir else None
         self.data_dir: Path | None = None
+        self.bin_dir: Path | None = None
         self.port: int | None = None
-        self.url: str | None = None
-        self._running = False
+        self._user: str | None = None
+        self._bin_copy: Path | None = None
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The libpq URL `postgresql://postgres@127.0.0.1:PORT/sql2tfrecord`."""
+        if self._url is None:
+            raise RuntimeError("the embedded PostgreSQL is not running")
+        return self._url
+
+    @property
+    def running(self) -> bool:
+        """Whether `start()` succeeded and `stop()` has not run since."""
+        return self._url is not None
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _pg(self, name: str, *args: str, timeout: float = 120) -> None:
-        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-        env.pop("PGDATA", None)
-        proc = subprocess.run(
-            [str(self.bin_dir / name), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd=str(self._work_dir),
-            **_run_as(self._user),
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"{name} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}"
-            )
-
-    def _prepare_user_and_binaries(self) -> None:
-        bin_dir = find_bin_dir()
-        if os.geteuid() != 0:
-            self.bin_dir = bin_dir
-            return
-        self._user = os.environ.get("SQL2TFRECORD_PG_USER", "nobody")
-        if _can_execute(self._user, bin_dir):
-            self.bin_dir = bin_dir
-            return
-        # Copy the installation (bin, lib, share, and the wheel's pgserver.libs that
-        # the binaries find through RPATH $ORIGIN/../../../pgserver.libs) where the
-        # user can read it, keeping the relative layout.
-        install = bin_dir.parent
-        self._copied_bin = Path(tempfile.mkdtemp(prefix="sql2tfrecord-pgbin-"))
-        os.chmod(self._copied_bin, 0o755)
-        target = self._copied_bin / "pgserver" / "pginstall"
-        for part in ("bin", "lib", "share"):
-            if (install / part).exists():
-                shutil.copytree(install / part, target / part, symlinks=True)
-        wheel_libs = install.parent.parent / "pgserver.libs"
-        if wheel_libs.exists():
-            shutil.copytree(wheel_libs, self._copied_bin / "pgserver.libs", symlinks=True)
-        for root, dirs, _ in os.walk(self._copied_bin):
-            for name in dirs:
-                os.chmod(os.path.join(root, name), 0o755)
-        self.bin_dir = target / "bin"
+    # -- start ---------------------------------------------------------------------
 
     def start(self) -> str:
-        """Initialises and starts the server; returns its URL."""
-        if self._running:
-            return self.url
-        started = time.monotonic()
+        """Initialises and starts the server, and creates the database.
+
+        Returns:
+            The server's URL (also `self.url`).
+
+        Raises:
+            RuntimeError: no binaries, or the server did not start; nothing is left
+                running and the temporary directories are gone.
+            ValueError: `data_dir` exists and is not empty.
+        """
+        if self._url is not None:
+            return self._url
+        began = time.monotonic()
+        self._check_data_dir()
+        atexit.register(self.stop)
         try:
-            self._prepare_user_and_binaries()
-            self._work_dir = Path(
-                tempfile.mkdtemp(prefix="sql2tfrecord-pg-", dir=self._base_dir)
-            )
-            self.data_dir = self._work_dir / "data"
-            if self._user is not None:
-                entry = pwd.getpwnam(self._user)
-                os.chmod(self._work_dir, 0o755)
-                os.chown(self._work_dir, entry.pw_uid, entry.pw_gid)
-            self._pg(
-                "initdb", "-D", str(self.data_dir), "-A", "trust", "-U", SUPERUSER,
-                "-E", "UTF8", "--no-sync", "--no-instructions",
-            )
-            for attempt in range(5):
-                self.port = _free_port()
-                try:
-                    self._pg(
-                        "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data_dir),
-                        "-l", str(self._work_dir / "server.log"), "-o",
-                        f"-h 127.0.0.1 -p {self.port} -k {self._work_dir} "
-                        "-c fsync=off -c synchronous_commit=off "
-                        "-c full_page_writes=off -c max_connections=100",
-                    )
-                    break
-                except RuntimeError:
-                    if attempt == 4:
-                        raise
-            self._running = True
-            atexit.register(self.stop)
+            self._prepare_binaries()
+            self._make_data_dir()
+            self._pg("initdb", "-D", str(self.data_dir), *_INITDB_FLAGS)
+            self._start_server()
             self._create_database()
-        except Exception as err:
+        except BaseException as err:
             log = self._log_tail()
             self.stop()
-            raise RuntimeError(f"embedded PostgreSQL did not start: {err}{log}") from err
-        self.url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
+            if isinstance(err, Exception):
+                detail = " | ".join(str(err).strip().splitlines()) or repr(err)
+                message = f"embedded PostgreSQL did not start: {detail}"
+                if log:
+                    message += f"\n--- server log (tail) ---\n{log}"
+                raise RuntimeError(message) from err
+            raise
+        self._url = f"postgresql://{SUPERUSER}@{_HOST}:{self.port}/{DATABASE}"
         _LOGGER.info(
-            "Embedded PostgreSQL on 127.0.0.1:%s in %.1f s", self.port,
-            time.monotonic() - started,
+            "Embedded PostgreSQL on %s:%d (data %s, binaries %s%s) in %.2f s",
+            _HOST,
+            self.port,
+            self.data_dir,
+            self.bin_dir,
+            f", as {self._user}" if self._user else "",
+            time.monotonic() - began,
         )
-        return self.url
+        return self._url
+
+    def _check_data_dir(self) -> None:
+        path = self._requested_data_dir
+        if path is not None and path.exists() and any(path.iterdir()):
+            raise ValueError(f"data_dir {path} exists and is not empty")
+
+    def _prepare_binaries(self) -> None:
+        bin_dir = self._requested_bin_dir or find_bin_dir()
+        if not _has_server_binaries(bin_dir):
+            raise RuntimeError(f"{bin_dir} lacks initdb, pg_ctl or postgres")
+        self.bin_dir = bin_dir
+        if not _is_root():
+            return
+        self._user = os.environ.get("SQL2TFRECORD_PG_USER") or _ROOT_RUN_USER
+        _ids(self._user)
+        if self._user_can_run(bin_dir):
+            return
+        self.bin_dir = self._copy_installation(bin_dir)
+        if not self._user_can_run(self.bin_dir):
+            raise RuntimeError(
+                f"user {self._user!r} cannot run the PostgreSQL binaries, even copied "
+                f"to {self._bin_copy}"
+            )
+
+    def _user_can_run(self, bin_dir: Path) -> bool:
+        # initdb loads libpq through its RPATH, postgres is the server itself.
+        for name in ("initdb", "postgres"):
+            try:
+                probe = self._run([str(bin_dir / name), "--version"], timeout=30)
+            except OSError:
+                return False
+            if probe.returncode != 0:
+                return False
+        return True
+
+    def _copy_installation(self, bin_dir: Path) -> Path:
+        """Copies a pgserver installation where the unprivileged user can read it."""
+        install = bin_dir.parent
+        # The wheel's initdb finds libpq through its RPATH
+        # $ORIGIN/../../../pgserver.libs, so the copy keeps the layout:
+        # <tmp>/pgserver/pginstall/{bin,lib,share} and <tmp>/pgserver.libs.
+        wheel_libs = install.parent.parent / "pgserver.libs"
+        if install.name != "pginstall":
+            raise RuntimeError(
+                f"user {self._user!r} cannot run the PostgreSQL binaries in {bin_dir}; "
+                "make them readable or set SQL2TFRECORD_PG_USER"
+            )
+        began = time.monotonic()
+        self._bin_copy = Path(tempfile.mkdtemp(prefix="sql2tfrecord-pgbin-"))
+        target = self._bin_copy / "pgserver" / "pginstall"
+        for part in ("bin", "lib", "share"):
+            if (install / part).is_dir():
+                shutil.copytree(install / part, target / part, symlinks=True)
+        if wheel_libs.is_dir():
+            shutil.copytree(wheel_libs, self._bin_copy / "pgserver.libs", symlinks=True)
+        for root, _dirs, files in os.walk(self._bin_copy):
+            os.chmod(root, 0o755)
+            for name in files:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    mode = os.stat(path).st_mode
+                    os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 else 0))
+        _LOGGER.info(
+            "Copied the PostgreSQL binaries to %s for user %s (%.2f s)",
+            self._bin_copy,
+            self._user,
+            time.monotonic() - began,
+        )
+        return target / "bin"
+
+    def _make_data_dir(self) -> None:
+        if self._requested_data_dir is not None:
+            self._requested_data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir = self._requested_data_dir
+        else:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="sql2tfrecord-pg-"))
+        if self._user is not None:
+            uid, gid = _ids(self._user)
+            os.chown(self.data_dir, uid, gid)
+
+    def _start_server(self) -> None:
+        log = self.data_dir / _LOG_NAME
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            self.port = _free_port()
+            offset = log.stat().st_size if log.exists() else 0
+            options = (
+                f"-h {_HOST} -p {self.port} -k {shlex.quote(str(self.data_dir))} "
+                f"{_SERVER_SETTINGS}"
+            )
+            start = ("start", "-w", "-t", str(_START_TIMEOUT_S), "-l", str(log))
+            try:
+                self._pg_ctl(*start, "-o", options, timeout=_START_TIMEOUT_S + 30)
+                return
+            except RuntimeError:
+                new_log = ""
+                if log.exists():
+                    with open(log, encoding="utf-8", errors="replace") as f:
+                        f.seek(offset)
+                        new_log = f.read()
+                if "already in use" not in new_log or attempt == _PORT_ATTEMPTS:
+                    raise
+                _LOGGER.info("Port %d was taken meanwhile; retrying", self.port)
 
     def _create_database(self) -> None:
         import psycopg2
 
         conn = psycopg2.connect(
-            host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres"
+            host=_HOST,
+            port=self.port,
+            user=SUPERUSER,
+            dbname="postgres",
+            connect_timeout=10,
+            application_name="sql2tfrecord-localdev",
         )
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {DATABASE}")
-        conn.close()
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE {DATABASE}")
+        finally:
+            conn.close()
 
-    def _log_tail(self) -> str:
-        if self._work_dir is None:
-            return ""
-        log = self._work_dir / "server.log"
-        if not log.exists():
-            return ""
-        return "\n--- server log ---\n" + log.read_text(errors="replace")[-2000:]
+    # -- stop ----------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stops the server and deletes its files (idempotent)."""
-        if self._running:
-            try:
-                self._pg("pg_ctl", "stop", "-m", "fast", "-w", "-D", str(self.data_dir))
-            except (RuntimeError, subprocess.TimeoutExpired) as err:
-                _LOGGER.warning("pg_ctl stop failed: %s", err)
-            self._running = False
-        for path in (self._work_dir, self._copied_bin):
+        """Stops the server and deletes its data (and any binary copy); idempotent."""
+        atexit.unregister(self.stop)
+        was_running = self._url is not None
+        self._url = None
+        if self.data_dir is not None and (self.data_dir / "postmaster.pid").exists():
+            for mode in ("fast", "immediate"):
+                try:
+                    self._pg_ctl("stop", "-m", mode, "-w", "-t", "60", timeout=90)
+                    break
+                except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+                    _LOGGER.warning("pg_ctl stop -m %s failed: %s", mode, err)
+        for path in (self.data_dir, self._bin_copy):
             if path is not None:
                 shutil.rmtree(path, ignore_errors=True)
-        self._work_dir = self._copied_bin = None
+        if self._bin_copy is not None:
+            self.bin_dir = None
+        self._bin_copy = None
+        if was_running:
+            _LOGGER.info("Embedded PostgreSQL on %s:%s stopped", _HOST, self.port)
 
-    def state(self) -> dict:
-        """Plain state for `python -m localdev stop` in another process."""
+    # -- another process -----------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What `from_state()` needs to stop this server from another process.
+
+        Returns:
+            JSON-serialisable: url, data_dir, bin_dir, bin_copy and the user that
+            runs the server (None: the current user).
+        """
         return {
             "url": self.url,
-            "work_dir": str(self._work_dir),
             "data_dir": str(self.data_dir),
             "bin_dir": str(self.bin_dir),
-            "copied_bin": str(self._copied_bin) if self._copied_bin else None,
+            "bin_copy": str(self._bin_copy) if self._bin_copy else None,
             "user": self._user,
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> EmbeddedPostgres:
-        """Rebuilds a handle on a running server from `state()`."""
+    def from_state(cls, state: dict[str, Any]) -> EmbeddedPostgres:
+        """A handle on a server started by another process (see `state()`).
+
+        Args:
+            state: the dict from `state()`.
+
+        Returns:
+            A running-server handle whose `stop()` stops it and deletes its data.
+        """
         server = cls()
-        server.url = state["url"]
-        server._work_dir = Path(state["work_dir"])
+        server._url = state["url"]
         server.data_dir = Path(state["data_dir"])
         server.bin_dir = Path(state["bin_dir"])
-        server._copied_bin = Path(state["copied_bin"]) if state["copied_bin"] else None
-        server._user = state["user"]
-        server._running = True
+        server._bin_copy = Path(state["bin_copy"]) if state.get("bin_copy") else None
+        server._user = state.get("user")
+        server.port = int(server._url.rsplit(":", 1)[1].split("/", 1)[0])
         return server
 
-    def detach(self) -> None:
-        """Leaves the server running when this process exits (see `from_state`)."""
+    def detach(self) -> dict[str, Any]:
+        """Leaves the server running after this process exits.
+
+        Returns:
+            `state()`, for a later `from_state(...).stop()`.
+        """
         atexit.unregister(self.stop)
+        return self.state()
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(LC_ALL="C", LANG="C")
+        kwargs: dict[str, Any] = {}
+        if self._user is not None:
+            uid, gid = _ids(self._user)
+            kwargs = {"user": uid, "group": gid, "extra_groups": []}
+        return subprocess.run(
+            args,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd="/",
+            **kwargs,
+        )
+
+    def _pg(self, name: str, *args: str, timeout: float = 120) -> str:
+        proc = self._run([str(self.bin_dir / name), *args], timeout=timeout)
+        if proc.returncode != 0:
+            output = _tail(proc.stderr or proc.stdout, 5).replace("\n", " | ")
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {output}")
+        _LOGGER.debug("%s %s: %s", name, " ".join(args), proc.stdout.strip())
+        return proc.stdout
+
+    def _pg_ctl(self, *args: str, timeout: float) -> str:
+        return self._pg("pg_ctl", *args, "-D", str(self.data_dir), timeout=timeout)
+
+    def _log_tail(self) -> str:
+        if self.data_dir is None:
+            return ""
+        try:
+            text = (self.data_dir / _LOG_NAME).read_text(errors="replace")
+        except OSError:
+            return ""
+        return _tail(text)

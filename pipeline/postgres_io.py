@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -216,23 +217,39 @@ def _first_line(err: BaseException) -> str:
 
 
 class _ReadPartitionFn(beam.DoFn):
-    """Reads partitions on one connection per DoFn instance (opened in setup)."""
+    """Reads partitions; one connection per DoFn instance and thread.
+
+    A runner may drive one DoFn instance from several threads (the DirectRunner's
+    multi_threading mode does), so readers are thread-local: a psycopg2 connection
+    never serves two COPYs at once.
+    """
 
     def __init__(self, source: SourceSpec, plan: ReadPlan, snapshot_id: str | None):
         self._source = source
         self._plan = plan
         self._snapshot_id = snapshot_id
-        self._reader = None
+        self._local = None
+        self._readers: list[PartitionReader] = []
         self._rows = Metrics.counter("sql2tfrecord", "rows_read")
         self._bytes = Metrics.counter("sql2tfrecord", "bytes_read")
 
+    def _reader(self) -> PartitionReader:
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = PartitionReader(self._source, self._plan, self._snapshot_id)
+            reader._connect()  # noqa: SLF001 - fail fast, before the first partition
+            self._local.reader = reader
+            self._readers.append(reader)
+        return reader
+
     def setup(self):
-        self._reader = PartitionReader(self._source, self._plan, self._snapshot_id)
-        self._reader._connect()  # noqa: SLF001 - fail fast in setup
+        self._local = threading.local()
+        self._readers = []
+        self._reader()
 
     def process(self, partition: Partition) -> Iterator[pa.RecordBatch]:
         rows = 0
-        for batch in self._reader.read(partition):
+        for batch in self._reader().read(partition):
             rows += batch.num_rows
             self._rows.inc(batch.num_rows)
             self._bytes.inc(batch.nbytes)
@@ -241,9 +258,9 @@ class _ReadPartitionFn(beam.DoFn):
         _LOGGER.info("Partition %s: %d rows", partition.label, rows)
 
     def teardown(self):
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        for reader in self._readers:
+            reader.close()
+        self._readers = []
 
 
 class ReadFromPostgres(beam.PTransform):

@@ -1,6 +1,7 @@
-"""The same job on three Beam execution paths gives the same output; the graph pickles.
+"""The same job on four Beam execution paths gives the same output; the graph pickles.
 
-DirectRunner in memory; DirectRunner multi-processing with 2 workers; and the
+DirectRunner in memory; DirectRunner multi-processing and multi-threading with 2
+workers; and the
 portable Fn API path Flink and Dataflow use (`PortableRunner --job_endpoint=embed`
 with an EXTERNAL worker pool started here on loopback).
 """
@@ -104,6 +105,8 @@ def outputs(database_url, runner_table, features_path, tmp_path_factory, worker_
     ways = {
         "in_memory": [],
         "multi_processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+        # Drives one DoFn instance from two threads: per-bundle state must be local.
+        "multi_threading": ["--direct_running_mode=multi_threading", "--direct_num_workers=2"],
         "portable": ["--runner=PortableRunner", "--job_endpoint=embed",
                      "--environment_type=EXTERNAL", f"--environment_config={worker_pool}"],
     }
@@ -118,7 +121,7 @@ def outputs(database_url, runner_table, features_path, tmp_path_factory, worker_
 def test_three_runners_write_the_same_examples(outputs):
     reference = _examples(outputs["in_memory"])
     assert len(reference) == 6000
-    for name in ("multi_processing", "portable"):
+    for name in ("multi_processing", "multi_threading", "portable"):
         other = _examples(outputs[name])
         assert other.keys() == reference.keys(), name
         for key, (split, example) in reference.items():
@@ -144,7 +147,7 @@ def test_three_runners_write_the_same_vocabularies_and_counts(outputs):
         )
 
     reference = summary(outputs["in_memory"])
-    for name in ("multi_processing", "portable"):
+    for name in ("multi_processing", "multi_threading", "portable"):
         assert summary(outputs[name]) == reference, name
 
 
