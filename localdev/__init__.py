@@ -1,1 +1,1 @@
-"""Local development helpers: an embedded PostgreSQL and the sample table (not the job)."""
+"""Local development helpers: embedded PostgreSQL, sample table; not used by the job."""

@@ -1,8 +1,13 @@
 """`python -m localdev start|stop|sample`: what run_local.sh needs from the shell.
 
-    start --pidfile F   start a detached embedded PostgreSQL; print only its URL
-    stop --pidfile F    stop it and delete its files (idempotent)
-    sample --db_url URL --table T --rows N [--seed S] [--replace]
+    start --pidfile FILE   start a detached embedded PostgreSQL, write its state
+                           (JSON) to FILE and print only its URL on stdout
+    stop --pidfile FILE    stop that server and delete its data (idempotent; a
+                           missing FILE is fine)
+    sample --db_url URL --table NAME --rows N [--seed S] [--replace]
+                           create the sample table; print one line
+
+Errors: one line on stderr and exit code 1.
 """
 
 from __future__ import annotations
@@ -14,57 +19,98 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 __all__ = ["main"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs one sub-command; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m localdev", allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True)
-    start = sub.add_parser("start", help="start a detached embedded PostgreSQL")
-    start.add_argument("--pidfile", required=True)
-    stop = sub.add_parser("stop", help="stop it and delete its data")
-    stop.add_argument("--pidfile", required=True)
-    sample = sub.add_parser("sample", help="create the sample table")
-    sample.add_argument("--db_url", default=os.environ.get("DATABASE_URL"))
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m localdev", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("start", help="start a detached embedded PostgreSQL")
+    start.add_argument("--pidfile", required=True, help="where to write its state")
+    stop = commands.add_parser("stop", help="stop it and delete its data")
+    stop.add_argument("--pidfile", required=True, help="the state file of start")
+    sample = commands.add_parser("sample", help="create the sample table")
+    sample.add_argument("--db_url", required=True, help="libpq URL of the database")
     sample.add_argument("--table", default="sample")
     sample.add_argument("--rows", type=int, default=200_000)
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--replace", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    sample.add_argument(
+        "--replace", action="store_true", help="recreate even if the size matches"
+    )
+    return parser
+
+
+def _start(pidfile: str) -> None:
+    from localdev.embedded_postgres import EmbeddedPostgres
+
+    server = EmbeddedPostgres()
+    url = server.start()
+    try:
+        temporary = f"{pidfile}.tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(server.state(), f, indent=2)
+        os.replace(temporary, pidfile)
+    except BaseException:
+        server.stop()
+        raise
+    server.detach()
+    print(url, flush=True)
+
+
+def _stop(pidfile: str) -> None:
     from localdev.embedded_postgres import EmbeddedPostgres
 
     try:
-        if args.command == "start":
-            server = EmbeddedPostgres()
-            url = server.start()
-            with open(args.pidfile, "w", encoding="utf-8") as f:
-                json.dump(server.state(), f)
-            server.detach()
-            print(url)
-        elif args.command == "stop":
-            if os.path.exists(args.pidfile):
-                with open(args.pidfile, encoding="utf-8") as f:
-                    EmbeddedPostgres.from_state(json.load(f)).stop()
-                os.remove(args.pidfile)
-        else:
-            if not args.db_url:
-                raise ValueError("--db_url is required (or set DATABASE_URL)")
-            from localdev.sample_table import create_sample_table
+        with open(pidfile, encoding="utf-8") as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        return
+    EmbeddedPostgres.from_state(state).stop()
+    os.remove(pidfile)
 
-            started = time.monotonic()
-            rows = create_sample_table(
-                args.db_url, args.table, args.rows, args.seed, args.replace
-            )
-            print(
-                f"sample table {args.table}: {rows} rows "
-                f"({time.monotonic() - started:.1f} s)",
-                file=sys.stderr,
-            )
-    except Exception as err:  # noqa: BLE001 - one line for the shell script
-        print(f"localdev: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+
+def _sample(args: argparse.Namespace) -> None:
+    from localdev.sample_table import create_sample_table
+
+    began = time.monotonic()
+    rows = create_sample_table(
+        args.db_url, args.table, args.rows, seed=args.seed, replace=args.replace
+    )
+    print(f"{args.table}: {rows} rows in {time.monotonic() - began:.1f} s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command.
+
+    Args:
+        argv: the arguments after `python -m localdev`; default `sys.argv[1:]`.
+
+    Returns:
+        The exit code: 0, or 1 after printing one line on stderr.
+    """
+    logging.basicConfig(level=logging.WARNING, format="localdev: %(message)s")
+    try:
+        args = _build_parser().parse_args(argv)
+        if args.command == "start":
+            _start(args.pidfile)
+        elif args.command == "stop":
+            _stop(args.pidfile)
+        else:
+            _sample(args)
+    except Exception as err:  # one line for the shell script, whatever it is
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        print(f"localdev: error: {lines[0]}", file=sys.stderr)
         return 1
     return 0
 

@@ -7,8 +7,9 @@ Contract:
       trust authentication, `fsync`/`synchronous_commit`/`full_page_writes` off
       (the data is throwaway), and a database `sql2tfrecord` owned by `postgres`.
     * Everything lives in one fresh data directory that `stop()` deletes; `stop()`
-      is idempotent and also runs at interpreter exit. A failed `start()` leaves no
-      server and no directories behind.
+      is idempotent and also runs at interpreter exit (of the starting process,
+      not of forked children). A failed `start()` leaves no server and no
+      directories behind. The server log is `server.log` in the data directory.
     * PostgreSQL refuses to run as root: as root, the server runs as the
       unprivileged user `nobody` (override with `$SQL2TFRECORD_PG_USER`). When that
       user cannot execute the pgserver binaries (a virtualenv under a private home),
@@ -176,6 +177,7 @@ class EmbeddedPostgres:
         self._user: str | None = None
         self._bin_copy: Path | None = None
         self._url: str | None = None
+        self._owner_pid = os.getpid()
 
     @property
     def url(self) -> str:
@@ -213,7 +215,8 @@ class EmbeddedPostgres:
             return self._url
         began = time.monotonic()
         self._check_data_dir()
-        atexit.register(self.stop)
+        self._owner_pid = os.getpid()
+        atexit.register(self._stop_at_exit)
         try:
             self._prepare_binaries()
             self._make_data_dir()
@@ -320,6 +323,12 @@ class EmbeddedPostgres:
         if self._user is not None:
             uid, gid = _ids(self._user)
             os.chown(self.data_dir, uid, gid)
+            probe = self._run(["/bin/sh", "-c", 'test -w "$0"', str(self.data_dir)], 30)
+            if probe.returncode != 0:
+                raise RuntimeError(
+                    f"user {self._user!r} cannot reach {self.data_dir}: as root, the "
+                    "data directory's parents must be searchable by that user"
+                )
 
     def _start_server(self) -> None:
         log = self.data_dir / _LOG_NAME
@@ -366,7 +375,7 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stops the server and deletes its data (and any binary copy); idempotent."""
-        atexit.unregister(self.stop)
+        atexit.unregister(self._stop_at_exit)
         was_running = self._url is not None
         self._url = None
         if self.data_dir is not None and (self.data_dir / "postmaster.pid").exists():
@@ -384,6 +393,10 @@ class EmbeddedPostgres:
         self._bin_copy = None
         if was_running:
             _LOGGER.info("Embedded PostgreSQL on %s:%s stopped", _HOST, self.port)
+
+    def _stop_at_exit(self) -> None:
+        if os.getpid() == self._owner_pid:  # not in a forked child
+            self.stop()
 
     # -- another process -----------------------------------------------------------
 
@@ -427,7 +440,7 @@ class EmbeddedPostgres:
         Returns:
             `state()`, for a later `from_state(...).stop()`.
         """
-        atexit.unregister(self.stop)
+        atexit.unregister(self._stop_at_exit)
         return self.state()
 
     # -- helpers -------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""Serving export: raw rows in, predictions out, through the same transform graph.
+
+`export_serving_model(model, output_dir, export_dir)` writes a SavedModel with two
+signatures, both applying the saved `transform_fn`, then the model:
+
+* `serving_default(examples)`: serialized `tf.Example`s of raw columns (as the
+  database has them: NOT NULL columns required, nullable ones may be absent);
+* `serve_raw(**raw)`: one `[batch]` tensor per raw column; for a nullable column
+  `<col>` also a `<col>__is_null` bool tensor (True where the value is NULL; the
+  value in that row is ignored).
+
+Absent (NULL) values get the same imputation as in training, because the same
+graph does it. Output: `{"probability": [batch] float32}`.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from trainer.dataset import read_manifest
+
+__all__ = ["export_serving_model", "NULL_SUFFIX"]
+
+NULL_SUFFIX = "__is_null"
+
+
+class _ServingModule(tf.Module):
+    def __init__(self, model: keras.Model, output_dir: str):
+        super().__init__()
+        tft_output = tft.TFTransformOutput(output_dir)
+        label = read_manifest(output_dir)["label"]
+        self.model = model
+        self.transform_layer = tft_output.transform_features_layer()
+        self._raw_spec = {
+            k: v for k, v in tft_output.raw_feature_spec().items() if k != label
+        }
+        self._inputs = [i.name for i in model.inputs]
+        signature = {}
+        for name, feature in self._raw_spec.items():
+            signature[name] = tf.TensorSpec([None], feature.dtype, name=name)
+            if isinstance(feature, tf.io.VarLenFeature):
+                null = f"{name}{NULL_SUFFIX}"
+                signature[null] = tf.TensorSpec([None], tf.bool, name=null)
+        self.serve_examples = tf.function(
+            self._serve_examples,
+            input_signature=[tf.TensorSpec([None], tf.string, name="examples")],
+        )
+        self.serve_raw = tf.function(self._serve_raw, input_signature=[signature])
+
+    def _predict(self, raw: dict) -> dict:
+        transformed = self.transform_layer(raw)
+        features = {name: transformed[name] for name in self._inputs}
+        return {"probability": tf.reshape(self.model(features), [-1])}
+
+    def _serve_examples(self, examples):
+        return self._predict(tf.io.parse_example(examples, self._raw_spec))
+
+    def _serve_raw(self, inputs):
+        raw = {}
+        for name, feature in self._raw_spec.items():
+            values = inputs[name]
+            if isinstance(feature, tf.io.VarLenFeature):
+                present = tf.logical_not(inputs[f"{name}{NULL_SUFFIX}"])
+                rows = tf.where(present)[:, 0]
+                raw[name] = tf.SparseTensor(
+                    indices=tf.stack([rows, tf.zeros_like(rows)], axis=1),
+                    values=tf.boolean_mask(values, present),
+                    dense_shape=tf.stack([tf.shape(values, out_type=tf.int64)[0], 1]),
+                )
+            else:
+                raw[name] = values
+        return self._predict(raw)
+
+
+def export_serving_model(model: keras.Model, output_dir: str, export_dir: str) -> str:
+    """Saves the serving SavedModel to `export_dir`; returns the path."""
+    module = _ServingModule(model, output_dir)
+    tf.saved_model.save(
+        module,
+        export_dir,
+        signatures={
+            "serving_default": module.serve_examples.get_concrete_function(),
+            "serve_raw": module.serve_raw.get_concrete_function(),
+        },
+    )
+    return export_dir
