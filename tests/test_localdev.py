@@ -93,18 +93,41 @@ def test_server_serves_the_database_on_loopback_only(server):
 
 
 def test_stop_removes_the_data_and_closes_the_port():
-    pg = EmbeddedPostgres()
-    pg.start()
-    data_dir, port = pg.data_dir, pg.port
-    assert fetch(pg.url, "SELECT 1") == [(1,)]
-    assert (data_dir / "postmaster.pid").exists()
-    pg.stop()
-    assert not data_dir.exists()
-    assert not accepts(port)
-    assert not pg.running
-    pg.stop()  # idempotent
-    with pytest.raises(RuntimeError, match="not running"):
-        pg.url  # noqa: B018
+    parent = Path(tempfile.mkdtemp())
+    try:
+        parent.chmod(0o755)  # as root, the server's user must reach a given data_dir
+        pg = EmbeddedPostgres(data_dir=parent / "cluster")
+        pg.start()
+        data_dir, port = pg.data_dir, pg.port
+        assert data_dir == parent / "cluster"
+        assert fetch(pg.url, "SHOW data_directory") == [(str(data_dir),)]
+        assert (data_dir / "postmaster.pid").exists() and accepts(port)
+        pg.stop()
+        assert not data_dir.exists()
+        assert not accepts(port)
+        assert not pg.running
+        pg.stop()  # idempotent
+        with pytest.raises(RuntimeError, match="not running"):
+            pg.url  # noqa: B018
+    finally:
+        shutil.rmtree(parent)
+
+
+def test_a_forgotten_server_is_stopped_at_exit():
+    script = (
+        "from localdev.embedded_postgres import EmbeddedPostgres\n"
+        "pg = EmbeddedPostgres()\n"
+        "pg.start()\n"
+        "print(pg.data_dir, pg.port)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data_dir, port = result.stdout.split()
+    assert not Path(data_dir).exists()
+    assert not accepts(int(port))
 
 
 def test_a_failed_start_leaves_nothing_behind(monkeypatch):
@@ -117,18 +140,6 @@ def test_a_failed_start_leaves_nothing_behind(monkeypatch):
     assert "no_such_setting" in str(failure.value)  # from the server log's tail
     assert pg.data_dir is not None and not pg.data_dir.exists()
     assert not pg.running and not accepts(pg.port)
-
-
-def test_a_given_data_dir_is_used_and_removed():
-    parent = Path(tempfile.mkdtemp())
-    try:
-        parent.chmod(0o755)  # as root, the server's user must reach it
-        with EmbeddedPostgres(data_dir=parent / "cluster") as pg:
-            assert pg.data_dir == parent / "cluster"
-            assert fetch(pg.url, "SHOW data_directory") == [(str(parent / "cluster"),)]
-        assert not (parent / "cluster").exists()
-    finally:
-        shutil.rmtree(parent)
 
 
 def test_a_non_empty_data_dir_is_refused_and_kept(tmp_path):

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -30,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("trainer: error: --epochs and --batch_size must be >= 1", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Keras warns about shuffle= and about epochs of unknown length with tf.data;
+    # make_dataset shuffles and sizes epochs itself.
+    warnings.filterwarnings("ignore", module="keras.src.trainers.epoch_iterator")
     started = time.time()
     try:
         import keras
