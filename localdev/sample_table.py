@@ -19,7 +19,8 @@ Contract (`create_sample_table`):
       own random stream).
     * Generated with numpy and loaded with COPY (CSV) in blocks, inside the
       transaction that creates the table (COPY FREEZE; the primary key is added
-      after the load), then ANALYZEd. Memory stays around 200 MB whatever the size.
+      after the load), then ANALYZEd. The process stays under ~250 MB of memory
+      whatever the size.
 """
 
 from __future__ import annotations

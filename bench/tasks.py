@@ -1,0 +1,201 @@
+"""One benchmark task per call, run in its own process (so peak RSS is its own).
+
+`python -m bench.tasks TASK --db_url URL --table T [--out DIR]` prints one JSON line:
+{"rows": N, "seconds": S} (seconds measured inside the task, after imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class _NullSink:
+    def __init__(self):
+        self.bytes = 0
+
+    def write(self, data):
+        self.bytes += len(data)
+
+
+def copy_null(url: str, table: str, out: str | None) -> dict:
+    """Plain psycopg2 COPY … TO STDOUT (FORMAT csv) into a null sink: the floor."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    started = time.perf_counter()
+    sink = _NullSink()
+    with conn.cursor() as cur:
+        cur.copy_expert(f'COPY (SELECT * FROM "{table}") TO STDOUT (FORMAT csv)', sink)
+        cur.execute(f'SELECT count(*) FROM "{table}"')
+        rows = cur.fetchone()[0]
+    return {"rows": rows, "seconds": time.perf_counter() - started, "bytes": sink.bytes}
+
+
+def source(url: str, table: str, out: str | None) -> dict:
+    """ReadFromPostgres alone on the DirectRunner (table -> RecordBatches -> count)."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from pipeline.connection import Dsn
+    from pipeline.postgres_io import ReadFromPostgres
+    from pipeline.source import ExportedSnapshot, SourceSpec, plan_read
+
+    started = time.perf_counter()
+    spec = SourceSpec(Dsn(url), table=table)
+    plan = plan_read(spec, None)
+    with ExportedSnapshot(spec.dsn) as snapshot:
+        p = beam.Pipeline()
+        _ = (
+            p
+            | ReadFromPostgres(spec, plan, snapshot.snapshot_id)
+            | beam.Map(lambda batch: batch.num_rows)
+            | beam.CombineGlobally(sum)
+        )
+        result = p.run()
+        result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name("rows_read"))["counters"]
+    rows = sum(c.committed for c in counters)
+    return {"rows": rows, "seconds": time.perf_counter() - started,
+            "partitions": len(plan.partitions)}
+
+
+def handwritten(url: str, table: str, out: str) -> dict:
+    """The usual hand-written export: fetch, pandas z-score/vocabulary, a Python loop of
+    tf.train.Examples, gzip TFRecords. No splits, no analysis graph."""
+    import pandas as pd
+    import psycopg2
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    conn = psycopg2.connect(url)
+    with conn.cursor(name="export") as cur:
+        cur.itersize = 10_000
+        cur.execute(
+            f'SELECT id, f0, f1, f2, f3, f4, f5, f6, f7, c10, c100, c1k, c50k, label, '
+            f'floor(extract(epoch FROM created_at))::int8 AS created_at FROM "{table}"'
+        )
+        rows = cur.fetchall()
+        columns = [d.name for d in cur.description]
+    frame = pd.DataFrame(rows, columns=columns)
+    floats = [c for c in columns if c.startswith("f")]
+    texts = [c for c in columns if c.startswith("c")]
+    for c in floats:
+        values = frame[c].astype("float64")
+        frame[c] = ((values - values.mean()) / values.std(ddof=0)).fillna(0.0)
+    for c in texts:
+        vocab = {t: i for i, t in enumerate(frame[c].fillna("__MISSING__").value_counts().index)}
+        frame[c] = frame[c].fillna("__MISSING__").map(vocab)
+    os.makedirs(out, exist_ok=True)
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with tf.io.TFRecordWriter(os.path.join(out, "part-00000.tfrecord.gz"), options) as writer:
+        for record in frame.itertuples(index=False):
+            feature = {}
+            for name, value in zip(columns, record):
+                if name in floats:
+                    feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+                else:
+                    feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+            writer.write(
+                tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+            )
+    return {"rows": len(frame), "seconds": time.perf_counter() - started}
+
+
+def _spec_and_files(out: str, split: str):
+    import tensorflow_transform as tft
+
+    spec = tft.TFTransformOutput(out).transformed_feature_spec()
+    files = sorted(glob.glob(os.path.join(out, split, "part-*.tfrecord.gz")))
+    return spec, files
+
+
+def read_make_dataset(url: str, table: str, out: str) -> dict:
+    """trainer.make_dataset: one epoch, then a cached second epoch."""
+    import trainer
+
+    dataset = trainer.make_dataset(out, "train", batch_size=1024, num_epochs=1)
+    started = time.perf_counter()
+    rows = sum(int(y.shape[0]) for _, y in dataset)
+    first = time.perf_counter() - started
+    cached = trainer.make_dataset(out, "train", batch_size=1024, num_epochs=2, cache=True)
+    started = time.perf_counter()
+    rows2 = sum(int(y.shape[0]) for _, y in cached)
+    both = time.perf_counter() - started
+    return {"rows": rows, "seconds": first, "cached_epoch_seconds": max(both - first, 1e-9),
+            "rows_two_epochs": rows2}
+
+
+def read_ceiling(url: str, table: str, out: str) -> dict:
+    """A best-effort hand-written tf.data reader of the same files (the ceiling)."""
+    import tensorflow as tf
+
+    spec, files = _spec_and_files(out, "train")
+    dataset = (
+        tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
+        .batch(1024)
+        .map(lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    started = time.perf_counter()
+    rows = sum(int(next(iter(b.values())).shape[0]) for b in dataset)
+    return {"rows": rows, "seconds": time.perf_counter() - started}
+
+
+def read_fetchmany(url: str, table: str, out: str | None) -> dict:
+    """The common baseline: psycopg2 fetchmany(1000) in from_generator, batch(32)."""
+    import psycopg2
+    import tensorflow as tf
+
+    columns = [f"f{i}" for i in range(8)] + ["label"]
+
+    def rows():
+        conn = psycopg2.connect(url)
+        with conn.cursor(name="train") as cur:
+            cur.execute(f'SELECT {", ".join(columns)} FROM "{table}"')
+            while True:
+                chunk = cur.fetchmany(1000)
+                if not chunk:
+                    break
+                for row in chunk:
+                    yield tuple(0.0 if v is None else float(v) for v in row[:-1]), row[-1]
+        conn.close()
+
+    dataset = tf.data.Dataset.from_generator(
+        rows,
+        output_signature=(tf.TensorSpec([8], tf.float32), tf.TensorSpec([], tf.int64)),
+    ).batch(32).prefetch(tf.data.AUTOTUNE)
+    started = time.perf_counter()
+    n = sum(int(y.shape[0]) for _, y in dataset)
+    return {"rows": n, "seconds": time.perf_counter() - started}
+
+
+TASKS = {
+    "copy_null": copy_null,
+    "source": source,
+    "handwritten": handwritten,
+    "read_make_dataset": read_make_dataset,
+    "read_ceiling": read_ceiling,
+    "read_fetchmany": read_fetchmany,
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("--db_url", required=True)
+    parser.add_argument("--table", required=True)
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    print(json.dumps(TASKS[args.task](args.db_url, args.table, args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
