@@ -20,6 +20,7 @@ from pipeline.split import SplitSpec, parse_splits
 __all__ = ["JobConfig", "UsageError", "parse_args"]
 
 DEFAULT_SPLITS = "train=80,eval=20"
+DEFAULT_STATEMENT_TIMEOUT_MS = 3_600_000  # a partition's COPY; partitions are ~250k rows
 
 
 class UsageError(ValueError):
@@ -44,7 +45,7 @@ class JobConfig:
     num_shards: int = 0
     overwrite: bool = False
     snapshot: bool = True
-    statement_timeout_ms: int = 0
+    statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS
     verbose: bool = False
 
 
@@ -78,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "--statement_timeout_ms",
         type=int,
-        default=0,
-        help="statement_timeout of every database session (0: server default)",
+        default=DEFAULT_STATEMENT_TIMEOUT_MS,
+        help="statement_timeout of every database session (0: none); default 1 hour",
     )
     add("--verbose", action="store_true", help="show tracebacks and debug logs")
     return parser

@@ -60,7 +60,8 @@ def make_dataset(
         batch_size: examples per batch (the last batch may be smaller).
         shuffle: shuffle file order and examples (buffer `shuffle_buffer`).
         num_epochs: passes over the data; None repeats forever.
-        cache: keep the serialized examples in memory after the first epoch.
+        cache: keep the parsed batches in memory after the first epoch; later
+            epochs are several times faster, but reshuffle whole batches only.
         shard: `(num_workers, worker_index)` or a `tf.distribute.InputContext`:
             each worker reads a disjoint subset of files. ValueError when there are
             fewer files than workers.
@@ -94,8 +95,6 @@ def make_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
-    if cache:
-        dataset = dataset.cache()  # serialized examples; reshuffled every epoch
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     dataset = dataset.batch(batch_size)
@@ -107,6 +106,14 @@ def make_dataset(
     dataset = dataset.map(
         parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
     )
+    if cache:
+        # Parsed batches stay in memory; later epochs only reshuffle batch order.
+        dataset = dataset.cache()
+        if shuffle:
+            dataset = dataset.shuffle(
+                max(1, shuffle_buffer // batch_size), seed=seed,
+                reshuffle_each_iteration=True,
+            )
     if num_epochs != 1:
         dataset = dataset.repeat(num_epochs)
     return dataset.prefetch(tf.data.AUTOTUNE)
