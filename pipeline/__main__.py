@@ -24,14 +24,14 @@ def _one_line(err: BaseException) -> str:
 def _user_error(err: BaseException) -> str | None:
     """The message of an expected (user-facing) failure, else None."""
     from pipeline.connection import DatabaseError
-    from pipeline.output import OutputExistsError
+    from pipeline.output import OutputError
     from pipeline.postgres_io import PartitionReadError
     from transforms.features import ConfigError
     from transforms.types import UnsupportedTypeError
 
     expected = (
         DatabaseError,
-        OutputExistsError,
+        OutputError,
         ConfigError,
         UnsupportedTypeError,
         PartitionReadError,

@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 
 __all__ = [
     "MANIFEST",
+    "OutputError",
     "OutputExistsError",
     "prepare_output_dir",
     "write_manifest",
@@ -29,7 +30,11 @@ _LOGGER = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
-class OutputExistsError(RuntimeError):
+class OutputError(RuntimeError):
+    """The output directory cannot be used; the message names it and why."""
+
+
+class OutputExistsError(OutputError):
     """The output directory is not empty and --overwrite was not given."""
 
 
@@ -41,7 +46,7 @@ def join(base: str, *parts: str) -> str:
 def _is_nonempty_dir(path: str) -> bool:
     if not FileSystems.exists(path):
         return False
-    match = FileSystems.match([join(path, "*")], limits=[1])
+    match = FileSystems.match([join(path, "**")], limits=[1])
     return bool(match and match[0].metadata_list)
 
 
@@ -65,7 +70,16 @@ def prepare_output_dir(path: str, overwrite: bool) -> None:
     if "://" not in path:
         import os
 
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, f".write-test-{uuid.uuid4().hex}")
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        except OSError as err:
+            raise OutputError(
+                f"--output_dir {path} is not writable: {err.strerror or err}"
+            ) from err
 
 
 def write_manifest(path: str, manifest: dict[str, Any]) -> str:

@@ -165,3 +165,46 @@ def test_unsupported_column_type_fails_before_the_pipeline(capsys, database_url,
                        "--output_dir", str(tmp_path / "o"))
     assert code == 1 and '"doc" has type jsonb' in lines[0] and '"doc"::text' in lines[0]
     assert not (tmp_path / "o").exists() or not os.listdir(tmp_path / "o")
+
+
+def test_unwritable_output_dir_is_one_line(capsys, database_url, small_table, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    code, lines = _run(capsys, "--db_url", database_url, "--table", small_table,
+                       "--label", "y", "--output_dir", str(blocker / "out"))
+    assert code == 1 and len(lines) == 1
+    assert "--output_dir" in lines[0] and "not writable" in lines[0]
+
+
+def test_killed_mid_run_leaves_no_manifest_and_a_rerun_is_exact(database_url, make_table, tmp_path):
+    import signal
+    import time
+
+    table = make_table(
+        "CREATE TABLE {table} (id int PRIMARY KEY, x float8, c text, y int NOT NULL)",
+        "INSERT INTO {table} SELECT g, g % 1000, 'c' || (g % 50), g % 2 "
+        "FROM generate_series(1, 200000) g",
+    )
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "pipeline", "--db_url", database_url, "--table", table,
+            "--label", "y", "--output_dir", str(out)]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "metadata").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.0)  # well inside the run: reading, analyzing or writing
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "manifest.json").exists()
+    # The incomplete output is refused without --overwrite, and replaced with it.
+    refused = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and "--overwrite" in refused.stderr
+    done = subprocess.run(argv + ["--overwrite"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(s["rows"] for s in manifest["splits"].values()) == 200000
+    assert not any(name.startswith(".") for name in os.listdir(out))
