@@ -24,6 +24,7 @@ def _one_line(err: BaseException) -> str:
 def _user_error(err: BaseException) -> str | None:
     """The message of an expected (user-facing) failure, else None."""
     from pipeline.connection import DatabaseError
+    from pipeline.jdbc_io import JdbcUnavailableError
     from pipeline.output import OutputError
     from pipeline.postgres_io import PartitionReadError
     from transforms.features import ConfigError
@@ -31,6 +32,7 @@ def _user_error(err: BaseException) -> str | None:
 
     expected = (
         DatabaseError,
+        JdbcUnavailableError,
         OutputError,
         ConfigError,
         UnsupportedTypeError,

@@ -115,6 +115,10 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
     )
     for column in plan.columns:
         _ = column.kind  # UnsupportedTypeError names the column and the cast
+    if config.reader == "jdbc":
+        from pipeline.jdbc_io import check_jdbc_available
+
+        check_jdbc_available()
     output.prepare_output_dir(config.output_dir, config.overwrite)
     temp_dir = temp_location or output.join(config.output_dir, ".tmp")
     return Job(config, source, plan, features, split_key, raw_label, temp_dir)
@@ -166,7 +170,12 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
 
     config = job.config
     adapter_config = tensor_adapter_config(job.plan.columns)
-    raw = p | "Read" >> ReadFromPostgres(job.source, job.plan, snapshot_id)
+    if config.reader == "jdbc":
+        from pipeline.jdbc_io import ReadWithJdbc
+
+        raw = p | "Read" >> ReadWithJdbc(job.source, job.plan, config.partition_column)
+    else:
+        raw = p | "Read" >> ReadFromPostgres(job.source, job.plan, snapshot_id)
     splits = raw | "AssignSplit" >> AssignSplit(
         job.plan.columns,
         job.raw_label,
@@ -217,7 +226,8 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     metadata_io.write_metadata(
         raw_metadata(job.plan.columns), output.join(config.output_dir, "metadata")
     )
-    snapshot = ExportedSnapshot(job.source.dsn) if config.snapshot else None
+    use_snapshot = config.snapshot and config.reader == "native"
+    snapshot = ExportedSnapshot(job.source.dsn) if use_snapshot else None
     if snapshot is not None:
         snapshot.__enter__()
     try:

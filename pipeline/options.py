@@ -46,6 +46,7 @@ class JobConfig:
     overwrite: bool = False
     snapshot: bool = True
     statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS
+    reader: str = "native"
     verbose: bool = False
 
 
@@ -81,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_STATEMENT_TIMEOUT_MS,
         help="statement_timeout of every database session (0: none); default 1 hour",
+    )
+    add(
+        "--reader",
+        choices=("native", "jdbc"),
+        default="native",
+        help="native: partitioned COPY reader (default); jdbc: Beam's Java ReadFromJdbc",
     )
     add("--verbose", action="store_true", help="show tracebacks and debug logs")
     return parser
@@ -162,6 +169,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         overwrite=args.overwrite,
         snapshot=not args.no_snapshot,
         statement_timeout_ms=args.statement_timeout_ms,
+        reader=args.reader,
         verbose=args.verbose,
     )
     return config, beam_args
