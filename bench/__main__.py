@@ -136,6 +136,7 @@ def main(argv=None) -> int:
             measure("read_make_dataset", lambda i: _task("read_make_dataset", url, mid, out), args.rows)
             measure("read_ceiling", lambda i: _task("read_ceiling", url, mid, out), args.rows)
             measure("read_fetchmany", lambda i: _task("read_fetchmany", url, mid), args.rows)
+            measure("read_from_postgres", lambda i: _task("read_from_postgres", url, mid), args.rows)
         lines = _report(results, args)
         print("\n".join(lines))
         if args.write:
@@ -196,8 +197,11 @@ def _report(results: dict, args) -> list[str]:
         lines.append("")
         lines.append("| reader (train split, one epoch) | examples | seconds | examples/s | ratio |")
         lines.append("|---|---:|---:|---:|---|")
-        md, ce, fm = (results.get(k) for k in ("read_make_dataset", "read_ceiling", "read_fetchmany"))
-        for name, r in (("make_dataset", md), ("hand-written ceiling", ce), ("fetchmany+from_generator (8 floats + label)", fm)):
+        md, ce, fm, dp = (results.get(k) for k in (
+            "read_make_dataset", "read_ceiling", "read_fetchmany", "read_from_postgres"))
+        for name, r in (("make_dataset", md), ("hand-written ceiling", ce),
+                        ("fetchmany+from_generator (8 floats + label)", fm),
+                        ("dataset_from_postgres (8 floats + label)", dp)):
             if r:
                 rate = r["rows"] / r["inner"]
                 rel = f"{rate / (ce['rows'] / ce['inner']):.2f}× ceiling" if ce else ""

@@ -176,7 +176,21 @@ def read_fetchmany(url: str, table: str, out: str | None) -> dict:
     return {"rows": n, "seconds": time.perf_counter() - started}
 
 
+def read_from_postgres(url: str, table: str, out: str | None) -> dict:
+    """trainer.dataset_from_postgres, raw columns as the fetchmany baseline reads them."""
+    import trainer
+
+    columns = [f"f{i}" for i in range(8)] + ["label"]
+    dataset = trainer.dataset_from_postgres(
+        url, table=table, batch_size=1024, label="label", columns=columns
+    )
+    started = time.perf_counter()
+    rows = sum(int(y.shape[0]) for _, y in dataset)
+    return {"rows": rows, "seconds": time.perf_counter() - started}
+
+
 TASKS = {
+    "read_from_postgres": read_from_postgres,
     "copy_null": copy_null,
     "source": source,
     "handwritten": handwritten,

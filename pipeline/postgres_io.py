@@ -1,32 +1,28 @@
 """ReadFromPostgres: a partitioned, parallel, consistent PostgreSQL source for Beam.
 
 Shape: Create(partitions) -> Reshuffle -> ReadPartition. Each partition is read by
-`COPY (SELECT …) TO STDOUT (FORMAT csv)`, streamed through a pipe into pyarrow's CSV
-reader with the catalog's types, and emitted as `pa.RecordBatch`es of bounded size,
-so memory stays flat whatever the table size. NULL stays NULL; an empty string stays
-an empty string (COPY quotes it, pyarrow keeps quoted empties non-null).
+`partition_reader.PartitionReader` (COPY -> pyarrow, exact resume after a lost
+connection) and emitted as `pa.RecordBatch`es of bounded size.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
 from collections.abc import Iterator
 
 import apache_beam as beam
 import pyarrow as pa
-import psycopg2
-import psycopg2.errors
-import pyarrow.csv as pacsv
 from apache_beam.metrics import Metrics
 
-from pipeline.connection import connect
-from pipeline.copy_stream import CopyStream
+from pipeline.partition_reader import (
+    PartitionReader,
+    PartitionReadError,
+    raw_arrow_schema,
+    read_partition,
+)
 from pipeline.partitioning import Partition
-from pipeline.source import ReadPlan, SourceSpec, copy_sql
-from transforms.types import arrow_type
+from pipeline.source import ReadPlan, SourceSpec
 
 __all__ = [
     "ReadFromPostgres",
@@ -37,183 +33,6 @@ __all__ = [
 ]
 
 _LOGGER = logging.getLogger(__name__)
-
-BLOCK_SIZE = 4 << 20  # bytes of CSV per RecordBatch: ~30-60k rows of a typical table
-# Same snapshot + no synchronized scans + no parallel workers = the same row order on
-# every execution of a partition's COPY, which makes resuming by row count exact.
-READER_SESSION_OPTIONS = (
-    "-c synchronize_seqscans=off -c max_parallel_workers_per_gather=0"
-)
-
-
-class PartitionReadError(RuntimeError):
-    """Reading one partition failed."""
-
-
-def raw_arrow_schema(plan: ReadPlan) -> pa.Schema:
-    """The Arrow schema of the raw batches (flat typed columns, arrays as lists)."""
-    return pa.schema(
-        [pa.field(c.name, arrow_type(c), nullable=not c.not_null) for c in plan.columns]
-    )
-
-
-def _csv_types(plan: ReadPlan) -> dict[str, pa.DataType]:
-    return {
-        c.name: pa.large_string() if c.is_array else arrow_type(c) for c in plan.columns
-    }
-
-
-def _decode_arrays(batch: pa.RecordBatch, plan: ReadPlan) -> pa.RecordBatch:
-    if not any(c.is_array for c in plan.columns):
-        return batch
-    arrays = []
-    for column, array in zip(plan.columns, batch.columns):
-        if column.is_array:
-            values = [None if s is None else json.loads(s) for s in array.to_pylist()]
-            array = pa.array(values, type=arrow_type(column))
-        arrays.append(array)
-    return pa.RecordBatch.from_arrays(arrays, schema=raw_arrow_schema(plan))
-
-
-def read_partition(
-    conn,
-    plan: ReadPlan,
-    partition: Partition,
-    snapshot_id: str | None,
-    block_size: int = BLOCK_SIZE,
-) -> Iterator[pa.RecordBatch]:
-    """Streams one partition as RecordBatches with the plan's raw schema.
-
-    The COPY runs in a REPEATABLE READ READ ONLY transaction that imports
-    `snapshot_id` when given. The transaction is closed when the generator ends.
-    """
-    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
-    statement = copy_sql(plan, partition).as_string(conn)
-    with conn.cursor() as cur:
-        if snapshot_id:
-            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_id,))
-        else:
-            cur.execute("SELECT 1")  # opens the transaction
-        stream = CopyStream(lambda writer: cur.copy_expert(statement, writer, 1 << 16))
-        finished = False
-        try:
-            if not stream.at_end():
-                csv = pacsv.open_csv(
-                    stream,
-                    read_options=pacsv.ReadOptions(
-                        column_names=[c.name for c in plan.columns],
-                        block_size=block_size,
-                        use_threads=True,
-                    ),
-                    parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                    convert_options=pacsv.ConvertOptions(
-                        column_types=_csv_types(plan),
-                        strings_can_be_null=True,
-                        quoted_strings_can_be_null=False,
-                        null_values=[""],
-                    ),
-                )
-                for batch in csv:
-                    yield _decode_arrays(batch, plan)
-            finished = True
-        except Exception as err:
-            # pyarrow wraps the stream's error; surface the database's own error.
-            if stream.error is not None:
-                raise stream.error from err
-            raise
-        finally:
-            stream.close()
-            if not finished and stream.producing and not conn.closed:
-                conn.cancel()
-            stream.join()
-            if not conn.closed:
-                conn.rollback()
-
-
-def _connection_lost(conn, err: BaseException) -> bool:
-    return bool(conn is None or conn.closed) or isinstance(
-        err, (psycopg2.InterfaceError, psycopg2.errors.AdminShutdown)
-    )
-
-
-class PartitionReader:
-    """Reads partitions on one connection, surviving lost connections exactly.
-
-    When the connection drops mid-partition, the reader reconnects (bounded
-    attempts, exponential backoff), re-runs the same COPY in the same exported
-    snapshot and skips the rows it already emitted: with one snapshot and
-    `synchronize_seqscans=off` the row order is the same, so no row is lost or
-    duplicated. Without a snapshot a mid-partition loss is an error instead.
-    """
-
-    def __init__(
-        self,
-        source: SourceSpec,
-        plan: ReadPlan,
-        snapshot_id: str | None,
-        *,
-        max_retries: int = 3,
-        backoff_s: float = 0.5,
-        block_size: int = BLOCK_SIZE,
-    ):
-        self._source, self._plan, self._snapshot_id = source, plan, snapshot_id
-        self._max_retries, self._backoff_s = max_retries, backoff_s
-        self._block_size = block_size
-        self.conn = None
-        self.reconnects = 0
-
-    def _connect(self):
-        self.conn = connect(self._source.dsn, session_options=READER_SESSION_OPTIONS)
-
-    def read(self, partition: Partition) -> Iterator[pa.RecordBatch]:
-        """Yields the partition's rows as RecordBatches; raises PartitionReadError."""
-        emitted, attempt = 0, 0
-        while True:
-            try:
-                if self.conn is None or self.conn.closed:
-                    self._connect()
-                skip = emitted
-                for batch in read_partition(
-                    self.conn, self._plan, partition, self._snapshot_id, self._block_size
-                ):
-                    if skip >= batch.num_rows:
-                        skip -= batch.num_rows
-                        continue
-                    if skip:
-                        batch, skip = batch.slice(skip), 0
-                    emitted += batch.num_rows
-                    yield batch
-                return
-            except Exception as err:
-                lost = _connection_lost(self.conn, err)
-                resumable = emitted == 0 or self._snapshot_id is not None
-                if not lost or not resumable or attempt >= self._max_retries:
-                    raise PartitionReadError(
-                        f"partition {partition.label} of {self._plan.relation} failed "
-                        f"after {emitted} rows: {_first_line(err)}"
-                    ) from err
-                attempt += 1
-                self.reconnects += 1
-                _LOGGER.warning(
-                    "Partition %s: connection lost after %d rows (%s); retry %d/%d",
-                    partition.label, emitted, _first_line(err), attempt,
-                    self._max_retries,
-                )
-                self.close()
-                time.sleep(self._backoff_s * 2 ** (attempt - 1))
-
-    def close(self) -> None:
-        """Closes the connection (a later read reconnects)."""
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            finally:
-                self.conn = None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 class _ReadPartitionFn(beam.DoFn):

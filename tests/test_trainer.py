@@ -158,3 +158,39 @@ def test_serving_signatures_match_the_model_on_the_tfrecords(database_url, sampl
     expected = np.array([from_records[r["id"]] for r in rows])
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(served_raw, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dataset_from_postgres_matches_make_dataset(database_url, sample_output):
+    def by_id(dataset):
+        rows = {}
+        for features, label in dataset:
+            arrays = {k: v.numpy() for k, v in features.items()}
+            for i, row_id in enumerate(arrays["id"]):
+                rows[int(row_id)] = ({k: a[i] for k, a in arrays.items()}, int(label[i]))
+        return rows
+
+    direct = by_id(trainer.dataset_from_postgres(
+        database_url, table="sample_trainer", batch_size=700,
+        transform_output_dir=sample_output, num_partitions=3))
+    assert len(direct) == ROWS
+    for split in ("train", "eval"):
+        stored = by_id(trainer.make_dataset(sample_output, split, 2048, shuffle=False))
+        for row_id, (features, label) in stored.items():
+            got, got_label = direct[row_id]
+            assert got_label == label
+            for name, value in features.items():
+                assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-6), (row_id, name)
+
+
+def test_dataset_from_postgres_raw_columns(database_url, sample_output):
+    dataset = trainer.dataset_from_postgres(
+        database_url, table="sample_trainer", batch_size=5000, label="label",
+        columns=["id", "f0", "c10", "label"])
+    ids, nulls = [], 0
+    for features, label in dataset:
+        assert set(features) == {"id", "f0", "f0__is_null", "c10", "c10__is_null"}
+        ids.extend(features["id"].numpy().tolist())
+        nulls += int(features["f0__is_null"].numpy().sum())
+    assert sorted(ids) == list(range(1, ROWS + 1))
+    ((expected_nulls,),) = query(database_url, "SELECT count(*) FROM sample_trainer WHERE f0 IS NULL")
+    assert nulls == expected_nulls

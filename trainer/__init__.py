@@ -1,5 +1,6 @@
 """Training side of sql2tfrecord (TensorFlow only): reading the output, serving export."""
 
 from trainer.dataset import make_dataset, read_manifest
+from trainer.postgres_dataset import dataset_from_postgres
 
-__all__ = ["make_dataset", "read_manifest"]
+__all__ = ["make_dataset", "read_manifest", "dataset_from_postgres"]

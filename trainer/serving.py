@@ -21,9 +21,32 @@ import tensorflow_transform as tft
 
 from trainer.dataset import read_manifest
 
-__all__ = ["export_serving_model", "NULL_SUFFIX"]
+__all__ = ["export_serving_model", "raw_tensors", "NULL_SUFFIX"]
 
 NULL_SUFFIX = "__is_null"
+
+
+def raw_tensors(inputs: dict, raw_spec: dict) -> dict:
+    """Raw-schema tensors from `[batch]` values plus `<col>__is_null` masks.
+
+    NOT NULL (FixedLen) columns pass through; nullable (VarLen) ones become
+    `[batch, 1]` SparseTensors holding only the non-NULL values — what the
+    transform graph was traced with.
+    """
+    raw = {}
+    for name, feature in raw_spec.items():
+        values = inputs[name]
+        if isinstance(feature, tf.io.VarLenFeature):
+            present = tf.logical_not(inputs[f"{name}{NULL_SUFFIX}"])
+            rows = tf.where(present)[:, 0]
+            raw[name] = tf.SparseTensor(
+                indices=tf.stack([rows, tf.zeros_like(rows)], axis=1),
+                values=tf.boolean_mask(values, present),
+                dense_shape=tf.stack([tf.shape(values, out_type=tf.int64)[0], 1]),
+            )
+        else:
+            raw[name] = values
+    return raw
 
 
 class _ServingModule(tf.Module):
@@ -58,20 +81,7 @@ class _ServingModule(tf.Module):
         return self._predict(tf.io.parse_example(examples, self._raw_spec))
 
     def _serve_raw(self, inputs):
-        raw = {}
-        for name, feature in self._raw_spec.items():
-            values = inputs[name]
-            if isinstance(feature, tf.io.VarLenFeature):
-                present = tf.logical_not(inputs[f"{name}{NULL_SUFFIX}"])
-                rows = tf.where(present)[:, 0]
-                raw[name] = tf.SparseTensor(
-                    indices=tf.stack([rows, tf.zeros_like(rows)], axis=1),
-                    values=tf.boolean_mask(values, present),
-                    dense_shape=tf.stack([tf.shape(values, out_type=tf.int64)[0], 1]),
-                )
-            else:
-                raw[name] = values
-        return self._predict(raw)
+        return self._predict(raw_tensors(inputs, self._raw_spec))
 
 
 def export_serving_model(model: keras.Model, output_dir: str, export_dir: str) -> str:
