@@ -44,6 +44,8 @@ class Job:
     split_key: str
     raw_label: str | None
     temp_dir: str
+    primary_key: tuple[str, ...] = ()
+    snapshot_info: dict | None = None  # of the --input_parquet snapshot
 
     @property
     def label(self) -> str:
@@ -81,13 +83,30 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         table=config.table,
         query=config.query,
     )
-    plan = plan_read(
-        source,
-        None,
-        num_partitions=config.num_partitions,
-        partition_column=config.partition_column,
-    )
-    split_key = _split_key(config, plan, source)
+    snapshot_info = None
+    if config.input_parquet:
+        from pipeline.parquet_io import read_snapshot_info
+
+        snapshot_info, columns = read_snapshot_info(config.input_parquet)
+        plan = ReadPlan(
+            relation=f"parquet:{config.input_parquet}",
+            columns=tuple(columns),
+            partitions=(),
+            partition_key=None,
+            row_estimate=snapshot_info["rows"],
+            description=f"Parquet snapshot {config.input_parquet}",
+        )
+        split_key = config.split_key or snapshot_info["split_key"]
+        primary_key = list(snapshot_info.get("primary_key", []))
+    else:
+        plan = plan_read(
+            source,
+            None,
+            num_partitions=config.num_partitions,
+            partition_column=config.partition_column,
+        )
+        split_key = _split_key(config, plan, source)
+        primary_key = _primary_key_columns(plan, source)
     all_columns = plan.columns
     names = {c.name for c in all_columns}
     if split_key not in names:
@@ -107,7 +126,7 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         if config.features:
             features = load_config(config.features, all_columns, config.label)
         else:
-            exclude = [split_key] + _primary_key_columns(plan, source)
+            exclude = [split_key] + primary_key
             features = infer_features(all_columns, config.label, exclude=exclude)
         needed = list(dict.fromkeys([*features.columns, split_key]))
     plan = dataclasses.replace(
@@ -120,8 +139,15 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
 
         check_jdbc_available()
     output.prepare_output_dir(config.output_dir, config.overwrite)
+    if config.raw_parquet_dir:
+        output.prepare_output_dir(
+            config.raw_parquet_dir, config.overwrite, flag="--raw_parquet_dir"
+        )
     temp_dir = temp_location or output.join(config.output_dir, ".tmp")
-    return Job(config, source, plan, features, split_key, raw_label, temp_dir)
+    return Job(
+        config, source, plan, features, split_key, raw_label, temp_dir,
+        tuple(primary_key), snapshot_info,
+    )
 
 
 def _supported(column) -> bool:
@@ -170,12 +196,24 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
 
     config = job.config
     adapter_config = tensor_adapter_config(job.plan.columns)
-    if config.reader == "jdbc":
+    from pipeline.partition_reader import raw_arrow_schema
+
+    if config.input_parquet:
+        from pipeline.parquet_io import ReadRawParquet
+
+        raw = p | "Read" >> ReadRawParquet(config.input_parquet, raw_arrow_schema(job.plan))
+    elif config.reader == "jdbc":
         from pipeline.jdbc_io import ReadWithJdbc
 
         raw = p | "Read" >> ReadWithJdbc(job.source, job.plan, config.partition_column)
     else:
         raw = p | "Read" >> ReadFromPostgres(job.source, job.plan, snapshot_id)
+    if config.raw_parquet_dir:
+        from pipeline.parquet_io import WriteRawParquet
+
+        _ = raw | "LandParquet" >> WriteRawParquet(
+            config.raw_parquet_dir, raw_arrow_schema(job.plan)
+        )
     splits = raw | "AssignSplit" >> AssignSplit(
         job.plan.columns,
         job.raw_label,
@@ -226,13 +264,16 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     metadata_io.write_metadata(
         raw_metadata(job.plan.columns), output.join(config.output_dir, "metadata")
     )
-    use_snapshot = config.snapshot and config.reader == "native"
+    use_snapshot = (
+        config.snapshot and config.reader == "native" and not config.input_parquet
+    )
     snapshot = ExportedSnapshot(job.source.dsn) if use_snapshot else None
     if snapshot is not None:
         snapshot.__enter__()
     try:
         p = beam.Pipeline(options=beam_options)
-        build_pipeline(p, job, snapshot.snapshot_id if snapshot else None)
+        snapshot_id = snapshot.snapshot_id if snapshot else None
+        build_pipeline(p, job, snapshot_id)
         result = p.run()
         # The snapshot must outlive every partition read: wait for the whole job.
         state = result.wait_until_finish()
@@ -308,6 +349,27 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         "elapsed_seconds": round(elapsed, 3),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if config.raw_parquet_dir:
+        from pipeline.parquet_io import write_snapshot_info
+
+        write_snapshot_info(config.raw_parquet_dir, {
+            "columns": [dataclasses.asdict(c) for c in job.plan.columns],
+            "split_key": job.split_key,
+            "primary_key": list(job.primary_key),
+            "source": manifest["source"],
+            "snapshot_id": snapshot_id,
+            "rows": rows_read,
+            "created_at": manifest["created_at"],
+        })
+        manifest["raw_parquet_dir"] = config.raw_parquet_dir
+    if job.snapshot_info is not None:
+        manifest["input_parquet"] = {
+            "path": config.input_parquet,
+            "source": job.snapshot_info["source"],
+            "snapshot_id": job.snapshot_info["snapshot_id"],
+            "created_at": job.snapshot_info["created_at"],
+            "rows": job.snapshot_info["rows"],
+        }
     _cleanup_temp(job)
     output.write_manifest(config.output_dir, manifest)
     _LOGGER.info(

@@ -47,6 +47,8 @@ class JobConfig:
     snapshot: bool = True
     statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS
     reader: str = "native"
+    raw_parquet_dir: str | None = None
+    input_parquet: str | None = None
     verbose: bool = False
 
 
@@ -72,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     add("--num_shards", type=int, default=0, help="TFRecord shards per split (0: auto)")
     add("--output_dir", help="output directory (any Beam filesystem path)")
     add("--overwrite", action="store_true", help="replace an existing output")
+    add("--raw_parquet_dir", help="also land the raw extract here as Parquet")
+    add(
+        "--input_parquet",
+        help="read a Parquet snapshot written by --raw_parquet_dir, not the database",
+    )
     add(
         "--no_snapshot",
         action="store_true",
@@ -124,10 +131,16 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
     if unknown_flags:
         problems.append(f"unknown flag(s): {' '.join(unknown_flags)}")
     db_url = args.db_url if args.db_url is not None else os.environ.get("DATABASE_URL")
-    if not db_url:
-        problems.append("`--db_url` is required (or set DATABASE_URL)")
-    if (args.table is None) == (args.query is None):
-        problems.append("give exactly one of `--table` and `--query`")
+    if args.input_parquet:
+        if args.table is not None or args.query is not None:
+            problems.append("`--input_parquet` replaces `--table`/`--query`; give one")
+        if args.raw_parquet_dir:
+            problems.append("give at most one of `--input_parquet` and `--raw_parquet_dir`")
+    else:
+        if not db_url:
+            problems.append("`--db_url` is required (or set DATABASE_URL)")
+        if (args.table is None) == (args.query is None):
+            problems.append("give exactly one of `--table` and `--query`")
     if not args.label:
         problems.append("`--label` is required")
     if not args.output_dir:
@@ -154,7 +167,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
     if problems:
         raise UsageError("; ".join(problems))
     config = JobConfig(
-        db_url=db_url,
+        db_url=db_url or "",
         table=args.table,
         query=args.query,
         label=args.label,
@@ -170,6 +183,8 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         snapshot=not args.no_snapshot,
         statement_timeout_ms=args.statement_timeout_ms,
         reader=args.reader,
+        raw_parquet_dir=args.raw_parquet_dir,
+        input_parquet=args.input_parquet,
         verbose=args.verbose,
     )
     return config, beam_args

@@ -50,7 +50,7 @@ def _is_nonempty_dir(path: str) -> bool:
     return bool(match and match[0].metadata_list)
 
 
-def prepare_output_dir(path: str, overwrite: bool) -> None:
+def prepare_output_dir(path: str, overwrite: bool, flag: str = "--output_dir") -> None:
     """Refuses a non-empty output without --overwrite; with it, deletes the old output.
 
     The old manifest is deleted first, so an interrupted clean-up never leaves an
@@ -61,7 +61,7 @@ def prepare_output_dir(path: str, overwrite: bool) -> None:
             complete = FileSystems.exists(join(path, MANIFEST))
             state = "holds a complete output" if complete else "is not empty"
             raise OutputExistsError(
-                f"--output_dir {path} {state}; pass --overwrite to replace it"
+                f"{flag} {path} {state}; pass --overwrite to replace it"
             )
         _LOGGER.info("Removing the existing output %s (--overwrite)", path)
         if FileSystems.exists(join(path, MANIFEST)):
@@ -78,7 +78,7 @@ def prepare_output_dir(path: str, overwrite: bool) -> None:
             os.remove(probe)
         except OSError as err:
             raise OutputError(
-                f"--output_dir {path} is not writable: {err.strerror or err}"
+                f"{flag} {path} is not writable: {err.strerror or err}"
             ) from err
 
 

@@ -187,3 +187,28 @@ def test_every_transform_and_dofn_pickles_without_connections(
     p.visit(Visitor())
     assert seen["_ReadPartitionFn"] == 1 and seen["_AssignSplitFn"] == 1
     assert seen["ReadFromPostgres"] == 1 and seen["WriteExamples"] == 2
+
+
+def test_parquet_snapshot_reproduces_the_database_run(
+    database_url, runner_table, features_path, tmp_path
+):
+    parquet, from_db, from_parquet = (tmp_path / n for n in ("raw", "db", "pq"))
+    assert main(_argv(database_url, runner_table, features_path, from_db,
+                      "--raw_parquet_dir", str(parquet))) == 0
+    files = sorted(os.listdir(parquet))
+    assert "_snapshot.json" in files and any(f.endswith(".parquet") for f in files)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table([str(parquet / f) for f in files if f.endswith(".parquet")])
+    assert table.num_rows == 6000 and table.column("x").null_count == 750  # NULLs kept
+    assert main(["--input_parquet", str(parquet), "--label", "y", "--features",
+                 features_path, "--output_dir", str(from_parquet)]) == 0
+    reference, other = _examples(str(from_db)), _examples(str(from_parquet))
+    assert reference.keys() == other.keys()
+    for key, (split, example) in reference.items():
+        assert other[key][0] == split
+        for feature, value in example.items():
+            assert other[key][1][feature] == pytest.approx(value, rel=1e-6, abs=1e-6)
+    manifest = json.loads((from_parquet / "manifest.json").read_text())
+    assert manifest["input_parquet"]["path"] == str(parquet)
+    assert manifest["input_parquet"]["snapshot_id"]

@@ -1,0 +1,153 @@
+"""The raw extract as a Parquet snapshot: written beside a run, read instead of the DB.
+
+`WriteRawParquet` lands the raw record batches (catalog-typed Arrow, NULLs kept) as
+snappy Parquet shards `part-SSSSS-of-NNNNN.parquet`, published by rename once all are
+complete; `write_snapshot_info` then adds `_snapshot.json` (the catalog columns,
+split key, masked source, exported snapshot id, row count) — written last, so its
+presence means the snapshot is complete. `ReadRawParquet` and `read_snapshot_info`
+let `--input_parquet` rerun the transform stage without touching the database.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from pipeline.output import join
+from transforms.types import Column
+
+__all__ = [
+    "WriteRawParquet",
+    "ReadRawParquet",
+    "write_snapshot_info",
+    "read_snapshot_info",
+    "SNAPSHOT_INFO",
+]
+
+SNAPSHOT_INFO = "_snapshot.json"
+_TEMP_DIR = ".incomplete"
+
+
+class _WriteParquetFn(beam.DoFn):
+    """One Parquet file per bundle (thread-local: one instance may serve threads)."""
+
+    def __init__(self, temp_dir: str, schema: pa.Schema):
+        self._temp_dir, self._schema = temp_dir, schema
+        self._local = None
+
+    def setup(self):
+        self._local = threading.local()
+
+    def start_bundle(self):
+        self._local.state = None
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[str]:
+        if getattr(self._local, "state", None) is None:
+            path = join(self._temp_dir, f"{uuid.uuid4().hex}.parquet")
+            handle = FileSystems.create(
+                path, compression_type=CompressionTypes.UNCOMPRESSED
+            )
+            writer = pq.ParquetWriter(handle, self._schema, compression="snappy")
+            self._local.state = (path, handle, writer)
+        self._local.state[2].write_batch(batch.cast(self._schema))
+
+    def finish_bundle(self):
+        state = getattr(self._local, "state", None)
+        if state is not None:
+            path, handle, writer = state
+            writer.close()
+            handle.close()
+            self._local.state = None
+            yield WindowedValue(path, GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+
+def _publish(temp_paths: list[str], directory: str, temp_dir: str) -> list[str]:
+    temp_paths = sorted(temp_paths)
+    final = [
+        join(directory, f"part-{i:05d}-of-{len(temp_paths):05d}.parquet")
+        for i in range(len(temp_paths))
+    ]
+    if temp_paths:
+        FileSystems.rename(temp_paths, final)
+    if FileSystems.exists(temp_dir):
+        FileSystems.delete([temp_dir])
+    return final
+
+
+class WriteRawParquet(beam.PTransform):
+    """Input: PCollection[pa.RecordBatch] (raw). Output: the published file paths."""
+
+    def __init__(self, directory: str, schema: pa.Schema):
+        super().__init__()
+        self._directory, self._schema = directory, schema
+
+    def expand(self, batches):
+        temp_dir = join(self._directory, _TEMP_DIR)
+        return (
+            batches
+            | "WriteParquet" >> beam.ParDo(_WriteParquetFn(temp_dir, self._schema))
+            | "CollectFiles" >> beam.combiners.ToList()
+            | "Publish" >> beam.Map(_publish, self._directory, temp_dir)
+        )
+
+
+class ReadRawParquet(beam.PTransform):
+    """Output: PCollection[pa.RecordBatch] of a snapshot written by WriteRawParquet."""
+
+    def __init__(self, directory: str, schema: pa.Schema):
+        super().__init__()
+        self._directory, self._schema = directory, schema
+
+    def expand(self, pbegin):
+        schema = self._schema
+        return (
+            pbegin
+            | "ReadParquet"
+            >> beam.io.ReadFromParquetBatched(join(self._directory, "part-*.parquet"))
+            | "ToBatches" >> beam.ParDo(_ToBatchesFn(schema))
+        )
+
+
+class _ToBatchesFn(beam.DoFn):
+    def __init__(self, schema: pa.Schema):
+        self._schema = schema
+        self._rows = Metrics.counter("sql2tfrecord", "rows_read")
+
+    def process(self, table: pa.Table) -> Iterator[pa.RecordBatch]:
+        table = table.select(self._schema.names).cast(self._schema)
+        self._rows.inc(table.num_rows)
+        yield from table.to_batches()
+
+
+def write_snapshot_info(directory: str, info: dict[str, Any]) -> None:
+    """Publishes `_snapshot.json` (temp file, then rename): the snapshot is complete."""
+    temp = join(directory, f".{SNAPSHOT_INFO}.{uuid.uuid4().hex}.tmp")
+    with FileSystems.create(temp) as f:
+        f.write(json.dumps(info, indent=2, sort_keys=True).encode())
+    FileSystems.rename([temp], [join(directory, SNAPSHOT_INFO)])
+
+
+def read_snapshot_info(directory: str) -> tuple[dict[str, Any], list[Column]]:
+    """The snapshot's info and its catalog columns; ValueError if incomplete."""
+    path = join(directory, SNAPSHOT_INFO)
+    if not FileSystems.exists(path):
+        raise ValueError(
+            f"--input_parquet: {directory} has no {SNAPSHOT_INFO}: not a complete "
+            "snapshot written with --raw_parquet_dir"
+        )
+    with FileSystems.open(path) as f:
+        info = json.loads(f.read().decode())
+    columns = [Column(**c) for c in info["columns"]]
+    return info, columns
