@@ -70,13 +70,34 @@ def _median_runs(argv_fn, runs: int) -> dict:
 
 
 def _task(task: str, url: str, table: str, out: str | None = None):
-    argv = [sys.executable, "-m", "bench.tasks", task, "--db_url", url, "--table", table]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.tasks",
+        task,
+        "--db_url",
+        url,
+        "--table",
+        table,
+    ]
     return argv + (["--out", out] if out else [])
 
 
 def _pipeline(url: str, table: str, out: str):
-    return [sys.executable, "-m", "pipeline", "--db_url", url, "--table", table,
-            "--label", "label", "--output_dir", out, "--overwrite"]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "--db_url",
+        url,
+        "--table",
+        table,
+        "--label",
+        "label",
+        "--output_dir",
+        out,
+        "--overwrite",
+    ]
 
 
 def main(argv=None) -> int:
@@ -99,14 +120,20 @@ def main(argv=None) -> int:
         url = server.start()
     work = tempfile.mkdtemp(prefix="sql2tfrecord-bench-")
     small, large = 20_000, 4 * args.rows
-    tables = {small: "bench_20k", args.rows: f"bench_{args.rows}", large: f"bench_{large}"}
+    tables = {
+        small: "bench_20k",
+        args.rows: f"bench_{args.rows}",
+        large: f"bench_{large}",
+    }
     lines = []
     try:
         for rows, table in tables.items():
             started = time.perf_counter()
             create_sample_table(url, table, rows, seed=0)
-            print(f"table {table}: {rows} rows ready ({time.perf_counter() - started:.1f} s)",
-                  file=sys.stderr)
+            print(
+                f"table {table}: {rows} rows ready ({time.perf_counter() - started:.1f} s)",
+                file=sys.stderr,
+            )
         results = {}
 
         def measure(name, argv_fn, rows):
@@ -114,29 +141,60 @@ def main(argv=None) -> int:
             r = _median_runs(argv_fn, args.runs)
             r["rows"] = rows
             results[name] = r
-            print(f"  {name}: median {r['wall']:.1f} s, RSS {r['rss']:.0f} MiB", file=sys.stderr)
+            print(
+                f"  {name}: median {r['wall']:.1f} s, RSS {r['rss']:.0f} MiB",
+                file=sys.stderr,
+            )
             return r
 
         mid, big = tables[args.rows], tables[large]
         if "e2e" in sections or "source" in sections:
             for rows, table in ((args.rows, mid), (large, big)):
-                measure(f"copy_null_{rows}", lambda i, t=table: _task("copy_null", url, t), rows)
+                measure(
+                    f"copy_null_{rows}",
+                    lambda i, t=table: _task("copy_null", url, t),
+                    rows,
+                )
         if "source" in sections:
             for rows, table in ((args.rows, mid), (large, big)):
-                measure(f"source_{rows}", lambda i, t=table: _task("source", url, t), rows)
+                measure(
+                    f"source_{rows}", lambda i, t=table: _task("source", url, t), rows
+                )
         if "e2e" in sections:
-            measure(f"handwritten_{args.rows}", lambda i: _task(
-                "handwritten", url, mid, os.path.join(work, f"hw{i}")), args.rows)
+            measure(
+                f"handwritten_{args.rows}",
+                lambda i: _task("handwritten", url, mid, os.path.join(work, f"hw{i}")),
+                args.rows,
+            )
             for rows, table in tables.items():
-                measure(f"e2e_{rows}", lambda i, t=table, r=rows: _pipeline(
-                    url, t, os.path.join(work, f"e2e_{r}")), rows)
+                measure(
+                    f"e2e_{rows}",
+                    lambda i, t=table, r=rows: _pipeline(
+                        url, t, os.path.join(work, f"e2e_{r}")
+                    ),
+                    rows,
+                )
         if "reader" in sections:
             out = os.path.join(work, "reader_out")
             _run(_pipeline(url, mid, out))
-            measure("read_make_dataset", lambda i: _task("read_make_dataset", url, mid, out), args.rows)
-            measure("read_ceiling", lambda i: _task("read_ceiling", url, mid, out), args.rows)
-            measure("read_fetchmany", lambda i: _task("read_fetchmany", url, mid), args.rows)
-            measure("read_from_postgres", lambda i: _task("read_from_postgres", url, mid), args.rows)
+            measure(
+                "read_make_dataset",
+                lambda i: _task("read_make_dataset", url, mid, out),
+                args.rows,
+            )
+            measure(
+                "read_ceiling",
+                lambda i: _task("read_ceiling", url, mid, out),
+                args.rows,
+            )
+            measure(
+                "read_fetchmany", lambda i: _task("read_fetchmany", url, mid), args.rows
+            )
+            measure(
+                "read_from_postgres",
+                lambda i: _task("read_from_postgres", url, mid),
+                args.rows,
+            )
         lines = _report(results, args)
         print("\n".join(lines))
         if args.write:
@@ -183,7 +241,10 @@ def _report(results: dict, args) -> list[str]:
         row(f"source_{n}", ratio(f"source_{n}", f"copy_null_{n}", "inner"))
     row(f"handwritten_{rows_mid}")
     for n in (20_000, rows_mid, rows_big):
-        row(f"e2e_{n}", ratio(f"e2e_{n}", f"handwritten_{rows_mid}") if n == rows_mid else "")
+        row(
+            f"e2e_{n}",
+            ratio(f"e2e_{n}", f"handwritten_{rows_mid}") if n == rows_mid else "",
+        )
     if f"e2e_{rows_mid}" in results and f"e2e_{rows_big}" in results:
         a, b = results[f"e2e_{rows_mid}"]["wall"], results[f"e2e_{rows_big}"]["wall"]
         lines.append("")
@@ -195,17 +256,31 @@ def _report(results: dict, args) -> list[str]:
         )
     if "read_make_dataset" in results:
         lines.append("")
-        lines.append("| reader (train split, one epoch) | examples | seconds | examples/s | ratio |")
+        lines.append(
+            "| reader (train split, one epoch) | examples | seconds | examples/s | ratio |"
+        )
         lines.append("|---|---:|---:|---:|---|")
-        md, ce, fm, dp = (results.get(k) for k in (
-            "read_make_dataset", "read_ceiling", "read_fetchmany", "read_from_postgres"))
-        for name, r in (("make_dataset", md), ("hand-written ceiling", ce),
-                        ("fetchmany+from_generator (8 floats + label)", fm),
-                        ("dataset_from_postgres (8 floats + label)", dp)):
+        md, ce, fm, dp = (
+            results.get(k)
+            for k in (
+                "read_make_dataset",
+                "read_ceiling",
+                "read_fetchmany",
+                "read_from_postgres",
+            )
+        )
+        for name, r in (
+            ("make_dataset", md),
+            ("hand-written ceiling", ce),
+            ("fetchmany+from_generator (8 floats + label)", fm),
+            ("dataset_from_postgres (8 floats + label)", dp),
+        ):
             if r:
                 rate = r["rows"] / r["inner"]
                 rel = f"{rate / (ce['rows'] / ce['inner']):.2f}× ceiling" if ce else ""
-                lines.append(f"| {name} | {r['rows']:,} | {r['inner']:.2f} | {rate:,.0f} | {rel} |")
+                lines.append(
+                    f"| {name} | {r['rows']:,} | {r['inner']:.2f} | {rate:,.0f} | {rel} |"
+                )
         if md and md.get("cached_epoch_seconds"):
             lines.append(
                 f"| make_dataset, cached 2nd epoch | {md['rows']:,} | "
@@ -226,7 +301,7 @@ def _write_results(lines: list[str], args) -> None:
         text = open(path, encoding="utf-8").read()
         marker = "\n## Changes and their measured effect"
         if marker in text:
-            previous = text[text.index(marker):]
+            previous = text[text.index(marker) :]
     with open(path, "w", encoding="utf-8") as f:
         f.write(header + "\n".join(lines) + "\n" + previous)
 

@@ -60,10 +60,15 @@ def source(url: str, table: str, out: str | None) -> dict:
         )
         result = p.run()
         result.wait_until_finish()
-    counters = result.metrics().query(MetricsFilter().with_name("rows_read"))["counters"]
+    counters = result.metrics().query(MetricsFilter().with_name("rows_read"))[
+        "counters"
+    ]
     rows = sum(c.committed for c in counters)
-    return {"rows": rows, "seconds": time.perf_counter() - started,
-            "partitions": len(plan.partitions)}
+    return {
+        "rows": rows,
+        "seconds": time.perf_counter() - started,
+        "partitions": len(plan.partitions),
+    }
 
 
 def handwritten(url: str, table: str, out: str) -> dict:
@@ -78,7 +83,7 @@ def handwritten(url: str, table: str, out: str) -> dict:
     with conn.cursor(name="export") as cur:
         cur.itersize = 10_000
         cur.execute(
-            f'SELECT id, f0, f1, f2, f3, f4, f5, f6, f7, c10, c100, c1k, c50k, label, '
+            f"SELECT id, f0, f1, f2, f3, f4, f5, f6, f7, c10, c100, c1k, c50k, label, "
             f'floor(extract(epoch FROM created_at))::int8 AS created_at FROM "{table}"'
         )
         rows = cur.fetchall()
@@ -90,20 +95,31 @@ def handwritten(url: str, table: str, out: str) -> dict:
         values = frame[c].astype("float64")
         frame[c] = ((values - values.mean()) / values.std(ddof=0)).fillna(0.0)
     for c in texts:
-        vocab = {t: i for i, t in enumerate(frame[c].fillna("__MISSING__").value_counts().index)}
+        vocab = {
+            t: i
+            for i, t in enumerate(frame[c].fillna("__MISSING__").value_counts().index)
+        }
         frame[c] = frame[c].fillna("__MISSING__").map(vocab)
     os.makedirs(out, exist_ok=True)
     options = tf.io.TFRecordOptions(compression_type="GZIP")
-    with tf.io.TFRecordWriter(os.path.join(out, "part-00000.tfrecord.gz"), options) as writer:
+    with tf.io.TFRecordWriter(
+        os.path.join(out, "part-00000.tfrecord.gz"), options
+    ) as writer:
         for record in frame.itertuples(index=False):
             feature = {}
             for name, value in zip(columns, record):
                 if name in floats:
-                    feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+                    feature[name] = tf.train.Feature(
+                        float_list=tf.train.FloatList(value=[value])
+                    )
                 else:
-                    feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+                    feature[name] = tf.train.Feature(
+                        int64_list=tf.train.Int64List(value=[int(value)])
+                    )
             writer.write(
-                tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+                tf.train.Example(
+                    features=tf.train.Features(feature=feature)
+                ).SerializeToString()
             )
     return {"rows": len(frame), "seconds": time.perf_counter() - started}
 
@@ -124,12 +140,18 @@ def read_make_dataset(url: str, table: str, out: str) -> dict:
     started = time.perf_counter()
     rows = sum(int(y.shape[0]) for _, y in dataset)
     first = time.perf_counter() - started
-    cached = trainer.make_dataset(out, "train", batch_size=1024, num_epochs=2, cache=True)
+    cached = trainer.make_dataset(
+        out, "train", batch_size=1024, num_epochs=2, cache=True
+    )
     started = time.perf_counter()
     rows2 = sum(int(y.shape[0]) for _, y in cached)
     both = time.perf_counter() - started
-    return {"rows": rows, "seconds": first, "cached_epoch_seconds": max(both - first, 1e-9),
-            "rows_two_epochs": rows2}
+    return {
+        "rows": rows,
+        "seconds": first,
+        "cached_epoch_seconds": max(both - first, 1e-9),
+        "rows_two_epochs": rows2,
+    }
 
 
 def read_ceiling(url: str, table: str, out: str) -> dict:
@@ -138,9 +160,13 @@ def read_ceiling(url: str, table: str, out: str) -> dict:
 
     spec, files = _spec_and_files(out, "train")
     dataset = (
-        tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
+        tf.data.TFRecordDataset(
+            files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE
+        )
         .batch(1024)
-        .map(lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(
+            lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE
+        )
         .prefetch(tf.data.AUTOTUNE)
     )
     started = time.perf_counter()
@@ -164,13 +190,23 @@ def read_fetchmany(url: str, table: str, out: str | None) -> dict:
                 if not chunk:
                     break
                 for row in chunk:
-                    yield tuple(0.0 if v is None else float(v) for v in row[:-1]), row[-1]
+                    yield (
+                        tuple(0.0 if v is None else float(v) for v in row[:-1]),
+                        row[-1],
+                    )
         conn.close()
 
-    dataset = tf.data.Dataset.from_generator(
-        rows,
-        output_signature=(tf.TensorSpec([8], tf.float32), tf.TensorSpec([], tf.int64)),
-    ).batch(32).prefetch(tf.data.AUTOTUNE)
+    dataset = (
+        tf.data.Dataset.from_generator(
+            rows,
+            output_signature=(
+                tf.TensorSpec([8], tf.float32),
+                tf.TensorSpec([], tf.int64),
+            ),
+        )
+        .batch(32)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     started = time.perf_counter()
     n = sum(int(y.shape[0]) for _, y in dataset)
     return {"rows": n, "seconds": time.perf_counter() - started}

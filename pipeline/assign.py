@@ -61,7 +61,11 @@ class _AssignSplitFn(beam.DoFn):
                 batch = batch.filter(pc.is_valid(column))
         for name in self._floats:
             finite = pc.is_finite(batch.column(name))
-            bad = len(finite) - pc.sum(finite).as_py() - finite.null_count if len(finite) else 0
+            bad = (
+                len(finite) - pc.sum(finite).as_py() - finite.null_count
+                if len(finite)
+                else 0
+            )
             if bad:
                 Metrics.counter("sql2tfrecord", f"non_finite:{name}").inc(bad)
         if batch.num_rows == 0:
@@ -74,7 +78,9 @@ class _AssignSplitFn(beam.DoFn):
             if count == 0:
                 continue
             self._counters[index].inc(count)
-            part = prepared if count == batch.num_rows else prepared.filter(pa.array(mask))
+            part = (
+                prepared if count == batch.num_rows else prepared.filter(pa.array(mask))
+            )
             yield beam.pvalue.TaggedOutput(name, part)
 
 

@@ -63,7 +63,9 @@ def resolve_table(conn, table: str) -> TableRef:
                 cur.execute("ROLLBACK TO SAVEPOINT resolve")
                 row = None
     if row is None:
-        raise DatabaseError(f"--table: table {table!r} does not exist (or is not visible)")
+        raise DatabaseError(
+            f"--table: table {table!r} does not exist (or is not visible)"
+        )
     return TableRef(schema=row[0], name=row[1])
 
 

@@ -18,8 +18,12 @@ __all__ = ["Dsn", "DatabaseError", "connect", "mask_dsn"]
 
 APPLICATION_NAME = "sql2tfrecord"
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@?#]*:)(?P<secret>[^@/?#]*)@", re.I)
-_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[a-z0-9+.-]+://[^:/@?#]*:)(?P<secret>[^@/?#]*)@", re.I
+)
+_KV_PASSWORD = re.compile(
+    r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.I
+)
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<secret>[^&#]*)", re.I)
 
 

@@ -41,7 +41,7 @@ def check_jdbc_available() -> None:
 
 
 def jdbc_url(dsn: str) -> tuple[str, str | None, str | None]:
-    """libpq URL/DSN -> (jdbc:postgresql://host:port/db, user, password)."""
+    """Converts a libpq URL/DSN to (jdbc:postgresql://host:port/db, user, password)."""
     params = parse_dsn(dsn)
     host = params.get("host", "localhost")
     port = params.get("port", "5432")
@@ -54,7 +54,8 @@ def jdbc_url(dsn: str) -> tuple[str, str | None, str | None]:
 
 def _select(plan: ReadPlan) -> str:
     columns = ", ".join(
-        f"{read_expression(_quoted(c.name), c)} AS {_quoted(c.name)}" for c in plan.columns
+        f"{read_expression(_quoted(c.name), c)} AS {_quoted(c.name)}"
+        for c in plan.columns
     )
     return f"SELECT {columns} FROM {plan.relation} AS src"
 
@@ -81,7 +82,9 @@ class ReadWithJdbc(beam.PTransform):
     across JdbcIO's partitions.
     """
 
-    def __init__(self, source: SourceSpec, plan: ReadPlan, partition_column: str | None):
+    def __init__(
+        self, source: SourceSpec, plan: ReadPlan, partition_column: str | None
+    ):
         super().__init__()
         self._source, self._plan = source, plan
         self._partition_column = partition_column
@@ -109,6 +112,7 @@ class ReadWithJdbc(beam.PTransform):
                 connection_init_sqls=["SET default_transaction_read_only = on"],
                 **extra,
             )
-            | "Batch" >> beam.BatchElements(min_batch_size=BATCH_ROWS, max_batch_size=BATCH_ROWS)
+            | "Batch"
+            >> beam.BatchElements(min_batch_size=BATCH_ROWS, max_batch_size=BATCH_ROWS)
             | "ToRecordBatches" >> beam.ParDo(_RowsToBatchesFn(self._plan))
         )

@@ -72,7 +72,9 @@ def _split_key(config: JobConfig, plan: ReadPlan, source: SourceSpec) -> str:
                 f"--split_key: table {plan.table} has a composite primary key "
                 f"({', '.join(key)}); name one column to hash"
             )
-        raise ConfigError(f"--split_key: table {plan.table} has no primary key; name one")
+        raise ConfigError(
+            f"--split_key: table {plan.table} has no primary key; name one"
+        )
     raise ConfigError("--split_key is required with --query")
 
 
@@ -110,7 +112,9 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
     all_columns = plan.columns
     names = {c.name for c in all_columns}
     if split_key not in names:
-        raise ConfigError(f"--split_key: column {split_key!r} not found; have {sorted(names)}")
+        raise ConfigError(
+            f"--split_key: column {split_key!r} not found; have {sorted(names)}"
+        )
     if config.preprocessing_module:
         # A user module names its transformed label with --label; when that is also
         # a raw column, rows where it is NULL are dropped (as with built-in features).
@@ -145,8 +149,15 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         )
     temp_dir = temp_location or output.join(config.output_dir, ".tmp")
     return Job(
-        config, source, plan, features, split_key, raw_label, temp_dir,
-        tuple(primary_key), snapshot_info,
+        config,
+        source,
+        plan,
+        features,
+        split_key,
+        raw_label,
+        temp_dir,
+        tuple(primary_key),
+        snapshot_info,
     )
 
 
@@ -160,7 +171,8 @@ def _supported(column) -> bool:
         _LOGGER.warning(
             "Column %r of type %s is not read (no feature mapping); cast it in a "
             "--query to use it in the preprocessing module",
-            column.name, column.display_type,
+            column.name,
+            column.display_type,
         )
         return False
 
@@ -201,7 +213,9 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
     if config.input_parquet:
         from pipeline.parquet_io import ReadRawParquet
 
-        raw = p | "Read" >> ReadRawParquet(config.input_parquet, raw_arrow_schema(job.plan))
+        raw = p | "Read" >> ReadRawParquet(
+            config.input_parquet, raw_arrow_schema(job.plan)
+        )
     elif config.reader == "jdbc":
         from pipeline.jdbc_io import ReadWithJdbc
 
@@ -221,9 +235,7 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         config.splits,
         job.features.drop_if_null if job.features else (),
     )
-    with tft_beam.Context(
-        temp_dir=job.temp_dir, desired_batch_size=DESIRED_BATCH_SIZE
-    ):
+    with tft_beam.Context(temp_dir=job.temp_dir, desired_batch_size=DESIRED_BATCH_SIZE):
         transform_fn = (splits["train"], adapter_config) | "Analyze" >> (
             tft_beam.AnalyzeDataset(_preprocessing_fn(job))
         )
@@ -277,8 +289,13 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         result = p.run()
         # The snapshot must outlive every partition read: wait for the whole job.
         state = result.wait_until_finish()
-        if state is not None and str(state).rsplit(".", 1)[-1] not in ("DONE", "UNKNOWN"):
-            raise RuntimeError(f"the pipeline ended in state {state}; no manifest written")
+        if state is not None and str(state).rsplit(".", 1)[-1] not in (
+            "DONE",
+            "UNKNOWN",
+        ):
+            raise RuntimeError(
+                f"the pipeline ended in state {state}; no manifest written"
+            )
     finally:
         if snapshot is not None:
             snapshot.__exit__(None, None, None)
@@ -305,9 +322,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         pattern = output.join(config.output_dir, name, f"part-*{SHARD_SUFFIX}")
         from apache_beam.io.filesystems import FileSystems
 
-        files = sorted(
-            m.path for m in FileSystems.match([pattern])[0].metadata_list
-        )
+        files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
         splits[name] = {
             "weight": weight,
             "rows": counts.get(f"examples_{name}", 0),
@@ -352,15 +367,18 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     if config.raw_parquet_dir:
         from pipeline.parquet_io import write_snapshot_info
 
-        write_snapshot_info(config.raw_parquet_dir, {
-            "columns": [dataclasses.asdict(c) for c in job.plan.columns],
-            "split_key": job.split_key,
-            "primary_key": list(job.primary_key),
-            "source": manifest["source"],
-            "snapshot_id": snapshot_id,
-            "rows": rows_read,
-            "created_at": manifest["created_at"],
-        })
+        write_snapshot_info(
+            config.raw_parquet_dir,
+            {
+                "columns": [dataclasses.asdict(c) for c in job.plan.columns],
+                "split_key": job.split_key,
+                "primary_key": list(job.primary_key),
+                "source": manifest["source"],
+                "snapshot_id": snapshot_id,
+                "rows": rows_read,
+                "created_at": manifest["created_at"],
+            },
+        )
         manifest["raw_parquet_dir"] = config.raw_parquet_dir
     if job.snapshot_info is not None:
         manifest["input_parquet"] = {
@@ -373,8 +391,10 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     _cleanup_temp(job)
     output.write_manifest(config.output_dir, manifest)
     _LOGGER.info(
-        "Wrote %s: %s rows in %.1f s", config.output_dir,
-        {k: v["rows"] for k, v in splits.items()}, elapsed,
+        "Wrote %s: %s rows in %.1f s",
+        config.output_dir,
+        {k: v["rows"] for k, v in splits.items()},
+        elapsed,
     )
     return manifest
 

@@ -20,7 +20,9 @@ from pipeline.split import SplitSpec, parse_splits
 __all__ = ["JobConfig", "UsageError", "parse_args"]
 
 DEFAULT_SPLITS = "train=80,eval=20"
-DEFAULT_STATEMENT_TIMEOUT_MS = 3_600_000  # a partition's COPY; partitions are ~250k rows
+DEFAULT_STATEMENT_TIMEOUT_MS = (
+    3_600_000  # a partition's COPY; partitions are ~250k rows
+)
 
 
 class UsageError(ValueError):
@@ -135,7 +137,9 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         if args.table is not None or args.query is not None:
             problems.append("`--input_parquet` replaces `--table`/`--query`; give one")
         if args.raw_parquet_dir:
-            problems.append("give at most one of `--input_parquet` and `--raw_parquet_dir`")
+            problems.append(
+                "give at most one of `--input_parquet` and `--raw_parquet_dir`"
+            )
     else:
         if not db_url:
             problems.append("`--db_url` is required (or set DATABASE_URL)")

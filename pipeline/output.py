@@ -40,7 +40,11 @@ class OutputExistsError(OutputError):
 
 def join(base: str, *parts: str) -> str:
     """Joins path parts for any Beam filesystem."""
-    return FileSystems.join(base, *parts) if "://" in base else posixpath.join(base, *parts)
+    return (
+        FileSystems.join(base, *parts)
+        if "://" in base
+        else posixpath.join(base, *parts)
+    )
 
 
 def _is_nonempty_dir(path: str) -> bool:

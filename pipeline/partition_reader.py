@@ -66,7 +66,7 @@ def _decode_arrays(batch: pa.RecordBatch, plan: ReadPlan) -> pa.RecordBatch:
     if not any(c.is_array for c in plan.columns):
         return batch
     arrays = []
-    for column, array in zip(plan.columns, batch.columns):
+    for column, array in zip(plan.columns, batch.columns, strict=True):
         if column.is_array:
             values = [None if s is None else json.loads(s) for s in array.to_pylist()]
             array = pa.array(values, type=arrow_type(column))
@@ -173,7 +173,11 @@ class PartitionReader:
                     self._connect()
                 skip = emitted
                 for batch in read_partition(
-                    self.conn, self._plan, partition, self._snapshot_id, self._block_size
+                    self.conn,
+                    self._plan,
+                    partition,
+                    self._snapshot_id,
+                    self._block_size,
                 ):
                     if skip >= batch.num_rows:
                         skip -= batch.num_rows
@@ -195,7 +199,10 @@ class PartitionReader:
                 self.reconnects += 1
                 _LOGGER.warning(
                     "Partition %s: connection lost after %d rows (%s); retry %d/%d",
-                    partition.label, emitted, _first_line(err), attempt,
+                    partition.label,
+                    emitted,
+                    _first_line(err),
+                    attempt,
                     self._max_retries,
                 )
                 self.close()
@@ -213,5 +220,3 @@ class PartitionReader:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-
-

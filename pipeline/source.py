@@ -73,9 +73,9 @@ def copy_sql(plan: ReadPlan, partition: Partition) -> sql.Composable:
     )
     key = sql.SQL(plan.partition_key) if plan.partition_key else None
     where = partitioning.where_clause(partition, key)
-    return sql.SQL("COPY (SELECT {} FROM {} AS src WHERE {}) TO STDOUT (FORMAT csv)").format(
-        select, sql.SQL(plan.relation), where
-    )
+    return sql.SQL(
+        "COPY (SELECT {} FROM {} AS src WHERE {}) TO STDOUT (FORMAT csv)"
+    ).format(select, sql.SQL(plan.relation), where)
 
 
 def _quoted(name: str) -> str:
@@ -153,7 +153,9 @@ def plan_read(
             )
         elif table is not None and pages > 0:
             partitions = partitioning.plan_block_ranges(pages, wanted)
-            description = f"{len(partitions)} partitions: ctid block ranges of {pages} pages"
+            description = (
+                f"{len(partitions)} partitions: ctid block ranges of {pages} pages"
+            )
         else:
             partitions = partitioning.plan_single()
             description = (

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import zlib
-from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -58,7 +57,9 @@ def parse_splits(text: str) -> SplitSpec:
         if name in names:
             raise ValueError(f"`--splits` names split {name!r} twice")
         if weight <= 0:
-            raise ValueError(f"`--splits` weight of {name!r} must be >= 1, got {weight}")
+            raise ValueError(
+                f"`--splits` weight of {name!r} must be >= 1, got {weight}"
+            )
         names.add(name)
         splits.append((name, weight))
     if "train" not in names:
@@ -85,12 +86,17 @@ def hash_keys(keys: pa.Array) -> np.ndarray:
     if pa.types.is_floating(kind):
         raw = pc.fill_null(keys.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
         return _splitmix64(raw.view(np.uint64))
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(
-        kind
-    ) or pa.types.is_large_binary(kind):
+    if (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+    ):
         crc = np.fromiter(
             (
-                0 if v is None else zlib.crc32(v if isinstance(v, bytes) else v.encode())
+                0
+                if v is None
+                else zlib.crc32(v if isinstance(v, bytes) else v.encode())
                 for v in keys.to_pylist()
             ),
             dtype=np.uint64,
@@ -110,9 +116,5 @@ def assign_splits(keys: pa.Array, spec: SplitSpec) -> np.ndarray:
 def split_counts(assignment: np.ndarray, spec: SplitSpec) -> dict[str, int]:
     """How many rows each split received (for tests and logs)."""
     counts = np.bincount(assignment, minlength=len(spec.splits))
-    return {name: int(c) for name, c in zip(spec.names, counts)}
+    return {name: int(c) for name, c in zip(spec.names, counts, strict=True)}
 
-
-def names_for(assignment: np.ndarray, spec: SplitSpec) -> Sequence[str]:
-    """The split name of each row."""
-    return [spec.names[i] for i in assignment]

@@ -50,7 +50,12 @@ def frame_records(records: Iterable[bytes]) -> bytes:
     pack_q, pack_i = struct.Struct("<Q").pack, struct.Struct("<I").pack
     for record in records:
         length = pack_q(len(record))
-        parts += (length, pack_i(_masked_crc(length)), record, pack_i(_masked_crc(record)))
+        parts += (
+            length,
+            pack_i(_masked_crc(length)),
+            record,
+            pack_i(_masked_crc(record)),
+        )
     return b"".join(parts)
 
 
@@ -60,7 +65,8 @@ class _ShardWriter:
     def __init__(self, path: str):
         self.path = path
         self._file = FileSystems.create(
-            path, mime_type="application/octet-stream",
+            path,
+            mime_type="application/octet-stream",
             compression_type=CompressionTypes.UNCOMPRESSED,
         )
         self._gzip = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
@@ -112,7 +118,9 @@ class _WriteBundleShardsFn(beam.DoFn):
         if writer is not None:
             writer.close()
             self._local.writer = None
-            yield WindowedValue(writer.path, GlobalWindow().max_timestamp(), [GlobalWindow()])
+            yield WindowedValue(
+                writer.path, GlobalWindow().max_timestamp(), [GlobalWindow()]
+            )
 
 
 class _WriteKeyedShardFn(beam.DoFn):
@@ -152,7 +160,8 @@ def _publish(
         temp_paths.append(empty.path)
     total = len(temp_paths)
     final = [
-        join(directory, f"part-{i:05d}-of-{total:05d}{SHARD_SUFFIX}") for i in range(total)
+        join(directory, f"part-{i:05d}-of-{total:05d}{SHARD_SUFFIX}")
+        for i in range(total)
     ]
     if temp_paths:
         FileSystems.rename(temp_paths, final)

@@ -205,7 +205,9 @@ def infer_features(
     return config
 
 
-def load_config(path: str, columns: Sequence[Column], label: str | None) -> FeatureConfig:
+def load_config(
+    path: str, columns: Sequence[Column], label: str | None
+) -> FeatureConfig:
     """Reads `--features` (YAML or JSON by extension) and validates it."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -285,7 +287,9 @@ def _parse_feature(entry: Any, index: int) -> Feature:
         )
     for key in ("top_k", "frequency_threshold", "num_buckets", "hash_buckets"):
         if key in values and (not isinstance(values[key], int) or values[key] < 1):
-            raise ConfigError(f"{where}: {key} must be an integer >= 1, got {values[key]!r}")
+            raise ConfigError(
+                f"{where}: {key} must be an integer >= 1, got {values[key]!r}"
+            )
     if "num_oov_buckets" in values and (
         not isinstance(values["num_oov_buckets"], int) or values["num_oov_buckets"] < 0
     ):

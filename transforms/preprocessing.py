@@ -1,4 +1,4 @@
-"""Builds a tf.Transform `preprocessing_fn` from a FeatureConfig.
+r"""Builds a tf.Transform `preprocessing_fn` from a FeatureConfig.
 
 Inputs follow the raw schema (`transforms.schema`): dense `[batch]` tensors for NOT
 NULL columns, `SparseTensor`s `[batch, ≤1]` for nullable ones. Every output is a dense
@@ -168,7 +168,11 @@ def _time_part(x, feature: Feature, kind: Kind) -> tf.Tensor:
     return tf.math.floormod(tf.math.floordiv(seconds, SECONDS_PER_DAY) + 3, 7)
 
 
-_NUMERIC_TRANSFORMS = {"zscore": _zscore, "scale_0_1": _scale_0_1, "bucketize": _bucketize}
+_NUMERIC_TRANSFORMS = {
+    "zscore": _zscore,
+    "scale_0_1": _scale_0_1,
+    "bucketize": _bucketize,
+}
 
 
 def _apply(feature: Feature, x, kind: Kind) -> dict[str, tf.Tensor]:
@@ -203,7 +207,9 @@ def build_preprocessing_fn(
     def preprocessing_fn(inputs):
         outputs = {}
         for feature in config.features:
-            outputs.update(_apply(feature, inputs[feature.column], kinds[feature.column]))
+            outputs.update(
+                _apply(feature, inputs[feature.column], kinds[feature.column])
+            )
         label = config.label
         y = inputs[label.column]
         if kinds[label.column] is Kind.BYTES:

@@ -57,7 +57,9 @@ def raw_feature_spec(columns: Sequence[Column]) -> dict[str, tf.io.FixedLenFeatu
     for column in columns:
         dtype = _TF_DTYPE[column.kind]
         spec[column.name] = (
-            tf.io.FixedLenFeature([], dtype) if is_dense(column) else tf.io.VarLenFeature(dtype)
+            tf.io.FixedLenFeature([], dtype)
+            if is_dense(column)
+            else tf.io.VarLenFeature(dtype)
         )
     return spec
 
@@ -76,7 +78,9 @@ def transform_arrow_schema(columns: Sequence[Column]) -> pa.Schema:
     )
 
 
-def tensor_adapter_config(columns: Sequence[Column]) -> tensor_adapter.TensorAdapterConfig:
+def tensor_adapter_config(
+    columns: Sequence[Column],
+) -> tensor_adapter.TensorAdapterConfig:
     """The TensorAdapterConfig matching `transform_arrow_schema(columns)` exactly."""
     schema = schema_utils.schema_from_feature_spec(raw_feature_spec(columns))
     return tensor_adapter.TensorAdapterConfig(
@@ -111,7 +115,9 @@ def _as_list_array(array: pa.Array, column: Column) -> pa.Array:
     return pa.LargeListArray.from_arrays(pa.array(offsets), values)
 
 
-def to_transform_batch(batch: pa.RecordBatch, columns: Sequence[Column]) -> pa.RecordBatch:
+def to_transform_batch(
+    batch: pa.RecordBatch, columns: Sequence[Column]
+) -> pa.RecordBatch:
     """Converts a raw reader batch to `transform_arrow_schema(columns)`.
 
     Raises ValueError naming the column when a NOT NULL column holds a NULL.
