@@ -4,17 +4,19 @@ For small tables, notebooks and quick iterations. Each epoch opens one
 REPEATABLE READ snapshot (all partitions of that epoch see one instant), streams
 `COPY` → Arrow → tensors with bounded memory (one Arrow batch of a few MB at a time),
 and, given a sql2tfrecord output directory, applies its saved transform graph, so
-the features equal those `make_dataset` reads from the TFRecords.
+the features equal those `make_dataset` reads from the TFRecords. Partitions are
+read one after the other, or `num_parallel_reads` at a time on separate connections.
 
 Prefer the TFRecords (`python -m pipeline` + `make_dataset`) when you train for
 several epochs, on several workers, or on a table that changes: they are read ~10×
 faster than the database can serve rows, do not load the database during training,
-and freeze one consistent version of the data. Partitions are read one after the
-other (in plan order); the Beam pipeline is the parallel path.
+and freeze one consistent version of the data.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -40,6 +42,72 @@ def _column_arrays(batch: pa.RecordBatch, name: str, dtype: tf.DType):
     return values, nulls
 
 
+def _read_batches(source, plan, snapshot_id: str, parallel: int) -> Iterator[pa.RecordBatch]:
+    """The plan's partitions as Arrow batches, `parallel` partitions at a time.
+
+    Each reader thread has its own connection in the shared snapshot; at most a few
+    batches wait in the queue, so memory stays bounded.
+    """
+    from pipeline.partition_reader import PartitionReader
+
+    if parallel == 1:
+        reader = PartitionReader(source, plan, snapshot_id)
+        try:
+            for partition in plan.partitions:
+                yield from reader.read(partition)
+        finally:
+            reader.close()
+        return
+    pending = queue.Queue()
+    for partition in plan.partitions:
+        pending.put(partition)
+    results: queue.Queue = queue.Queue(maxsize=2 * parallel)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        reader = PartitionReader(source, plan, snapshot_id)
+        try:
+            while not stop.is_set():
+                try:
+                    partition = pending.get_nowait()
+                except queue.Empty:
+                    break
+                for batch in reader.read(partition):
+                    while not stop.is_set():
+                        try:
+                            results.put(batch, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            results.put(err)
+        finally:
+            reader.close()
+            results.put(done)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(parallel)]
+    for thread in threads:
+        thread.start()
+    finished = 0
+    try:
+        while finished < parallel:
+            item = results.get()
+            if item is done:
+                finished += 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        stop.set()
+        while any(t.is_alive() for t in threads):
+            try:
+                results.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
 def dataset_from_postgres(
     db_url: str,
     table: str | None = None,
@@ -50,6 +118,7 @@ def dataset_from_postgres(
     label: str | None = None,
     columns: Sequence[str] | None = None,
     num_partitions: int | None = None,
+    num_parallel_reads: int = 1,
 ) -> tf.data.Dataset:
     """Returns a dataset of raw or transformed batches read from PostgreSQL.
 
@@ -63,12 +132,13 @@ def dataset_from_postgres(
         label: without a transform: a column to split off as `(features, label)`.
         columns: without a transform: the columns to read (default: all).
         num_partitions: how the read is partitioned (default: from the row estimate).
+        num_parallel_reads: partitions read at once, each on its own connection,
+            all in the epoch's one snapshot (order across partitions then varies).
 
     Without a transform, features are the raw columns: dense tensors for NOT NULL
     columns; for nullable ones a value tensor (NULL as 0/"") plus `<col>__is_null`.
     """
     from pipeline.connection import Dsn
-    from pipeline.partition_reader import PartitionReader
     from pipeline.source import ExportedSnapshot, SourceSpec, plan_read
 
     if (table is None) == (query is None):
@@ -96,22 +166,22 @@ def dataset_from_postgres(
         signature[name] = tf.TensorSpec([None], spec.dtype, name=name)
         signature[f"{name}{NULL_SUFFIX}"] = tf.TensorSpec([None], tf.bool)
 
+    def to_tensors(piece: pa.RecordBatch) -> dict:
+        out = {}
+        for name, spec in raw_spec.items():
+            values, nulls = _column_arrays(piece, name, spec.dtype)
+            out[name] = values
+            out[f"{name}{NULL_SUFFIX}"] = nulls
+        return out
+
     def generate() -> Iterator[dict]:
         with ExportedSnapshot(source.dsn) as snapshot:
-            reader = PartitionReader(source, plan, snapshot.snapshot_id)
-            try:
-                for partition in plan.partitions:
-                    for batch in reader.read(partition):
-                        for start in range(0, batch.num_rows, batch_size):
-                            piece = batch.slice(start, batch_size)
-                            out = {}
-                            for name, spec in raw_spec.items():
-                                values, nulls = _column_arrays(piece, name, spec.dtype)
-                                out[name] = values
-                                out[f"{name}{NULL_SUFFIX}"] = nulls
-                            yield out
-            finally:
-                reader.close()
+            batches = _read_batches(
+                source, plan, snapshot.snapshot_id, max(1, num_parallel_reads)
+            )
+            for batch in batches:
+                for start in range(0, batch.num_rows, batch_size):
+                    yield to_tensors(batch.slice(start, batch_size))
 
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
 
