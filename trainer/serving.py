@@ -4,13 +4,17 @@
 signatures, both applying the saved `transform_fn`, then the model:
 
 * `serving_default(examples)`: serialized `tf.Example`s of raw columns (as the
-  database has them: NOT NULL columns required, nullable ones may be absent);
-* `serve_raw(**raw)`: one `[batch]` tensor per raw column; for a nullable column
-  `<col>` also a `<col>__is_null` bool tensor (True where the value is NULL; the
-  value in that row is ignored).
+  database has them, the label excepted: every NOT NULL column is required, even
+  one the model does not use; a nullable one is absent for NULL; array columns
+  are lists);
+* `serve_raw(**raw)`: one `[batch]` tensor per raw column except the label; for a
+  nullable column `<col>` also a `<col>__is_null` bool tensor (True where the
+  value is NULL; the value in that row is ignored). One value per row: array
+  columns are served through `serving_default` only.
 
 Absent (NULL) values get the same imputation as in training, because the same
-graph does it. Output: `{"probability": [batch] float32}`.
+graph does it. Output: `{"probability": [batch] float32}`. The transform layer is
+tracked by the exported module, so its vocabulary files are the SavedModel's assets.
 """
 
 from __future__ import annotations
@@ -85,7 +89,17 @@ class _ServingModule(tf.Module):
 
 
 def export_serving_model(model: keras.Model, output_dir: str, export_dir: str) -> str:
-    """Saves the serving SavedModel to `export_dir`; returns the path."""
+    """Saves the serving SavedModel (transform graph + model) to `export_dir`.
+
+    Args:
+        model: a model whose inputs are named after transformed features (as
+            `trainer.model.build_model` makes it).
+        output_dir: the sql2tfrecord output the model was trained on.
+        export_dir: where to write the SavedModel (any TF filesystem path).
+
+    Returns:
+        `export_dir`.
+    """
     module = _ServingModule(model, output_dir)
     tf.saved_model.save(
         module,
