@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         def measure(name, argv_fn, rows):
             print(f"running {name} ...", file=sys.stderr)
             r = _median_runs(argv_fn, args.runs)
-            r["rows"] = rows
+            r.setdefault("rows", rows)
             results[name] = r
             print(
                 f"  {name}: median {r['wall']:.1f} s, RSS {r['rss']:.0f} MiB",
