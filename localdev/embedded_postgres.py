@@ -161,6 +161,7 @@ class EmbeddedPostgres:
         self,
         data_dir: str | os.PathLike | None = None,
         bin_dir: str | os.PathLike | None = None,
+        settings: dict[str, str] | None = None,
     ):
         """Prepares, without starting, a server.
 
@@ -168,7 +169,10 @@ class EmbeddedPostgres:
             data_dir: where to create the cluster; must not exist or be empty, and is
                 deleted by `stop()`. Default: a fresh temporary directory.
             bin_dir: the PostgreSQL binaries. Default: `find_bin_dir()`.
+            settings: extra server settings (`-c name=value`), e.g. for tests of
+                `max_connections`.
         """
+        self._settings = dict(settings or {})
         self._requested_data_dir = Path(data_dir).absolute() if data_dir else None
         self._requested_bin_dir = Path(bin_dir).absolute() if bin_dir else None
         self.data_dir: Path | None = None
@@ -335,10 +339,7 @@ class EmbeddedPostgres:
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             self.port = _free_port()
             offset = log.stat().st_size if log.exists() else 0
-            options = (
-                f"-h {_HOST} -p {self.port} -k {shlex.quote(str(self.data_dir))} "
-                f"{_SERVER_SETTINGS}"
-            )
+            options = self._options()
             start = ("start", "-w", "-t", str(_START_TIMEOUT_S), "-l", str(log))
             try:
                 self._pg_ctl(*start, "-o", options, timeout=_START_TIMEOUT_S + 30)
@@ -352,6 +353,23 @@ class EmbeddedPostgres:
                 if "already in use" not in new_log or attempt == _PORT_ATTEMPTS:
                     raise
                 _LOGGER.info("Port %d was taken meanwhile; retrying", self.port)
+
+    def _options(self) -> str:
+        extra = " ".join(
+            f"-c {shlex.quote(f'{k}={v}')}" for k, v in self._settings.items()
+        )
+        return (
+            f"-h {_HOST} -p {self.port} -k {shlex.quote(str(self.data_dir))} "
+            f"{_SERVER_SETTINGS} {extra}"
+        ).strip()
+
+    def restart(self) -> None:
+        """Restarts the running server on the same port, keeping its data."""
+        self._pg_ctl(
+            "restart", "-m", "fast", "-w", "-t", str(_START_TIMEOUT_S),
+            "-l", str(self.data_dir / _LOG_NAME), "-o", self._options(),
+            timeout=_START_TIMEOUT_S + 30,
+        )
 
     def _create_database(self) -> None:
         import psycopg2

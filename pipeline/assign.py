@@ -3,8 +3,9 @@
 Rows whose label is NULL cannot be trained on, and rows with a NULL in a feature
 configured with `impute: drop` are unwanted: both are dropped here and counted
 (`rows_dropped_null_label`, `dropped_null:<column>`, recorded in the manifest),
-never dropped silently. NaN and ±Infinity in floating columns are counted per column
-(`non_finite:<column>`); the transforms treat them as missing.
+never dropped silently. NaN, ±Infinity and values beyond float32's range in floating
+columns are counted per column (`non_finite:<column>`); the transforms treat them as
+missing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.split import SplitSpec, assign_splits
 from transforms.schema import to_transform_batch
+from transforms.preprocessing import FLOAT32_MAX
 from transforms.types import Column, Kind
 
 __all__ = ["AssignSplit"]
@@ -60,10 +62,13 @@ class _AssignSplitFn(beam.DoFn):
                 )
                 batch = batch.filter(pc.is_valid(column))
         for name in self._floats:
-            finite = pc.is_finite(batch.column(name))
+            column = batch.column(name)
+            usable = pc.and_(
+                pc.is_finite(column), pc.less_equal(pc.abs(column), FLOAT32_MAX)
+            )
             bad = (
-                len(finite) - pc.sum(finite).as_py() - finite.null_count
-                if len(finite)
+                len(column) - column.null_count - (pc.sum(usable).as_py() or 0)
+                if len(column)
                 else 0
             )
             if bad:

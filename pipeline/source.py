@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+import psycopg2
 from psycopg2 import sql
 
 from pipeline import catalog, partitioning
@@ -219,7 +220,10 @@ class ExportedSnapshot:
     def __exit__(self, *exc) -> None:
         if self._conn is not None:
             try:
-                self._conn.rollback()
+                if not self._conn.closed:
+                    self._conn.rollback()
+            except psycopg2.Error:
+                pass  # the server went away: the snapshot is gone with it
             finally:
                 self._conn.close()
                 self._conn = None

@@ -3,7 +3,7 @@ r"""Builds a tf.Transform `preprocessing_fn` from a FeatureConfig.
 Inputs follow the raw schema (`transforms.schema`): dense `[batch]` tensors for NOT
 NULL columns, `SparseTensor`s `[batch, ≤1]` for nullable ones. Every output is a dense
 `[batch]` tensor: float32 for scaled numbers, int64 for ids, buckets, time parts and
-indicators. NULL, NaN and ±Infinity count as missing: statistics are computed on
+indicators. NULL, NaN, ±Infinity and values beyond float32's range count as missing: statistics are computed on
 the present, finite values of the train split only, and missing values are imputed
 afterwards (mean, median or a constant) and then transformed like any value — a
 z-scored NULL with `impute: mean` is exactly 0 — never by filling 0 before the
@@ -29,6 +29,7 @@ from transforms.types import Column, Kind
 __all__ = ["build_preprocessing_fn", "escape_token"]
 
 SECONDS_PER_DAY = 86_400
+FLOAT32_MAX = 3.4028234663852886e38  # beyond it a value cannot become a float32 feature
 
 
 def escape_token(x: tf.Tensor) -> tf.Tensor:
@@ -59,8 +60,8 @@ def _present_mask(x) -> tf.Tensor:
 class _Numbers:
     """A numeric column as float64 values plus a mask of usable (present, finite) rows.
 
-    NULL, NaN and ±Infinity are all "missing": statistics skip them and imputation
-    replaces them.
+    NULL, NaN, ±Infinity and magnitudes beyond float32's range are all "missing":
+    statistics skip them and imputation replaces them.
     """
 
     def __init__(self, x):
@@ -70,7 +71,9 @@ class _Numbers:
             self.value = _dense(x, nan)
         else:
             self.value = tf.cast(x, tf.float64)
-        self.present = tf.math.is_finite(self.value)
+        self.present = tf.logical_and(
+            tf.math.is_finite(self.value), tf.abs(self.value) <= FLOAT32_MAX
+        )
         self.values = tf.boolean_mask(self.value, self.present)  # for analyzers
 
     def missing(self) -> tf.Tensor:
