@@ -3,7 +3,8 @@
 Rows whose label is NULL cannot be trained on, and rows with a NULL in a feature
 configured with `impute: drop` are unwanted: both are dropped here and counted
 (`rows_dropped_null_label`, `dropped_null:<column>`, recorded in the manifest),
-never dropped silently. NaN, ±Infinity and values beyond float32's range in floating
+never dropped silently. NULLs of the kept rows (which the transforms impute) are
+counted per column (`nulls:<column>`). NaN, ±Infinity and values beyond float32's range in floating
 columns are counted per column (`non_finite:<column>`); the transforms treat them as
 missing.
 """
@@ -43,6 +44,9 @@ class _AssignSplitFn(beam.DoFn):
         self._floats = tuple(
             c.name for c in columns if c.kind is Kind.FLOAT and not c.is_array
         )
+        self._counted_nulls = tuple(
+            c.name for c in columns if not c.not_null and c.name != label
+        )
         self._dropped = Metrics.counter("sql2tfrecord", "rows_dropped_null_label")
         self._counters = [
             Metrics.counter("sql2tfrecord", f"split:{name}") for name in spec.names
@@ -61,6 +65,10 @@ class _AssignSplitFn(beam.DoFn):
                     column.null_count
                 )
                 batch = batch.filter(pc.is_valid(column))
+        for name in self._counted_nulls:
+            nulls = batch.column(name).null_count
+            if nulls:
+                Metrics.counter("sql2tfrecord", f"nulls:{name}").inc(nulls)
         for name in self._floats:
             column = batch.column(name)
             usable = pc.and_(

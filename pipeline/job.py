@@ -355,6 +355,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         "rows_dropped_null_label": counts.get("rows_dropped_null_label", 0),
         "rows_dropped_null": _by_column(counts, "dropped_null:"),
         "non_finite_values": _by_column(counts, "non_finite:"),
+        "null_values": _by_column(counts, "nulls:"),
         "rows_per_partition": {
             p.label: counts.get(f"partition:{p.label}", 0) for p in job.plan.partitions
         },

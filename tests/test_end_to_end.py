@@ -220,6 +220,9 @@ def test_rows_per_split_are_exact(output_a, expected, data_a):
     assert sum(manifest["rows_per_partition"].values()) == ROWS
     non_finite = sum(1 for r in expected["rows"].values() if "x_raw" in r)
     assert manifest["non_finite_values"] == {"x": non_finite} and non_finite > 0
+    kept = [r for r in expected["rows"].values() if r["y"] is not None]
+    for column in ("price", "city", "born"):  # NULLs the transforms impute
+        assert manifest["null_values"][column] == sum(r[column] is None for r in kept)
 
 
 def test_split_is_the_same_with_another_partition_plan(output_a, output_b):
