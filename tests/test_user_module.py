@@ -3,8 +3,6 @@
 import importlib.util
 import os
 
-import numpy as np
-import psycopg2
 import pytest
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
