@@ -275,9 +275,6 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
 
     config = job.config
     started = time.time()
-    metadata_io.write_metadata(
-        raw_metadata(job.plan.columns), output.join(config.output_dir, "metadata")
-    )
     use_snapshot = (
         config.snapshot and config.reader == "native" and not config.input_parquet
     )
@@ -285,6 +282,10 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     if snapshot is not None:
         snapshot.__enter__()
     try:
+        # Written once the snapshot exists (tests use its appearance as that signal).
+        metadata_io.write_metadata(
+            raw_metadata(job.plan.columns), output.join(config.output_dir, "metadata")
+        )
         p = beam.Pipeline(options=beam_options)
         snapshot_id = snapshot.snapshot_id if snapshot else None
         build_pipeline(p, job, snapshot_id)
