@@ -20,8 +20,8 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 from pipeline.split import SplitSpec, assign_splits
-from transforms.schema import to_transform_batch
 from transforms.preprocessing import FLOAT32_MAX
+from transforms.schema import to_transform_batch
 from transforms.types import Column, Kind
 
 __all__ = ["AssignSplit"]
@@ -114,18 +114,9 @@ class AssignSplit(beam.PTransform):
         drop_if_null: Sequence[str] = (),
     ):
         super().__init__()
-        self._columns, self._label = tuple(columns), label
-        self._split_key, self._spec = split_key, spec
-        self._drop_if_null = tuple(drop_if_null)
+        self._names = spec.names
+        self._fn = _AssignSplitFn(columns, label, split_key, spec, drop_if_null)
 
     def expand(self, batches):
-        tagged = batches | "Assign" >> beam.ParDo(
-            _AssignSplitFn(
-                self._columns,
-                self._label,
-                self._split_key,
-                self._spec,
-                self._drop_if_null,
-            )
-        ).with_outputs(*self._spec.names)
-        return {name: tagged[name] for name in self._spec.names}
+        tagged = batches | "Assign" >> beam.ParDo(self._fn).with_outputs(*self._names)
+        return {name: tagged[name] for name in self._names}

@@ -55,29 +55,19 @@ class Job:
         return self.config.label
 
 
-def _split_key(config: JobConfig, plan: ReadPlan, source: SourceSpec) -> str:
+def _split_key(config: JobConfig, plan: ReadPlan, primary_key: list[str]) -> str:
     if config.split_key:
         return config.split_key
-    if plan.table is not None:
-        from pipeline import catalog
-        from pipeline.connection import connect
-
-        conn = connect(source.dsn)
-        try:
-            key = catalog.primary_key(conn, plan.table)
-        finally:
-            conn.close()
-        if len(key) == 1:
-            return key[0]
-        if len(key) > 1:
-            raise ConfigError(
-                f"--split_key: table {plan.table} has a composite primary key "
-                f"({', '.join(key)}); name one column to hash"
-            )
+    if plan.table is None:
+        raise ConfigError("--split_key is required with --query")
+    if len(primary_key) == 1:
+        return primary_key[0]
+    if primary_key:
         raise ConfigError(
-            f"--split_key: table {plan.table} has no primary key; name one"
+            f"--split_key: table {plan.table} has a composite primary key "
+            f"({', '.join(primary_key)}); name one column to hash"
         )
-    raise ConfigError("--split_key is required with --query")
+    raise ConfigError(f"--split_key: table {plan.table} has no primary key; name one")
 
 
 def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
@@ -109,8 +99,8 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
             num_partitions=config.num_partitions,
             partition_column=config.partition_column,
         )
-        split_key = _split_key(config, plan, source)
         primary_key = _primary_key_columns(plan, source)
+        split_key = _split_key(config, plan, primary_key)
     all_columns = plan.columns
     names = {c.name for c in all_columns}
     if split_key not in names:

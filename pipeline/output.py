@@ -19,6 +19,8 @@ __all__ = [
     "MANIFEST",
     "OutputError",
     "OutputExistsError",
+    "publish_shards",
+    "write_json",
     "prepare_output_dir",
     "write_manifest",
     "read_manifest",
@@ -86,14 +88,36 @@ def prepare_output_dir(path: str, overwrite: bool, flag: str = "--output_dir") -
             ) from err
 
 
-def write_manifest(path: str, manifest: dict[str, Any]) -> str:
-    """Publishes `<path>/manifest.json` atomically (temp file, then rename)."""
-    final = join(path, MANIFEST)
-    temp = join(path, f".{MANIFEST}.{uuid.uuid4().hex}.tmp")
+def publish_shards(
+    temp_paths: list[str], directory: str, temp_dir: str, suffix: str
+) -> list[str]:
+    """Renames complete temporary files to `part-SSSSS-of-NNNNN<suffix>`, then
+    removes `temp_dir`; returns the final paths in shard order."""
+    temp_paths = sorted(temp_paths)
+    total = len(temp_paths)
+    final = [
+        join(directory, f"part-{i:05d}-of-{total:05d}{suffix}") for i in range(total)
+    ]
+    if temp_paths:
+        FileSystems.rename(temp_paths, final)
+    if FileSystems.exists(temp_dir):
+        FileSystems.delete([temp_dir])
+    return final
+
+
+def write_json(path: str, name: str, value: dict[str, Any]) -> str:
+    """Publishes `<path>/<name>` atomically (temp file, then rename)."""
+    final = join(path, name)
+    temp = join(path, f".{name}.{uuid.uuid4().hex}.tmp")
     with FileSystems.create(temp) as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+        f.write(json.dumps(value, indent=2, sort_keys=True, default=str).encode())
     FileSystems.rename([temp], [final])
     return final
+
+
+def write_manifest(path: str, manifest: dict[str, Any]) -> str:
+    """Publishes `<path>/manifest.json` atomically (temp file, then rename)."""
+    return write_json(path, MANIFEST, manifest)
 
 
 def read_manifest(path: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline.output import join
+from pipeline.output import join, publish_shards, write_json
 from transforms.types import Column
 
 __all__ = [
@@ -73,19 +73,6 @@ class _WriteParquetFn(beam.DoFn):
             yield WindowedValue(path, GlobalWindow().max_timestamp(), [GlobalWindow()])
 
 
-def _publish(temp_paths: list[str], directory: str, temp_dir: str) -> list[str]:
-    temp_paths = sorted(temp_paths)
-    final = [
-        join(directory, f"part-{i:05d}-of-{len(temp_paths):05d}.parquet")
-        for i in range(len(temp_paths))
-    ]
-    if temp_paths:
-        FileSystems.rename(temp_paths, final)
-    if FileSystems.exists(temp_dir):
-        FileSystems.delete([temp_dir])
-    return final
-
-
 class WriteRawParquet(beam.PTransform):
     """Input: PCollection[pa.RecordBatch] (raw). Output: the published file paths."""
 
@@ -99,7 +86,8 @@ class WriteRawParquet(beam.PTransform):
             batches
             | "WriteParquet" >> beam.ParDo(_WriteParquetFn(temp_dir, self._schema))
             | "CollectFiles" >> beam.combiners.ToList()
-            | "Publish" >> beam.Map(_publish, self._directory, temp_dir)
+            | "Publish"
+            >> beam.Map(publish_shards, self._directory, temp_dir, ".parquet")
         )
 
 
@@ -133,10 +121,7 @@ class _ToBatchesFn(beam.DoFn):
 
 def write_snapshot_info(directory: str, info: dict[str, Any]) -> None:
     """Publishes `_snapshot.json` (temp file, then rename): the snapshot is complete."""
-    temp = join(directory, f".{SNAPSHOT_INFO}.{uuid.uuid4().hex}.tmp")
-    with FileSystems.create(temp) as f:
-        f.write(json.dumps(info, indent=2, sort_keys=True).encode())
-    FileSystems.rename([temp], [join(directory, SNAPSHOT_INFO)])
+    write_json(directory, SNAPSHOT_INFO, info)
 
 
 def read_snapshot_info(directory: str) -> tuple[dict[str, Any], list[Column]]:

@@ -117,4 +117,3 @@ def split_counts(assignment: np.ndarray, spec: SplitSpec) -> dict[str, int]:
     """How many rows each split received (for tests and logs)."""
     counts = np.bincount(assignment, minlength=len(spec.splits))
     return {name: int(c) for name, c in zip(spec.names, counts, strict=True)}
-

@@ -30,7 +30,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
 
-from pipeline.output import join
+from pipeline.output import join, publish_shards
 
 __all__ = ["WriteExamples", "SHARD_SUFFIX", "frame_records", "GZIP_LEVEL"]
 
@@ -153,21 +153,12 @@ def _publish(
     With `num_shards`, shard keys that received no batch get an empty (valid) shard,
     so there are always exactly `num_shards` files.
     """
-    temp_paths = sorted(temp_paths)
+    temp_paths = list(temp_paths)
     while len(temp_paths) < num_shards:
         empty = _ShardWriter(join(temp_dir, f"{uuid.uuid4().hex}{SHARD_SUFFIX}"))
         empty.close()
         temp_paths.append(empty.path)
-    total = len(temp_paths)
-    final = [
-        join(directory, f"part-{i:05d}-of-{total:05d}{SHARD_SUFFIX}")
-        for i in range(total)
-    ]
-    if temp_paths:
-        FileSystems.rename(temp_paths, final)
-    if FileSystems.exists(temp_dir):
-        FileSystems.delete([temp_dir])
-    return final
+    return publish_shards(temp_paths, directory, temp_dir, SHARD_SUFFIX)
 
 
 class WriteExamples(beam.PTransform):

@@ -65,3 +65,17 @@ def query(database_url: str, sql: str, params=()) -> list[tuple]:
             return cur.fetchall()
     finally:
         conn.close()
+
+
+def splitmix64_reference(x: int) -> int:
+    """Textbook SplitMix64 finaliser in plain Python integers (tests only)."""
+    m = (1 << 64) - 1
+    z = ((x & m) + 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def reference_split(row_id: int) -> str:
+    """The default train=80,eval=20 split of an integer key, computed independently."""
+    return "train" if splitmix64_reference(row_id) % 100 < 80 else "eval"

@@ -20,7 +20,7 @@ import tensorflow_transform as tft
 
 import trainer
 from pipeline.__main__ import main
-from tests.conftest import query
+from tests.conftest import query, reference_split
 
 ROWS = 3000
 MISSING = "__MISSING__"
@@ -164,22 +164,13 @@ def _db_rows(database_url, table):
     return out
 
 
-def _split_of(row_id: int) -> str:
-    m = (1 << 64) - 1
-    z = ((row_id & m) + 0x9E3779B97F4A7C15) & m
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
-    z ^= z >> 31
-    return "train" if z % 100 < 80 else "eval"
-
-
 @pytest.fixture(scope="session")
 def expected(database_url, rich_table):
     rows = _db_rows(database_url, rich_table)
     labelled = {i: r for i, r in rows.items() if r["y"] is not None}
     splits = {"train": set(), "eval": set()}
     for row_id in labelled:
-        splits[_split_of(row_id)].add(row_id)
+        splits[reference_split(row_id)].add(row_id)
     train = [labelled[i] for i in splits["train"]]
     return {"rows": rows, "labelled": labelled, "splits": splits, "train": train}
 

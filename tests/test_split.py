@@ -7,23 +7,15 @@ import pyarrow as pa
 import pytest
 
 from pipeline.split import assign_splits, hash_keys, parse_splits, split_counts
-
-
-def _splitmix64_reference(x: int) -> int:
-    """Textbook SplitMix64 finaliser in plain Python integers."""
-    m = (1 << 64) - 1
-    z = (x + 0x9E3779B97F4A7C15) & m
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
-    return z ^ (z >> 31)
+from tests.conftest import splitmix64_reference
 
 
 def test_hash_keys_match_reference_for_ints_and_text():
     ints = [0, 1, -1, 2**63 - 1, -(2**63), 123456789]
-    expected = [_splitmix64_reference(v & ((1 << 64) - 1)) for v in ints]
+    expected = [splitmix64_reference(v & ((1 << 64) - 1)) for v in ints]
     assert hash_keys(pa.array(ints, pa.int64())).tolist() == expected
     texts = ["", "a", "héllo", "line\nbreak"]
-    expected = [_splitmix64_reference(zlib.crc32(t.encode())) for t in texts]
+    expected = [splitmix64_reference(zlib.crc32(t.encode())) for t in texts]
     assert hash_keys(pa.array(texts, pa.large_string())).tolist() == expected
 
 

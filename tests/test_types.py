@@ -3,7 +3,13 @@
 import pyarrow as pa
 import pytest
 
-from transforms.types import Column, Kind, UnsupportedTypeError, arrow_type, read_expression
+from transforms.types import (
+    Column,
+    Kind,
+    UnsupportedTypeError,
+    arrow_type,
+    read_expression,
+)
 
 
 @pytest.mark.parametrize(

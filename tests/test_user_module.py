@@ -10,18 +10,9 @@ from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 import trainer
 from pipeline.__main__ import main
-from tests.conftest import query
+from tests.conftest import query, reference_split
 
 MODULE = os.path.join(os.path.dirname(__file__), "testdata", "tfx_module.py")
-
-
-def _split_of(row_id: int) -> str:
-    m = (1 << 64) - 1
-    z = ((row_id & m) + 0x9E3779B97F4A7C15) & m
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
-    z ^= z >> 31
-    return "train" if z % 100 < 80 else "eval"
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +56,8 @@ def test_tfx_module_matches_tf_transform_run_directly(database_url, table, tmp_p
                 out[key] = [] if value is None else [value]
         return out
 
-    train = [instance(r) for r in rows if _split_of(r[0]) == "train"]
-    evaluation = [instance(r) for r in rows if _split_of(r[0]) == "eval"]
+    train = [instance(r) for r in rows if reference_split(r[0]) == "train"]
+    evaluation = [instance(r) for r in rows if reference_split(r[0]) == "eval"]
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(raw_spec))
     with tft_beam.Context(temp_dir=str(tmp_path / "tmp")):
         (direct_train, _), transform_fn = (train, metadata) | tft_beam.AnalyzeAndTransformDataset(
