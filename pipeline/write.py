@@ -1,9 +1,13 @@
 """WriteExamples: transformed record batches -> gzip TFRecord shards of tf.Examples.
 
 Whole batches are encoded by tfx-bsl's C++ `RecordBatchToExamplesEncoder`, framed as
-TFRecords (length, masked CRC-32C) and compressed with gzip level 1 — about 2.5×
-faster than level 6 for files ~25% larger — straight into a shard file: no Beam
-element per example. Shards are written under a temporary name and published by
+TFRecords (length, masked CRC-32C) and gzip-compressed with ISA-L (`isal`, level 1:
+~590 MB/s here against zlib level 1's ~150 MB/s, same ratio; plain zlib when `isal`
+is missing) straight into a shard file: no Beam element per example. Encoding,
+framing, compression and the file write run on one writer thread per open shard
+(the encoder and the compressor release the GIL), overlapping the main thread's
+Beam and TensorFlow work; at most `MAX_PENDING_BATCHES` batches wait per shard, so
+memory stays bounded. Shards are written under a temporary name and published by
 rename once every shard is complete, as `<dir>/part-SSSSS-of-NNNNN.tfrecord.gz`.
 All paths go through Beam's `FileSystems`.
 
@@ -14,15 +18,18 @@ GroupByKey, so N writers run in parallel).
 
 from __future__ import annotations
 
+import collections
 import random
 import struct
 import threading
 import uuid
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import apache_beam as beam
 import google_crc32c
+import numpy as np
+import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -32,11 +39,20 @@ from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
 
 from pipeline.output import join, publish_shards
 
+try:
+    from isal import isal_zlib as _deflate
+except ImportError:  # pragma: no cover - isal has wheels for the usual platforms
+    import zlib as _deflate
+
 __all__ = ["WriteExamples", "SHARD_SUFFIX", "frame_records", "GZIP_LEVEL"]
 
 SHARD_SUFFIX = ".tfrecord.gz"
 GZIP_LEVEL = 1
+MAX_PENDING_BATCHES = 4
 _TEMP_DIR = ".incomplete"
+_PACK_LENGTH = struct.Struct("<Q").pack
+_PACK_CRC = struct.Struct("<I").pack
+_HEADERS: dict[int, bytes] = {}  # record length -> 12-byte TFRecord header
 
 
 def _masked_crc(data: bytes) -> int:
@@ -44,40 +60,77 @@ def _masked_crc(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def frame_records(records: Iterable[bytes]) -> bytes:
+def _header(length: int) -> bytes:
+    header = _HEADERS.get(length)
+    if header is None:
+        packed = _PACK_LENGTH(length)
+        header = _HEADERS[length] = packed + _PACK_CRC(_masked_crc(packed))
+    return header
+
+
+def frame_records(records: Sequence[bytes]) -> bytes:
     """TFRecord framing: <len u64><masked crc32c(len) u32><data><masked crc32c(data) u32>."""
-    parts = []
-    pack_q, pack_i = struct.Struct("<Q").pack, struct.Struct("<I").pack
-    for record in records:
-        length = pack_q(len(record))
-        parts += (
-            length,
-            pack_i(_masked_crc(length)),
-            record,
-            pack_i(_masked_crc(record)),
-        )
+    crcs = np.fromiter(
+        map(google_crc32c.value, records), dtype=np.uint32, count=len(records)
+    )
+    masked = ((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(
+        0xA282EAD8
+    )
+    footers = masked.astype("<u4").tobytes()
+    parts: list[bytes] = []
+    extend = parts.extend
+    for i, record in enumerate(records):
+        extend((_header(len(record)), record, footers[4 * i : 4 * i + 4]))
     return b"".join(parts)
 
 
 class _ShardWriter:
-    """One gzip TFRecord file written through FileSystems."""
+    """One gzip TFRecord file written through FileSystems by its own thread.
+
+    `write(batch)` queues a RecordBatch and returns; the writer thread encodes,
+    frames, compresses and writes batches in order. `close()` waits for them and
+    raises the first error, if any; `abort()` stops without publishing anything.
+    """
 
     def __init__(self, path: str):
         self.path = path
+        self.records = 0
+        self._encoder = RecordBatchToExamplesEncoder()
         self._file = FileSystems.create(
             path,
             mime_type="application/octet-stream",
             compression_type=CompressionTypes.UNCOMPRESSED,
         )
-        self._gzip = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-        self.records = 0
+        self._gzip = _deflate.compressobj(GZIP_LEVEL, _deflate.DEFLATED, 31)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
+        self._pending: collections.deque[Future] = collections.deque()
 
-    def write(self, records: list[bytes]) -> None:
+    def _write_now(self, batch: pa.RecordBatch) -> None:
+        records = self._encoder.encode(batch)
         self._file.write(self._gzip.compress(frame_records(records)))
-        self.records += len(records)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._pending.append(self._thread.submit(self._write_now, batch))
+        self.records += batch.num_rows
+        while len(self._pending) > MAX_PENDING_BATCHES or (
+            self._pending and self._pending[0].done()
+        ):
+            self._pending.popleft().result()  # raises the writer thread's error
 
     def close(self) -> None:
-        self._file.write(self._gzip.flush())
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+            self._file.write(self._gzip.flush())
+        finally:
+            self._thread.shutdown(wait=True)
+            self._file.close()
+
+    def abort(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._thread.shutdown(wait=True)
         self._file.close()
 
 
@@ -86,20 +139,22 @@ class _WriteBundleShardsFn(beam.DoFn):
 
     The open shard lives in thread-local state: a runner may drive one DoFn
     instance from several threads (the DirectRunner's multi_threading mode does),
-    each with its own bundle.
+    each with its own bundle. A shard left open by a failed bundle is aborted
+    (never published) when the next bundle starts or the DoFn is torn down.
     """
 
     def __init__(self, temp_dir: str, split: str):
         self._temp_dir, self._split = temp_dir, split
-        self._encoder = None
         self._local = None
         self._count = Metrics.counter("sql2tfrecord", f"examples_{split}")
 
     def setup(self):
-        self._encoder = RecordBatchToExamplesEncoder()
         self._local = threading.local()
 
     def start_bundle(self):
+        stale = getattr(self._local, "writer", None)
+        if stale is not None:
+            stale.abort()
         self._local.writer = None
 
     def process(self, element) -> Iterator[str]:
@@ -110,17 +165,22 @@ class _WriteBundleShardsFn(beam.DoFn):
             self._local.writer = _ShardWriter(
                 join(self._temp_dir, f"{uuid.uuid4().hex}{SHARD_SUFFIX}")
             )
-        self._local.writer.write(self._encoder.encode(batch))
+        self._local.writer.write(batch)
         self._count.inc(batch.num_rows)
 
     def finish_bundle(self):
         writer = getattr(self._local, "writer", None)
         if writer is not None:
-            writer.close()
             self._local.writer = None
+            writer.close()
             yield WindowedValue(
                 writer.path, GlobalWindow().max_timestamp(), [GlobalWindow()]
             )
+
+    def teardown(self):
+        writer = getattr(self._local, "writer", None) if self._local else None
+        if writer is not None:
+            writer.abort()
 
 
 class _WriteKeyedShardFn(beam.DoFn):
@@ -128,19 +188,19 @@ class _WriteKeyedShardFn(beam.DoFn):
 
     def __init__(self, temp_dir: str, split: str):
         self._temp_dir, self._split = temp_dir, split
-        self._encoder = None
         self._count = Metrics.counter("sql2tfrecord", f"examples_{split}")
-
-    def setup(self):
-        self._encoder = RecordBatchToExamplesEncoder()
 
     def process(self, keyed) -> Iterator[str]:
         _, batches = keyed
         writer = _ShardWriter(join(self._temp_dir, f"{uuid.uuid4().hex}{SHARD_SUFFIX}"))
-        for batch in batches:
-            if batch.num_rows:
-                writer.write(self._encoder.encode(batch))
-                self._count.inc(batch.num_rows)
+        try:
+            for batch in batches:
+                if batch.num_rows:
+                    writer.write(batch)
+                    self._count.inc(batch.num_rows)
+        except BaseException:
+            writer.abort()
+            raise
         writer.close()
         yield writer.path
 
