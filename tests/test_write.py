@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import tensorflow as tf
 
-from pipeline import write
+from pipeline import records, write
 
 
 def _batch(n: int, start: int = 0) -> pa.RecordBatch:
@@ -17,7 +17,9 @@ def _batch(n: int, start: int = 0) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
         [
             pa.LargeListArray.from_arrays(offsets, pa.array(ids)),
-            pa.LargeListArray.from_arrays(offsets, pa.array((ids * 0.5).astype(np.float32))),
+            pa.LargeListArray.from_arrays(
+                offsets, pa.array((ids * 0.5).astype(np.float32))
+            ),
         ],
         names=["id", "x"],
     )
@@ -28,24 +30,26 @@ def _read_examples(path: str) -> list[tuple[int, float]]:
     for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
         example = tf.train.Example.FromString(record.numpy())
         feature = example.features.feature
-        out.append((feature["id"].int64_list.value[0], feature["x"].float_list.value[0]))
+        out.append(
+            (feature["id"].int64_list.value[0], feature["x"].float_list.value[0])
+        )
     return out
 
 
 def test_frame_records_matches_the_tfrecord_format_and_tf_reads_it(tmp_path):
-    records = [b"", b"a", b"x" * 300, bytes(range(256)) * 5]
-    framed = write.frame_records(records)
-    assert len(framed) == sum(len(r) + 16 for r in records)
+    data = [b"", b"a", b"x" * 300, bytes(range(256)) * 5]
+    framed = records.frame_records(data)
+    assert len(framed) == sum(len(r) + 16 for r in data)
     # Each record: u64 length, u32 masked CRC of the length, data, u32 masked CRC.
     offset = 0
-    for record in records:
+    for record in data:
         (length,) = struct.unpack_from("<Q", framed, offset)
         assert length == len(record)
         assert framed[offset + 12 : offset + 12 + length] == record
         offset += 16 + length
     path = tmp_path / "f.tfrecord"
     path.write_bytes(framed)
-    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == records
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == data
 
 
 def test_shard_writer_writes_every_batch_in_order_as_gzip(tmp_path):
