@@ -113,7 +113,12 @@ class CopyStream:
         return True
 
     def read(self, size: int = -1) -> bytes:
-        """Reads up to `size` bytes (all when negative); b"" only at a clean end."""
+        """Reads `size` bytes (all when negative); fewer only at the end of data.
+
+        Filling the request matters: pyarrow's CSV reader parses each read as one
+        block, so short reads of one ~1 MiB chunk would give ~8,000-row batches
+        instead of `block_size` ones (4x more tf.Transform graph runs).
+        """
         parts = []
         wanted = size if size >= 0 else float("inf")
         got = 0
@@ -124,8 +129,6 @@ class CopyStream:
             self._buffer = self._buffer[len(take) :]
             parts.append(bytes(take))
             got += len(take)
-            if size >= 0 and got > 0:
-                break  # a short read is fine for a stream
         return b"".join(parts)
 
     def at_end(self) -> bool:

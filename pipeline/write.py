@@ -46,7 +46,7 @@ __all__ = ["WriteExamples", "SHARD_SUFFIX", "GZIP_LEVEL"]
 
 SHARD_SUFFIX = ".tfrecord.gz"
 GZIP_LEVEL = 1
-MAX_PENDING_BATCHES = 4
+MAX_PENDING_BATCHES = 2
 _TEMP_DIR = ".incomplete"
 
 
