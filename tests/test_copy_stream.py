@@ -1,4 +1,4 @@
-"""CopyStream without a database: full reads, clean end, failures never look like EOF."""
+"""CopyStream without a database: full reads, clean end, failures never EOF."""
 
 import pytest
 
