@@ -50,7 +50,7 @@ def _header(length: int) -> bytes:
 
 
 def frame_records(records: Sequence[bytes]) -> bytes:
-    """TFRecord framing: <len u64><masked crc32c(len) u32><data><masked crc32c(data) u32>."""
+    """TFRecord framing: <len u64><crc(len) u32><data><crc(data) u32>, masked CRC-32C."""
     crcs = np.fromiter(
         map(google_crc32c.value, records), dtype=np.uint32, count=len(records)
     )
@@ -75,7 +75,7 @@ def _varint(value: int) -> bytes:
 
 
 def _values(column: pa.Array) -> np.ndarray | None:
-    """The flat values of a one-value-per-row list column of float32/int64, else None."""
+    """Flat values of a one-value-per-row list column of float32/int64, else None."""
     if not (pa.types.is_large_list(column.type) or pa.types.is_list(column.type)):
         return None
     values = column.values
@@ -127,8 +127,10 @@ def _float_prefix(key_part: bytes) -> bytes:
 
 
 def _int_prefix(key_part: bytes) -> tuple[bytes, tuple[int, ...]]:
-    """The map entry prefix for a 0-byte varint, and the positions of the four
-    lengths that grow with the varint's length."""
+    """The map entry prefix for a 0-byte varint.
+
+    Also returns the positions of the four lengths that grow with the varint's.
+    """
     feature = b"\x1a\x02\x0a\x00"  # Feature.int64_list, Int64List.value (packed)
     entry = key_part + b"\x12" + bytes([len(feature)]) + feature
     prefix = b"\x0a" + bytes([len(entry)]) + entry
@@ -192,7 +194,9 @@ def encode_dense(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
 def _frame_flat(flat: np.ndarray, offsets: np.ndarray) -> bytes:
     data = flat.tobytes()
     bounds = offsets.tolist()
-    return frame_records([data[a:b] for a, b in zip(bounds, bounds[1:])])
+    return frame_records(
+        [data[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    )
 
 
 class RecordsEncoder:

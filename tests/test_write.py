@@ -1,4 +1,4 @@
-"""The shard writer without Beam: framing, threaded gzip, errors, no half-written shard."""
+"""The shard writer without Beam: framing, threaded gzip, errors, publication."""
 
 import gzip
 import struct
