@@ -50,7 +50,7 @@ def _header(length: int) -> bytes:
 
 
 def frame_records(records: Sequence[bytes]) -> bytes:
-    """TFRecord framing: <len u64><crc(len) u32><data><crc(data) u32>, masked CRC-32C."""
+    """TFRecord framing: <len u64><crc(len) u32><data><crc(data) u32>, masked crc32c."""
     crcs = np.fromiter(
         map(google_crc32c.value, records), dtype=np.uint32, count=len(records)
     )
