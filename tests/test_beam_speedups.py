@@ -1,0 +1,77 @@
+"""The memoized DoFn spec inspection gives exactly Beam's answers."""
+
+import apache_beam as beam
+import pytest
+from apache_beam.coders import VarIntCoder
+from apache_beam.transforms import userstate
+from apache_beam.transforms.timeutil import TimeDomain
+
+from pipeline import beam_speedups
+
+BAG = userstate.BagStateSpec("bag", VarIntCoder())
+TIMER = userstate.TimerSpec("timer", TimeDomain.WATERMARK)
+
+
+class _Plain(beam.DoFn):
+    def process(self, element):
+        yield element
+
+
+class _Stateful(beam.DoFn):
+    def process(
+        self,
+        element,
+        bag=beam.DoFn.StateParam(BAG),
+        timer=beam.DoFn.TimerParam(TIMER),
+    ):
+        yield element
+
+    @userstate.on_timer(TIMER)
+    def expire(self, bag=beam.DoFn.StateParam(BAG)):
+        yield 0
+
+
+class _Duplicate(beam.DoFn):
+    def process(
+        self, element, a=beam.DoFn.StateParam(BAG), b=beam.DoFn.StateParam(BAG)
+    ):
+        yield element
+
+
+def _method(element):
+    return element
+
+
+@pytest.mark.parametrize(
+    "dofn", [_Plain(), _Stateful(), beam.Map(_method).fn, beam.Map(str.upper).fn]
+)
+def test_cached_specs_equal_beams(dofn):
+    expected = beam_speedups._ORIGINAL(dofn)
+    assert beam_speedups.cached_get_dofn_specs(dofn) == expected
+    again = beam_speedups.cached_get_dofn_specs(dofn)  # from the cache
+    assert again == expected
+    again[0].add("mutated")  # callers get copies
+    assert beam_speedups.cached_get_dofn_specs(dofn) == expected
+
+
+def test_stateful_dofn_specs_are_found():
+    states, timers = beam_speedups.cached_get_dofn_specs(_Stateful())
+    assert states == {BAG} and timers == {TIMER}
+
+
+def test_errors_are_raised_every_time_and_never_cached():
+    for _ in range(2):
+        with pytest.raises(ValueError, match="duplicate"):
+            beam_speedups.cached_get_dofn_specs(_Duplicate())
+
+
+def test_install_routes_beam_through_the_cache():
+    before = userstate.get_dofn_specs
+    try:
+        beam_speedups.install()
+        beam_speedups.install()  # idempotent
+        assert userstate.get_dofn_specs is beam_speedups.cached_get_dofn_specs
+        assert userstate.is_stateful_dofn(_Stateful())
+        assert not userstate.is_stateful_dofn(_Plain())
+    finally:
+        userstate.get_dofn_specs = before
