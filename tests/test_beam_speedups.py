@@ -1,4 +1,5 @@
 """The memoized DoFn spec inspection gives exactly Beam's answers."""
+# ruff: noqa: B008 - Beam declares state and timer parameters as defaults
 
 import apache_beam as beam
 import pytest
