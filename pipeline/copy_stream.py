@@ -101,7 +101,13 @@ class CopyStream:
         """Loads the next chunk; False at a clean end of data."""
         if self._done:
             return False
-        item = self._queue.get()
+        while True:  # never wait forever on a stream the consumer has closed
+            try:
+                item = self._queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if self._closed.is_set():
+                    raise CopyFailed("the stream was closed") from None
         if item is _EOF:
             self._done = True
             return False

@@ -40,3 +40,31 @@ def test_an_empty_copy_is_at_end():
     assert stream.at_end()
     assert stream.read(100) == b""
     stream.join()
+
+
+def test_a_read_waiting_on_a_closed_stream_fails_instead_of_hanging():
+    import threading
+
+    release = threading.Event()
+
+    def slow_copy(writer):
+        writer.write(b"x" * 10)
+        release.wait(5)  # the COPY stalls; the consumer gives up and closes
+
+    stream = CopyStream(slow_copy, chunk_bytes=1)
+    assert stream.read(10) == b"x" * 10
+    outcome = []
+
+    def reader():  # pyarrow reads ahead on its own thread like this
+        try:
+            stream.read(10)
+        except CopyFailed as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    stream.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and outcome
+    release.set()
+    stream.join(timeout=5)
