@@ -299,7 +299,7 @@ def _write_results(lines: list[str], args) -> None:
     previous = ""
     if os.path.exists(path):
         text = open(path, encoding="utf-8").read()
-        marker = "\n## Changes and their measured effect"
+        marker = "\n## "  # keep the notes below the generated table
         if marker in text:
             previous = text[text.index(marker) :]
     with open(path, "w", encoding="utf-8") as f:
