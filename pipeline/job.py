@@ -30,9 +30,9 @@ __all__ = ["Job", "prepare_job", "build_pipeline", "run_job"]
 
 _LOGGER = logging.getLogger(__name__)
 
-# tf.Transform's adaptive batching (None) measured best: 1M rows end to end took
-# 36.8 s with None, 39.5 s with 1000 and 41.1 s with 20000 (bench/RESULTS.md).
-DESIRED_BATCH_SIZE = None
+# tf.Transform runs its graph on our RecordBatches as they come (its
+# `desired_batch_size` applies to instance-dict input only): the batch size is the
+# reader's, `partition_reader.BLOCK_SIZE` of CSV (~31,000 rows of the bench table).
 # tf.Transform builds `preprocessing_fn` as a TF1 graph: traced once and saved as a
 # TF1 SavedModel, instead of traced several times as tf.functions. The examples are
 # identical (compared example by example); a 20,000-row run takes 3.5 s less. The
@@ -234,7 +234,6 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
     )
     with tft_beam.Context(
         temp_dir=job.temp_dir,
-        desired_batch_size=DESIRED_BATCH_SIZE,
         force_tf_compat_v1=FORCE_TF_COMPAT_V1,
     ):
         transform_fn = (splits["train"], adapter_config) | "Analyze" >> (
