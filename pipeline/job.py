@@ -33,6 +33,7 @@ _LOGGER = logging.getLogger(__name__)
 # tf.Transform runs its graph on our RecordBatches as they come (its
 # `desired_batch_size` applies to instance-dict input only): the batch size is the
 # reader's, `partition_reader.BLOCK_SIZE` of CSV (~31,000 rows of the bench table).
+
 # tf.Transform builds `preprocessing_fn` as a TF1 graph: traced once and saved as a
 # TF1 SavedModel, instead of traced several times as tf.functions. The examples are
 # identical (compared example by example); a 20,000-row run takes 3.5 s less. The

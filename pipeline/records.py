@@ -91,11 +91,22 @@ def _values(column: pa.Array) -> np.ndarray | None:
     return values.to_numpy()[offsets[0] : offsets[0] + len(column)]
 
 
+def _dense_columns(batch: pa.RecordBatch) -> list[np.ndarray] | None:
+    """Each column's flat values when `encode_dense` can encode the batch, else None."""
+    if any(len(name.encode()) > _MAX_KEY_BYTES for name in batch.schema.names):
+        return None
+    columns = []
+    for column in batch.columns:
+        values = _values(column)
+        if values is None:
+            return None
+        columns.append(values)
+    return columns
+
+
 def dense_layout_supported(batch: pa.RecordBatch) -> bool:
     """True when `encode_dense` can encode the batch."""
-    return all(
-        len(name.encode()) <= _MAX_KEY_BYTES for name in batch.schema.names
-    ) and all(_values(column) is not None for column in batch.columns)
+    return _dense_columns(batch) is not None
 
 
 def _varint_block(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,17 +149,23 @@ def _int_prefix(key_part: bytes) -> tuple[bytes, tuple[int, ...]]:
     return prefix, (1, k + 1, k + 3, k + 5)
 
 
-def encode_dense(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+def encode_dense(
+    batch: pa.RecordBatch, columns: list[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Serialized tf.Examples of a batch `dense_layout_supported` accepts.
 
+    `columns` are the batch's `_dense_columns`, when the caller has them already.
     Returns (flat uint8 bytes of all examples, row offsets of length rows + 1).
     """
     n = batch.num_rows
+    if columns is None:
+        columns = _dense_columns(batch)
+        if columns is None:
+            raise ValueError("encode_dense: the batch is not dense and numeric")
     parts = []  # (prefix bytes, value bytes [n, w], value lengths or None)
-    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+    for name, values in zip(batch.schema.names, columns, strict=True):
         key = name.encode()
         key_part = b"\x0a" + _varint(len(key)) + key
-        values = _values(column)
         if values.dtype == np.float32:
             raw = values.astype("<f4", copy=False).view(np.uint8).reshape(n, 4)
             parts.append((_float_prefix(key_part), None, raw, None))
@@ -207,8 +224,9 @@ class RecordsEncoder:
 
     def encode_framed(self, batch: pa.RecordBatch) -> bytes:
         """Framed TFRecords of the batch's rows as tf.Examples."""
-        if batch.num_rows and dense_layout_supported(batch):
-            return _frame_flat(*encode_dense(batch))
+        columns = _dense_columns(batch) if batch.num_rows else None
+        if columns is not None:
+            return _frame_flat(*encode_dense(batch, columns))
         return frame_records(self._fallback.encode(batch))
 
 

@@ -113,6 +113,8 @@ def test_a_sliced_batch_encodes_only_its_rows():
 def test_other_layouts_fall_back_to_tfx_bsl_with_the_same_examples(column):
     batch = pa.RecordBatch.from_arrays([column], names=["x"])
     assert not records.dense_layout_supported(batch)
+    with pytest.raises(ValueError, match="not dense"):
+        records.encode_dense(batch)
     assert _examples(records.encode_framed(batch)) == _reference(batch)
 
 
