@@ -76,3 +76,40 @@ def test_install_routes_beam_through_the_cache():
         assert not userstate.is_stateful_dofn(_Plain())
     finally:
         userstate.get_dofn_specs = before
+
+
+def test_cached_views_share_the_options_state():
+    from apache_beam.options.pipeline_options import (
+        DebugOptions,
+        PipelineOptions,
+        StandardOptions,
+    )
+
+    options = PipelineOptions(["--runner=DirectRunner", "--experiments=a"])
+    fresh = beam_speedups._ORIGINAL_VIEW_AS(options, StandardOptions)
+    view = beam_speedups.cached_view_as(options, StandardOptions)
+    assert beam_speedups.cached_view_as(options, StandardOptions) is view
+    assert view.runner == fresh.runner == "DirectRunner"
+    view.runner = "FnApiRunner"  # a write through the cached view ...
+    assert fresh.runner == "FnApiRunner"  # ... is the options' own
+    assert beam_speedups._ORIGINAL_VIEW_AS(options, StandardOptions).runner == (
+        "FnApiRunner"
+    )
+    fresh.streaming = True  # and a write elsewhere is seen by the cached view
+    assert view.streaming is True
+    debug = beam_speedups.cached_view_as(options, DebugOptions)
+    assert debug.experiments == ["a"]
+    other = PipelineOptions([])  # another options object gets its own views
+    assert beam_speedups.cached_view_as(other, StandardOptions).runner is None
+
+
+def test_installed_view_as_serves_pipelines():
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+
+    beam_speedups.install()
+    assert PipelineOptions.view_as is beam_speedups.cached_view_as
+    with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+        assert_that(
+            p | beam.Create([1, 2]) | beam.Map(lambda x: x * 3), equal_to([3, 6])
+        )
