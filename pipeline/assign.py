@@ -1,4 +1,15 @@
-"""AssignSplit: raw reader batches -> tf.Transform-ready batches, one PCollection per split.
+"""Splits by row: tag each row with its split once, transform all rows, route the output.
+
+`AssignSplit` converts raw reader batches to tf.Transform's layout and appends the
+row's split index as the column `SPLIT_COLUMN` (`list<int32>`, one value per row);
+`SelectSplit` keeps one split's rows (the train rows, for the analysis), and
+`RouteSplits` sends each transformed row to its split's writer. tf.Transform carries
+the split column through `TransformDataset` as a passthrough key
+(`with_split_column` adds it to the `TensorAdapterConfig`'s Arrow schema, not to
+its tensors, so `preprocessing_fn` never sees it). All splits therefore go through
+one transform in the reader's full-size batches, instead of one transform per
+split in batches cut to each split's share. A `preprocessing_fn` must keep one
+output row per input row (tf.Transform's rule for passthrough columns).
 
 Rows whose label is NULL cannot be trained on, and rows with a NULL in a feature
 configured with `impute: drop` are unwanted: both are dropped here and counted
@@ -19,12 +30,45 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
+from tfx_bsl.tfxio import tensor_adapter
+
 from pipeline.split import SplitSpec, assign_splits
 from transforms.preprocessing import FLOAT32_MAX
 from transforms.schema import to_transform_batch
 from transforms.types import Column, Kind
 
-__all__ = ["AssignSplit"]
+__all__ = [
+    "SPLIT_COLUMN",
+    "AssignSplit",
+    "SelectSplit",
+    "RouteSplits",
+    "with_split_column",
+]
+
+SPLIT_COLUMN = "__sql2tfrecord_split__"
+_SPLIT_FIELD = pa.field(SPLIT_COLUMN, pa.list_(pa.int32()))
+
+
+def with_split_column(
+    config: tensor_adapter.TensorAdapterConfig,
+) -> tensor_adapter.TensorAdapterConfig:
+    """`config` with the split column appended to its Arrow schema (no tensor)."""
+    return tensor_adapter.TensorAdapterConfig(
+        config.arrow_schema.append(_SPLIT_FIELD), config.tensor_representations
+    )
+
+
+def _split_indices(batch: pa.RecordBatch, unary: dict) -> np.ndarray:
+    """The split index of each row of a transformed batch."""
+    index = batch.schema.get_field_index(SPLIT_COLUMN)
+    if index >= 0:
+        column = batch.column(index)
+    else:  # tf.Transform hands one value for the whole batch as "unary"
+        column = unary[SPLIT_COLUMN]
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    if len(values) == 1 and batch.num_rows != 1:
+        values = np.full(batch.num_rows, values[0])
+    return values
 
 
 class _AssignSplitFn(beam.DoFn):
@@ -84,24 +128,24 @@ class _AssignSplitFn(beam.DoFn):
         if batch.num_rows == 0:
             return
         assignment = assign_splits(batch.column(self._split_key), self._spec)
+        for index, count in enumerate(
+            np.bincount(assignment, minlength=len(self._counters))
+        ):
+            if count:
+                self._counters[index].inc(int(count))
         prepared = to_transform_batch(batch, self._columns)
-        for index, name in enumerate(self._spec.names):
-            mask = assignment == index
-            count = int(np.count_nonzero(mask))
-            if count == 0:
-                continue
-            self._counters[index].inc(count)
-            part = (
-                prepared if count == batch.num_rows else prepared.filter(pa.array(mask))
-            )
-            yield beam.pvalue.TaggedOutput(name, part)
+        split = pa.ListArray.from_arrays(
+            pa.array(np.arange(batch.num_rows + 1, dtype=np.int32)),
+            pa.array(assignment.astype(np.int32)),
+        )
+        yield prepared.append_column(_SPLIT_FIELD, split)
 
 
 class AssignSplit(beam.PTransform):
-    """Splits raw batches by the hash of the split key and converts their layout.
+    """Tags raw batches' rows with their split (the hash of the split key).
 
-    Input: PCollection[pa.RecordBatch] (raw, flat). Output: a dict split name ->
-    PCollection[pa.RecordBatch] in `transforms.schema.transform_arrow_schema(columns)`.
+    Input: PCollection[pa.RecordBatch] (raw, flat). Output: PCollection[pa.RecordBatch]
+    in `transforms.schema.transform_arrow_schema(columns)` plus `SPLIT_COLUMN`.
     Parallelism: per batch, no shuffle. Deterministic: depends on key values only.
     """
 
@@ -114,9 +158,66 @@ class AssignSplit(beam.PTransform):
         drop_if_null: Sequence[str] = (),
     ):
         super().__init__()
-        self._names = spec.names
         self._fn = _AssignSplitFn(columns, label, split_key, spec, drop_if_null)
 
     def expand(self, batches):
-        tagged = batches | "Assign" >> beam.ParDo(self._fn).with_outputs(*self._names)
-        return {name: tagged[name] for name in self._names}
+        return batches | "Assign" >> beam.ParDo(self._fn)
+
+
+def _select(batch: pa.RecordBatch, index: int) -> Iterator[pa.RecordBatch]:
+    mask = _split_indices(batch, {}) == index
+    count = int(np.count_nonzero(mask))
+    if count == batch.num_rows:
+        yield batch
+    elif count:
+        yield batch.filter(pa.array(mask))
+
+
+class SelectSplit(beam.PTransform):
+    """Keeps the rows of one split of `AssignSplit`'s batches (same schema)."""
+
+    def __init__(self, spec: SplitSpec, name: str):
+        super().__init__()
+        self._index = spec.names.index(name)
+
+    def expand(self, batches):
+        return batches | "Select" >> beam.FlatMap(_select, self._index)
+
+
+class _RouteSplitsFn(beam.DoFn):
+    def __init__(self, names: Sequence[str]):
+        self._names = tuple(names)
+
+    def process(self, element) -> Iterator:
+        batch, unary = element
+        indices = _split_indices(batch, unary)
+        index = batch.schema.get_field_index(SPLIT_COLUMN)
+        if index >= 0:
+            batch = batch.remove_column(index)
+        present = np.bincount(indices, minlength=len(self._names))
+        for split, count in enumerate(present):
+            if count == batch.num_rows:
+                part = batch
+            elif count:
+                part = batch.filter(pa.array(indices == split))
+            else:
+                continue
+            yield beam.pvalue.TaggedOutput(self._names[split], (part, {}))
+
+
+class RouteSplits(beam.PTransform):
+    """Sends transformed `(batch, passthrough)` pairs to their splits' outputs.
+
+    Output: a dict split name -> PCollection[(pa.RecordBatch, {})], the batches
+    without `SPLIT_COLUMN`, rows in their input order.
+    """
+
+    def __init__(self, spec: SplitSpec):
+        super().__init__()
+        self._names = spec.names
+
+    def expand(self, transformed):
+        routed = transformed | "Route" >> beam.ParDo(
+            _RouteSplitsFn(self._names)
+        ).with_outputs(*self._names)
+        return {name: routed[name] for name in self._names}

@@ -18,7 +18,13 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import output
-from pipeline.assign import AssignSplit
+from pipeline.assign import (
+    SPLIT_COLUMN,
+    AssignSplit,
+    RouteSplits,
+    SelectSplit,
+    with_split_column,
+)
 from pipeline.connection import Dsn
 from pipeline.options import JobConfig
 from pipeline.postgres_io import ReadFromPostgres
@@ -109,6 +115,11 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         split_key = _split_key(config, plan, primary_key)
     all_columns = plan.columns
     names = {c.name for c in all_columns}
+    if SPLIT_COLUMN in names:
+        raise ConfigError(
+            f"column {SPLIT_COLUMN!r} is reserved for the split tag; rename it in a "
+            "--query"
+        )
     if split_key not in names:
         raise ConfigError(
             f"--split_key: column {split_key!r} not found; have {sorted(names)}"
@@ -199,7 +210,7 @@ def _preprocessing_fn(job: Job) -> Callable:
 
 
 def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
-    """Wires read -> split -> analyze (train) -> transform (all splits) -> write."""
+    """Wires read -> tag splits -> analyze (train) -> transform all -> route -> write."""
     import tensorflow_transform.beam as tft_beam
 
     from transforms.schema import tensor_adapter_config
@@ -226,27 +237,31 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         _ = raw | "LandParquet" >> WriteRawParquet(
             config.raw_parquet_dir, raw_arrow_schema(job.plan)
         )
-    splits = raw | "AssignSplit" >> AssignSplit(
+    rows = raw | "AssignSplit" >> AssignSplit(
         job.plan.columns,
         job.raw_label,
         job.split_key,
         config.splits,
         job.features.drop_if_null if job.features else (),
     )
+    adapter_config = with_split_column(adapter_config)
     with tft_beam.Context(
         temp_dir=job.temp_dir,
         force_tf_compat_v1=FORCE_TF_COMPAT_V1,
     ):
-        transform_fn = (splits["train"], adapter_config) | "Analyze" >> (
+        train = rows | "SelectTrain" >> SelectSplit(config.splits, "train")
+        transform_fn = (train, adapter_config) | "Analyze" >> (
             tft_beam.AnalyzeDataset(_preprocessing_fn(job))
         )
+        # One transform for all splits; each row carries its split through it.
+        with tft_beam.Context(passthrough_keys={SPLIT_COLUMN}):
+            transformed, _ = ((rows, adapter_config), transform_fn) | (
+                "Transform" >> tft_beam.TransformDataset(output_record_batches=True)
+            )
+        routed = transformed | "RouteSplits" >> RouteSplits(config.splits)
         for name in config.splits.names:
             step = name[:1].upper() + name[1:]
-            transformed, _ = ((splits[name], adapter_config), transform_fn) | (
-                f"Transform{step}"
-                >> tft_beam.TransformDataset(output_record_batches=True)
-            )
-            transformed | f"Write{step}" >> WriteExamples(
+            routed[name] | f"Write{step}" >> WriteExamples(
                 config.output_dir, name, config.num_shards
             )
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(

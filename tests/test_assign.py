@@ -1,0 +1,114 @@
+"""Split tagging, selection and routing, on batches without a pipeline."""
+
+import numpy as np
+import pyarrow as pa
+from apache_beam.pvalue import TaggedOutput
+from tfx_bsl.tfxio import tensor_adapter
+
+from pipeline.assign import (
+    SPLIT_COLUMN,
+    _AssignSplitFn,
+    _RouteSplitsFn,
+    _select,
+    with_split_column,
+)
+from pipeline.split import assign_splits, parse_splits
+from transforms.schema import tensor_adapter_config
+from transforms.types import Column
+
+SPEC = parse_splits("train=70,eval=20,test=10")
+COLUMNS = (
+    Column("id", "int8", "bigint", not_null=True),
+    Column("x", "float8", "double precision"),
+    Column("y", "int4", "integer"),
+)
+
+
+def _raw(n: int, start: int = 0) -> pa.RecordBatch:
+    ids = np.arange(start, start + n, dtype=np.int64)
+    x = pa.array([None if i % 7 == 0 else float(i) / 3 for i in ids], pa.float64())
+    return pa.RecordBatch.from_arrays(
+        [pa.array(ids), x, pa.array(ids % 2, pa.int32())], names=["id", "x", "y"]
+    )
+
+
+def _tagged(n: int = 1000) -> tuple[pa.RecordBatch, np.ndarray]:
+    fn = _AssignSplitFn(COLUMNS, "y", "id", SPEC)
+    (batch,) = list(fn.process(_raw(n)))
+    expected = assign_splits(pa.array(np.arange(n, dtype=np.int64)), SPEC)
+    return batch, expected
+
+
+def test_assign_tags_every_row_with_its_hashed_split():
+    batch, expected = _tagged()
+    assert batch.schema.names == ["id", "x", "y", SPLIT_COLUMN]
+    tags = batch.column(SPLIT_COLUMN)
+    assert tags.value_lengths().to_pylist() == [1] * 1000
+    np.testing.assert_array_equal(tags.flatten().to_numpy(), expected)
+    assert batch.column("id").flatten().to_pylist() == list(range(1000))
+    assert set(expected.tolist()) == {0, 1, 2}  # all three splits occur
+
+
+def test_select_keeps_exactly_one_splits_rows_in_order():
+    batch, expected = _tagged()
+    for index in range(3):
+        (part,) = list(_select(batch, index))
+        ids = part.column("id").flatten().to_pylist()
+        assert ids == np.flatnonzero(expected == index).tolist()
+        assert part.schema == batch.schema
+    only_train = batch.filter(pa.array(expected == 0))
+    assert list(_select(only_train, 0)) == [only_train]  # whole batch, no copy
+    assert list(_select(only_train, 1)) == []
+
+
+def _transformed(ids: np.ndarray, tags: np.ndarray) -> pa.RecordBatch:
+    # What TransformDataset emits: the features, then the passthrough column.
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(ids * 10.0, pa.float32()),
+            pa.ListArray.from_arrays(
+                pa.array(np.arange(len(tags) + 1, dtype=np.int32)),
+                pa.array(tags, pa.int32()),
+            ),
+        ],
+        names=["x_scaled", SPLIT_COLUMN],
+    )
+
+
+def test_route_sends_each_row_to_its_split_without_the_tag():
+    rng = np.random.default_rng(7)
+    tags = rng.integers(0, 3, 500)
+    ids = np.arange(500)
+    outputs = list(_RouteSplitsFn(SPEC.names).process((_transformed(ids, tags), {})))
+    assert all(isinstance(o, TaggedOutput) for o in outputs)
+    got = {o.tag: o.value for o in outputs}
+    assert set(got) == {"train", "eval", "test"}
+    for index, name in enumerate(SPEC.names):
+        part, passthrough = got[name]
+        assert passthrough == {} and part.schema.names == ["x_scaled"]
+        expected = (ids[tags == index] * 10.0).astype(np.float32)
+        np.testing.assert_array_equal(part.column(0).to_numpy(), expected)
+
+
+def test_route_handles_a_unary_tag_for_a_whole_batch():
+    # tf.Transform passes a one-row passthrough column separately when the output
+    # batch size differs from the input's but all rows share the value.
+    batch = pa.RecordBatch.from_arrays([pa.array([1.0, 2.0, 3.0])], names=["v"])
+    unary = {SPLIT_COLUMN: pa.array([[1]], pa.list_(pa.int32()))}
+    (output,) = list(_RouteSplitsFn(SPEC.names).process((batch, unary)))
+    assert output.tag == "eval" and output.value[0].equals(batch)
+
+
+def test_split_column_is_in_the_schema_but_never_a_tensor():
+    base = tensor_adapter_config(COLUMNS)
+    config = with_split_column(base)
+    assert config.arrow_schema.names == [*base.arrow_schema.names, SPLIT_COLUMN]
+    assert config.tensor_representations == base.tensor_representations
+    batch, _ = _tagged(50)
+    tensors = tensor_adapter.TensorAdapter(config).ToBatchTensors(batch)
+    assert set(tensors) == {"id", "x", "y"}
+
+
+def test_assign_emits_nothing_for_an_empty_batch():
+    fn = _AssignSplitFn(COLUMNS, "y", "id", SPEC)
+    assert list(fn.process(_raw(0))) == []
