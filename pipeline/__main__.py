@@ -2,6 +2,10 @@
 
 Exit codes: 0 success, 2 bad flags, 1 any other failure. A user-facing failure is
 one line on stderr (`sql2tfrecord: error: …`); tracebacks only with --verbose.
+
+The command exits through `exit_now`: the atexit handlers run as usual, then the
+process ends without Python's interpreter teardown, which with TensorFlow, Beam and
+tf.Transform loaded takes ~1.3 s here and does nothing a finished job needs.
 """
 
 from __future__ import annotations
@@ -115,5 +119,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Ends the process with `code` after the atexit handlers, skipping teardown.
+
+    Falls back to a normal exit while a non-daemon thread still runs.
+    """
+    import atexit
+    import threading
+
+    if any(
+        t is not threading.main_thread() and not t.daemon
+        for t in threading.enumerate()
+    ):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # logging.shutdown, child-process cleanup, ...
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -218,3 +218,20 @@ def test_reserved_split_column_name_is_refused(capsys, database_url, make_table,
                        "--output_dir", str(tmp_path / "o"))
     assert code == 1 and "'__sql2tfrecord_split__' is reserved" in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("thread", [False, True])
+def test_cli_exit_runs_atexit_handlers_flushes_and_keeps_the_code(thread):
+    # `python -m pipeline` ends through exit_now (no interpreter teardown).
+    program = (
+        "import atexit, sys, threading, time\n"
+        "from pipeline.__main__ import exit_now\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        f"if {thread}: threading.Thread(target=time.sleep, args=(0.5,)).start()\n"
+        "print('buffered', end=''); sys.stderr.write('err-buffered')\n"
+        "exit_now(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 3
+    assert proc.stdout == "bufferedhandler ran\n" and proc.stderr == "err-buffered"
