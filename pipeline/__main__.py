@@ -128,8 +128,7 @@ def exit_now(code: int) -> None:
     import threading
 
     if any(
-        t is not threading.main_thread() and not t.daemon
-        for t in threading.enumerate()
+        t is not threading.main_thread() and not t.daemon for t in threading.enumerate()
     ):
         sys.exit(code)
     atexit._run_exitfuncs()  # logging.shutdown, child-process cleanup, ...
