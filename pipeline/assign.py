@@ -1,14 +1,16 @@
 """Splits by row: tag each row with its split once, transform all rows, route the output.
 
 `AssignSplit` converts raw reader batches to tf.Transform's layout and appends the
-row's split index as the column `SPLIT_COLUMN` (`list<int32>`, one value per row);
+row's split index as the column `SPLIT_COLUMN` (`list<int32>`, one value per row),
+with each batch's rows grouped by split (each split's rows in their read order);
 `SelectSplit` keeps one split's rows (the train rows, for the analysis), and
 `RouteSplits` sends each transformed row to its split's writer. tf.Transform carries
 the split column through `TransformDataset` as a passthrough key
 (`with_split_column` adds it to the `TensorAdapterConfig`'s Arrow schema, not to
 its tensors, so `preprocessing_fn` never sees it). All splits therefore go through
 one transform in the reader's full-size batches, instead of one transform per
-split in batches cut to each split's share. A `preprocessing_fn` must keep one
+split in batches cut to each split's share; selecting and routing a split is a
+zero-copy slice. A `preprocessing_fn` must keep one
 output row per input row (tf.Transform's rule for passthrough columns).
 
 Rows whose label is NULL cannot be trained on, and rows with a NULL in a feature
@@ -133,6 +135,12 @@ class _AssignSplitFn(beam.DoFn):
         ):
             if count:
                 self._counters[index].inc(int(count))
+        # Rows grouped by split (stable: each split's rows keep their order), so
+        # selecting and routing a split is a zero-copy slice.
+        order = np.argsort(assignment, kind="stable")
+        if np.any(order != np.arange(len(order))):
+            batch = batch.take(pa.array(order))
+            assignment = assignment[order]
         prepared = to_transform_batch(batch, self._columns)
         split = pa.ListArray.from_arrays(
             pa.array(np.arange(batch.num_rows + 1, dtype=np.int32)),
@@ -164,13 +172,30 @@ class AssignSplit(beam.PTransform):
         return batches | "Assign" >> beam.ParDo(self._fn)
 
 
+def _split_parts(
+    batch: pa.RecordBatch, indices: np.ndarray
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(split index, its rows in order) for each split present in `batch`.
+
+    Zero-copy slices when the rows are grouped by split, as `AssignSplit` emits
+    them; filtered copies otherwise.
+    """
+    if not len(indices):
+        return
+    if np.all(indices[1:] >= indices[:-1]):
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(indices)) + 1])
+        stops = np.append(starts[1:], len(indices))
+        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
+            yield int(indices[start]), batch.slice(start, stop - start)
+    else:
+        for split in np.unique(indices).tolist():
+            yield split, batch.filter(pa.array(indices == split))
+
+
 def _select(batch: pa.RecordBatch, index: int) -> Iterator[pa.RecordBatch]:
-    mask = _split_indices(batch, {}) == index
-    count = int(np.count_nonzero(mask))
-    if count == batch.num_rows:
-        yield batch
-    elif count:
-        yield batch.filter(pa.array(mask))
+    for split, part in _split_parts(batch, _split_indices(batch, {})):
+        if split == index:
+            yield part
 
 
 class SelectSplit(beam.PTransform):
@@ -194,14 +219,7 @@ class _RouteSplitsFn(beam.DoFn):
         index = batch.schema.get_field_index(SPLIT_COLUMN)
         if index >= 0:
             batch = batch.remove_column(index)
-        present = np.bincount(indices, minlength=len(self._names))
-        for split, count in enumerate(present):
-            if count == batch.num_rows:
-                part = batch
-            elif count:
-                part = batch.filter(pa.array(indices == split))
-            else:
-                continue
+        for split, part in _split_parts(batch, indices):
             yield beam.pvalue.TaggedOutput(self._names[split], (part, {}))
 
 

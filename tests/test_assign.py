@@ -2,6 +2,7 @@
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from apache_beam.pvalue import TaggedOutput
 from tfx_bsl.tfxio import tensor_adapter
 
@@ -39,25 +40,37 @@ def _tagged(n: int = 1000) -> tuple[pa.RecordBatch, np.ndarray]:
     return batch, expected
 
 
-def test_assign_tags_every_row_with_its_hashed_split():
+def test_assign_tags_every_row_with_its_hashed_split_grouped_by_split():
     batch, expected = _tagged()
     assert batch.schema.names == ["id", "x", "y", SPLIT_COLUMN]
     tags = batch.column(SPLIT_COLUMN)
     assert tags.value_lengths().to_pylist() == [1] * 1000
-    np.testing.assert_array_equal(tags.flatten().to_numpy(), expected)
-    assert batch.column("id").flatten().to_pylist() == list(range(1000))
+    ids = batch.column("id").flatten().to_numpy()
+    # Each row keeps its own split; rows come grouped by split, each in read order.
+    np.testing.assert_array_equal(tags.flatten().to_numpy(), expected[ids])
+    grouped = np.concatenate([np.flatnonzero(expected == i) for i in range(3)])
+    np.testing.assert_array_equal(ids, grouped)
+    x = batch.column("x").flatten().to_numpy()  # float32, NULLs dropped
+    expected_x = np.array([i / 3 for i in ids if i % 7], np.float32)
+    np.testing.assert_array_equal(x, expected_x)  # values moved with their rows
     assert set(expected.tolist()) == {0, 1, 2}  # all three splits occur
 
 
-def test_select_keeps_exactly_one_splits_rows_in_order():
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_select_keeps_exactly_one_splits_rows_in_order(shuffled):
     batch, expected = _tagged()
+    if shuffled:  # not grouped by split: filtered copies instead of slices
+        batch = batch.take(pa.array(np.random.default_rng(1).permutation(1000)))
+    tags = batch.column(SPLIT_COLUMN).flatten().to_numpy()
     for index in range(3):
         (part,) = list(_select(batch, index))
         ids = part.column("id").flatten().to_pylist()
-        assert ids == np.flatnonzero(expected == index).tolist()
+        all_ids = batch.column("id").flatten().to_numpy()
+        assert ids == all_ids[tags == index].tolist()
+        assert sorted(ids) == np.flatnonzero(expected == index).tolist()
         assert part.schema == batch.schema
-    only_train = batch.filter(pa.array(expected == 0))
-    assert list(_select(only_train, 0)) == [only_train]  # whole batch, no copy
+    only_train = batch.filter(pa.array(tags == 0))
+    assert list(_select(only_train, 0)) == [only_train]
     assert list(_select(only_train, 1)) == []
 
 
@@ -75,9 +88,12 @@ def _transformed(ids: np.ndarray, tags: np.ndarray) -> pa.RecordBatch:
     )
 
 
-def test_route_sends_each_row_to_its_split_without_the_tag():
+@pytest.mark.parametrize("grouped", [False, True])
+def test_route_sends_each_row_to_its_split_without_the_tag(grouped):
     rng = np.random.default_rng(7)
     tags = rng.integers(0, 3, 500)
+    if grouped:
+        tags = np.sort(tags)
     ids = np.arange(500)
     outputs = list(_RouteSplitsFn(SPEC.names).process((_transformed(ids, tags), {})))
     assert all(isinstance(o, TaggedOutput) for o in outputs)
