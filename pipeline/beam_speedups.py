@@ -1,4 +1,4 @@
-"""Memoizes two Beam lookups that dominate graph construction.
+"""Memoizes three Beam computations that dominate a small run's fixed cost.
 
 1. DoFn state/timer inspection.
 
@@ -22,16 +22,27 @@ its parser depends only on `cls` and the options' fixed flags. So one view per
 checked against its `_flags` and `_all_options` objects: a later write through any
 view is seen through the cached one, exactly as through a new view.
 
+3. Pickled-function compression. Beam pickles every DoFn about eight times per run
+(`to_runner_api`, the runner's copies, each bundle processor) and compresses each
+pickle with bz2 at level 9, which costs ~0.2 ms even for 1 KB: ~2,000 compressions
+and as many decompressions, 0.6 s of a 20,000-row run, for ~550 distinct payloads.
+`install()` gives Beam's pickler a bz2 whose `compress` and `decompress` remember
+their last 4,096 results (keyed by the input bytes): the same bz2 bytes as before,
+so every worker and runner reads them as usual.
+
 `install()` is idempotent and is called by the launcher before the graph is built;
 nothing happens at import time.
 """
 
 from __future__ import annotations
 
+import bz2
+import functools
 import threading
 import types
 import weakref
 
+from apache_beam.internal import cloudpickle_pickler
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import userstate
 
@@ -78,7 +89,36 @@ def cached_view_as(options: PipelineOptions, cls: type) -> PipelineOptions:
     return view
 
 
+class MemoizedBz2:
+    """The `bz2` functions Beam's pickler calls, remembering recent results."""
+
+    @staticmethod
+    @functools.lru_cache(maxsize=4096)
+    def _compress(data: bytes, compresslevel: int) -> bytes:
+        return bz2.compress(data, compresslevel)
+
+    @staticmethod
+    def compress(data: bytes, compresslevel: int = 9) -> bytes:
+        """`bz2.compress`, memoized for bytes input."""
+        if not isinstance(data, bytes):
+            return bz2.compress(data, compresslevel)
+        return MemoizedBz2._compress(data, compresslevel)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=4096)
+    def _decompress(data: bytes) -> bytes:
+        return bz2.decompress(data)
+
+    @staticmethod
+    def decompress(data: bytes) -> bytes:
+        """`bz2.decompress`, memoized for bytes input."""
+        if not isinstance(data, bytes):
+            return bz2.decompress(data)
+        return MemoizedBz2._decompress(data)
+
+
 def install() -> None:
-    """Routes `get_dofn_specs` and `view_as` through the caches (idempotent)."""
+    """Routes the three lookups above through their caches (idempotent)."""
     userstate.get_dofn_specs = cached_get_dofn_specs
     PipelineOptions.view_as = cached_view_as
+    cloudpickle_pickler.bz2 = MemoizedBz2

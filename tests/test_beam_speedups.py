@@ -113,3 +113,33 @@ def test_installed_view_as_serves_pipelines():
         assert_that(
             p | beam.Create([1, 2]) | beam.Map(lambda x: x * 3), equal_to([3, 6])
         )
+
+
+def test_memoized_bz2_gives_bz2s_bytes_and_reads_them():
+    import bz2
+
+    payloads = [b"", b"x" * 5000, bytes(range(256)) * 7]
+    for data in payloads:
+        compressed = beam_speedups.MemoizedBz2.compress(data)
+        assert compressed == bz2.compress(data, 9)
+        assert beam_speedups.MemoizedBz2.compress(data) is compressed  # remembered
+        assert beam_speedups.MemoizedBz2.decompress(compressed) == data
+    view = memoryview(b"not bytes")  # other buffers bypass the cache
+    assert beam_speedups.MemoizedBz2.compress(view, 1) == bz2.compress(b"not bytes", 1)
+
+
+def test_pickled_dofns_are_unchanged_by_the_bz2_memo(monkeypatch):
+    import bz2
+
+    from apache_beam.internal import cloudpickle_pickler, pickler
+
+    beam_speedups.install()
+    assert cloudpickle_pickler.bz2 is beam_speedups.MemoizedBz2
+    fn = beam.Map(_method).fn
+    memoized = pickler.dumps(fn)
+    assert pickler.dumps(fn) == memoized
+    with monkeypatch.context() as patch:
+        patch.setattr(cloudpickle_pickler, "bz2", bz2)  # Beam's own
+        assert pickler.dumps(fn) == memoized
+        plain_loaded = pickler.loads(memoized)  # a worker without the memo
+    assert pickler.loads(memoized).process(4) == plain_loaded.process(4) == [4]
