@@ -302,8 +302,10 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         )
         from pipeline import beam_speedups
 
+        from pipeline.runner import pipeline_runner
+
         beam_speedups.install()
-        p = beam.Pipeline(options=beam_options)
+        p = beam.Pipeline(runner=pipeline_runner(beam_options), options=beam_options)
         snapshot_id = snapshot.snapshot_id if snapshot else None
         build_pipeline(p, job, snapshot_id)
         result = p.run()
