@@ -210,7 +210,7 @@ def _preprocessing_fn(job: Job) -> Callable:
 
 
 def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
-    """Wires read -> tag splits -> analyze (train) -> transform all -> route -> write."""
+    """Wires read -> tag splits -> analyze (train) -> transform all -> route, write."""
     import tensorflow_transform.beam as tft_beam
 
     from transforms.schema import tensor_adapter_config
@@ -301,7 +301,6 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             raw_metadata(job.plan.columns), output.join(config.output_dir, "metadata")
         )
         from pipeline import beam_speedups
-
         from pipeline.runner import pipeline_runner
 
         beam_speedups.install()
