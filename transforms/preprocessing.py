@@ -84,14 +84,17 @@ class _Numbers:
             tf.math.is_finite(self.value), tf.abs(self.value) <= FLOAT32_MAX
         )
         self.values = tf.boolean_mask(self.value, self.present)  # for analyzers
+        self._mean: tf.Tensor | None = None
 
     def missing(self) -> tf.Tensor:
         """[batch] int64 indicator, 1 where the value is missing."""
         return 1 - tf.cast(self.present, tf.int64)
 
     def mean(self) -> tf.Tensor:
-        """Train mean of usable values (0 when there are none)."""
-        return _finite_or(tft.mean(self.values), 0.0)
+        """Train mean of usable values (0 when there are none); one analyzer."""
+        if self._mean is None:
+            self._mean = _finite_or(tft.mean(self.values), 0.0)
+        return self._mean
 
     def filled(self, feature: Feature) -> tf.Tensor:
         """[batch] float64 with missing values imputed as the feature asks."""
