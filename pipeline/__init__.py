@@ -1,1 +1,3 @@
 """Beam side of sql2tfrecord: options, partitioned PostgreSQL read, split, write, the job."""
+
+METRICS_NAMESPACE = "sql2tfrecord"  # the Beam counters the manifest reports

@@ -34,6 +34,7 @@ from apache_beam.metrics import Metrics
 
 from tfx_bsl.tfxio import tensor_adapter
 
+from pipeline import METRICS_NAMESPACE
 from pipeline.split import SplitSpec, assign_splits
 from transforms.preprocessing import FLOAT32_MAX
 from transforms.schema import to_transform_batch
@@ -81,8 +82,10 @@ class _AssignSplitFn(beam.DoFn):
         split_key: str,
         spec: SplitSpec,
         drop_if_null: Sequence[str] = (),
+        namespace: str = METRICS_NAMESPACE,
     ):
         self._columns = tuple(columns)
+        self._namespace = namespace
         self._label = label
         self._split_key = split_key
         self._spec = spec
@@ -93,9 +96,9 @@ class _AssignSplitFn(beam.DoFn):
         self._counted_nulls = tuple(
             c.name for c in columns if not c.not_null and c.name != label
         )
-        self._dropped = Metrics.counter("sql2tfrecord", "rows_dropped_null_label")
+        self._dropped = Metrics.counter(namespace, "rows_dropped_null_label")
         self._counters = [
-            Metrics.counter("sql2tfrecord", f"split:{name}") for name in spec.names
+            Metrics.counter(namespace, f"split:{name}") for name in spec.names
         ]
 
     def process(self, batch: pa.RecordBatch) -> Iterator:
@@ -107,14 +110,14 @@ class _AssignSplitFn(beam.DoFn):
         for name in self._drop_if_null:
             column = batch.column(name)
             if column.null_count:
-                Metrics.counter("sql2tfrecord", f"dropped_null:{name}").inc(
+                Metrics.counter(self._namespace, f"dropped_null:{name}").inc(
                     column.null_count
                 )
                 batch = batch.filter(pc.is_valid(column))
         for name in self._counted_nulls:
             nulls = batch.column(name).null_count
             if nulls:
-                Metrics.counter("sql2tfrecord", f"nulls:{name}").inc(nulls)
+                Metrics.counter(self._namespace, f"nulls:{name}").inc(nulls)
         for name in self._floats:
             column = batch.column(name)
             usable = pc.and_(
@@ -126,7 +129,7 @@ class _AssignSplitFn(beam.DoFn):
                 else 0
             )
             if bad:
-                Metrics.counter("sql2tfrecord", f"non_finite:{name}").inc(bad)
+                Metrics.counter(self._namespace, f"non_finite:{name}").inc(bad)
         if batch.num_rows == 0:
             return
         assignment = assign_splits(batch.column(self._split_key), self._spec)
@@ -155,6 +158,7 @@ class AssignSplit(beam.PTransform):
     Input: PCollection[pa.RecordBatch] (raw, flat). Output: PCollection[pa.RecordBatch]
     in `transforms.schema.transform_arrow_schema(columns)` plus `SPLIT_COLUMN`.
     Parallelism: per batch, no shuffle. Deterministic: depends on key values only.
+    Counters (drops, NULLs, non-finite values, rows per split) go to `namespace`.
     """
 
     def __init__(
@@ -164,9 +168,12 @@ class AssignSplit(beam.PTransform):
         split_key: str,
         spec: SplitSpec,
         drop_if_null: Sequence[str] = (),
+        namespace: str = METRICS_NAMESPACE,
     ):
         super().__init__()
-        self._fn = _AssignSplitFn(columns, label, split_key, spec, drop_if_null)
+        self._fn = _AssignSplitFn(
+            columns, label, split_key, spec, drop_if_null, namespace
+        )
 
     def expand(self, batches):
         return batches | "Assign" >> beam.ParDo(self._fn)

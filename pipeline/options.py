@@ -49,6 +49,7 @@ class JobConfig:
     snapshot: bool = True
     statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS
     reader: str = "native"
+    read_once: bool = False
     raw_parquet_dir: str | None = None
     input_parquet: str | None = None
     verbose: bool = False
@@ -85,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
         "--no_snapshot",
         action="store_true",
         help="do not share one exported snapshot across partition reads",
+    )
+    add(
+        "--read_once",
+        action="store_true",
+        help="read the database once and hold the rows between analysis and "
+        "transform in the runner, instead of reading the snapshot a second time",
     )
     add(
         "--statement_timeout_ms",
@@ -187,6 +194,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         snapshot=not args.no_snapshot,
         statement_timeout_ms=args.statement_timeout_ms,
         reader=args.reader,
+        read_once=args.read_once,
         raw_parquet_dir=args.raw_parquet_dir,
         input_parquet=args.input_parquet,
         verbose=args.verbose,

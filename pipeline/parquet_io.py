@@ -25,6 +25,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from pipeline import METRICS_NAMESPACE
 from pipeline.output import join, publish_shards, write_json
 from transforms.types import Column
 
@@ -111,7 +112,7 @@ class ReadRawParquet(beam.PTransform):
 class _ToBatchesFn(beam.DoFn):
     def __init__(self, schema: pa.Schema):
         self._schema = schema
-        self._rows = Metrics.counter("sql2tfrecord", "rows_read")
+        self._rows = Metrics.counter(METRICS_NAMESPACE, "rows_read")
 
     def process(self, table: pa.Table) -> Iterator[pa.RecordBatch]:
         table = table.select(self._schema.names).cast(self._schema)

@@ -15,6 +15,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
+from pipeline import METRICS_NAMESPACE
 from pipeline.partition_reader import (
     PartitionReader,
     PartitionReadError,
@@ -43,14 +44,21 @@ class _ReadPartitionFn(beam.DoFn):
     never serves two COPYs at once.
     """
 
-    def __init__(self, source: SourceSpec, plan: ReadPlan, snapshot_id: str | None):
+    def __init__(
+        self,
+        source: SourceSpec,
+        plan: ReadPlan,
+        snapshot_id: str | None,
+        namespace: str,
+    ):
         self._source = source
         self._plan = plan
         self._snapshot_id = snapshot_id
+        self._namespace = namespace
         self._local = None
         self._readers: list[PartitionReader] = []
-        self._rows = Metrics.counter("sql2tfrecord", "rows_read")
-        self._bytes = Metrics.counter("sql2tfrecord", "bytes_read")
+        self._rows = Metrics.counter(namespace, "rows_read")
+        self._bytes = Metrics.counter(namespace, "bytes_read")
 
     def _reader(self) -> PartitionReader:
         reader = getattr(self._local, "reader", None)
@@ -73,7 +81,7 @@ class _ReadPartitionFn(beam.DoFn):
             self._rows.inc(batch.num_rows)
             self._bytes.inc(batch.nbytes)
             yield batch
-        Metrics.counter("sql2tfrecord", f"partition:{partition.label}").inc(rows)
+        Metrics.counter(self._namespace, f"partition:{partition.label}").inc(rows)
         _LOGGER.info("Partition %s: %d rows", partition.label, rows)
 
     def teardown(self):
@@ -88,11 +96,19 @@ class ReadFromPostgres(beam.PTransform):
     Output: PCollection[pa.RecordBatch] with `raw_arrow_schema(plan)`.
     Parallelism: one read per planned partition, spread over workers by a Reshuffle.
     Consistency: every partition imports the same exported snapshot when one is given.
+    Counters (`rows_read`, `bytes_read`, `partition:<label>`) go to `namespace`.
     """
 
-    def __init__(self, source: SourceSpec, plan: ReadPlan, snapshot_id: str | None):
+    def __init__(
+        self,
+        source: SourceSpec,
+        plan: ReadPlan,
+        snapshot_id: str | None,
+        namespace: str = METRICS_NAMESPACE,
+    ):
         super().__init__()
         self._source, self._plan, self._snapshot_id = source, plan, snapshot_id
+        self._namespace = namespace
 
     def expand(self, pbegin):
         return (
@@ -100,5 +116,9 @@ class ReadFromPostgres(beam.PTransform):
             | "CreatePartitions" >> beam.Create(list(self._plan.partitions))
             | "Spread" >> beam.Reshuffle()
             | "ReadPartition"
-            >> beam.ParDo(_ReadPartitionFn(self._source, self._plan, self._snapshot_id))
+            >> beam.ParDo(
+                _ReadPartitionFn(
+                    self._source, self._plan, self._snapshot_id, self._namespace
+                )
+            )
         )

@@ -34,6 +34,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from pipeline import METRICS_NAMESPACE
 from pipeline.output import join, publish_shards
 from pipeline.records import RecordsEncoder
 
@@ -111,7 +112,7 @@ class _WriteBundleShardsFn(beam.DoFn):
     def __init__(self, temp_dir: str, split: str):
         self._temp_dir, self._split = temp_dir, split
         self._local = None
-        self._count = Metrics.counter("sql2tfrecord", f"examples_{split}")
+        self._count = Metrics.counter(METRICS_NAMESPACE, f"examples_{split}")
 
     def setup(self):
         self._local = threading.local()
@@ -153,7 +154,7 @@ class _WriteKeyedShardFn(beam.DoFn):
 
     def __init__(self, temp_dir: str, split: str):
         self._temp_dir, self._split = temp_dir, split
-        self._count = Metrics.counter("sql2tfrecord", f"examples_{split}")
+        self._count = Metrics.counter(METRICS_NAMESPACE, f"examples_{split}")
 
     def process(self, keyed) -> Iterator[str]:
         _, batches = keyed

@@ -132,10 +132,11 @@ def output_a(database_url, rich_table, features_file, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def output_b(database_url, rich_table, features_file, tmp_path_factory):
-    """Key-range partitions on id (5 ranges + NULL), 2 shards per split."""
+    """Key-range partitions on id (5 ranges + NULL), 2 shards per split, one read."""
     out = tmp_path_factory.mktemp("b") / "out"
     _run(database_url, rich_table, out, "--features", features_file,
-         "--partition_column", "id", "--num_partitions", "5", "--num_shards", "2")
+         "--partition_column", "id", "--num_partitions", "5", "--num_shards", "2",
+         "--read_once")
     return str(out)
 
 
@@ -224,6 +225,21 @@ def test_split_is_the_same_with_another_partition_plan(output_a, output_b):
         a = sorted(_read_all(output_a, split)["id"].tolist())
         b = sorted(_read_all(output_b, split)["id"].tolist())
         assert a == b
+
+
+def test_reading_twice_or_once_writes_the_same_examples(output_a, output_b):
+    """a: the transform pass re-reads the snapshot; b: the rows are read once."""
+    manifest_a, manifest_b = trainer.read_manifest(output_a), trainer.read_manifest(output_b)
+    assert manifest_a["read_plan"]["reread_for_transform"] is True
+    assert manifest_b["read_plan"]["reread_for_transform"] is False
+    for key in ("rows_read", "rows_dropped_null_label", "null_values", "non_finite_values"):
+        assert manifest_a[key] == manifest_b[key], key  # counted once, not per read
+    for split in ("train", "eval"):
+        a, b = _read_all(output_a, split), _read_all(output_b, split)
+        assert sorted(a) == sorted(b)
+        order_a, order_b = np.argsort(a["id"]), np.argsort(b["id"])
+        for key in a:
+            np.testing.assert_array_equal(a[key][order_a], b[key][order_b], err_msg=key)
 
 
 def _by_id(data):

@@ -47,3 +47,8 @@ def test_db_url_defaults_to_environment(monkeypatch):
     args = [a for a in BASE if a not in ("--db_url", "postgresql://u@h/db")]
     config, _ = parse_args(args)
     assert config.db_url == "postgresql://env@h/db"
+
+
+def test_read_once_flag_is_parsed():
+    assert parse_args(BASE)[0].read_once is False
+    assert parse_args([*BASE, "--read_once"])[0].read_once is True
