@@ -131,7 +131,8 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             create_sample_table(url, table, rows, seed=0)
             print(
-                f"table {table}: {rows} rows ready ({time.perf_counter() - started:.1f} s)",
+                f"table {table}: {rows} rows ready "
+                f"({time.perf_counter() - started:.1f} s)",
                 file=sys.stderr,
             )
         results = {}
@@ -213,10 +214,11 @@ def _fmt_rate(rows, seconds):
 def _report(results: dict, args) -> list[str]:
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; medians of {args.runs} runs; wall time of the whole "
-        "process (imports included) unless noted.",
+        f"{platform.python_version()}; medians of {args.runs} runs; "
+        "wall time of the whole process (imports included) unless noted.",
         "",
-        "| measurement | rows | median wall s | inner s | rows/s (wall) | peak RSS MiB | ratio |",
+        "| measurement | rows | median wall s | inner s | rows/s (wall) "
+        "| peak RSS MiB | ratio |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
 
@@ -257,7 +259,8 @@ def _report(results: dict, args) -> list[str]:
     if "read_make_dataset" in results:
         lines.append("")
         lines.append(
-            "| reader (train split, one epoch) | examples | seconds | examples/s | ratio |"
+            "| reader (train split, one epoch) | examples | seconds | examples/s "
+            "| ratio |"
         )
         lines.append("|---|---:|---:|---:|---|")
         md, ce, fm, dp = (
@@ -279,12 +282,14 @@ def _report(results: dict, args) -> list[str]:
                 rate = r["rows"] / r["inner"]
                 rel = f"{rate / (ce['rows'] / ce['inner']):.2f}× ceiling" if ce else ""
                 lines.append(
-                    f"| {name} | {r['rows']:,} | {r['inner']:.2f} | {rate:,.0f} | {rel} |"
+                    f"| {name} | {r['rows']:,} | {r['inner']:.2f} | "
+                    f"{rate:,.0f} | {rel} |"
                 )
         if md and md.get("cached_epoch_seconds"):
             lines.append(
                 f"| make_dataset, cached 2nd epoch | {md['rows']:,} | "
-                f"{md['cached_epoch_seconds']:.2f} | {md['rows'] / md['cached_epoch_seconds']:,.0f} | |"
+                f"{md['cached_epoch_seconds']:.2f} | "
+                f"{md['rows'] / md['cached_epoch_seconds']:,.0f} | |"
             )
     return lines
 
@@ -293,7 +298,8 @@ def _write_results(lines: list[str], args) -> None:
     path = os.path.join(ROOT, "bench", "RESULTS.md")
     header = (
         "# Benchmark results\n\n"
-        f"Command: `python -m bench --rows {args.rows} --runs {args.runs} --only {args.only}`"
+        f"Command: `python -m bench --rows {args.rows} --runs {args.runs} "
+        f"--only {args.only}`"
         f" ({time.strftime('%Y-%m-%d')}, DirectRunner, gzip output).\n\n"
     )
     previous = ""

@@ -107,7 +107,7 @@ def handwritten(url: str, table: str, out: str) -> dict:
     ) as writer:
         for record in frame.itertuples(index=False):
             feature = {}
-            for name, value in zip(columns, record):
+            for name, value in zip(columns, record, strict=True):
                 if name in floats:
                     feature[name] = tf.train.Feature(
                         float_list=tf.train.FloatList(value=[value])
@@ -213,7 +213,7 @@ def read_fetchmany(url: str, table: str, out: str | None) -> dict:
 
 
 def read_from_postgres(url: str, table: str, out: str | None) -> dict:
-    """trainer.dataset_from_postgres, raw columns as the fetchmany baseline reads them."""
+    """trainer.dataset_from_postgres over the fetchmany baseline's raw columns."""
     import trainer
 
     columns = [f"f{i}" for i in range(8)] + ["label"]

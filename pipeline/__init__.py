@@ -1,3 +1,6 @@
-"""Beam side of sql2tfrecord: options, partitioned PostgreSQL read, split, write, the job."""
+"""Beam side of sql2tfrecord.
+
+Options, partitioned PostgreSQL read, split, write, the job.
+"""
 
 METRICS_NAMESPACE = "sql2tfrecord"  # the Beam counters the manifest reports

@@ -1,4 +1,4 @@
-"""Splits by row: tag each row with its split once, transform all rows, route the output.
+"""Splits by row: tag each row with its split once, transform all rows, route output.
 
 `AssignSplit` converts raw reader batches to tf.Transform's layout and appends the
 row's split index as the column `SPLIT_COLUMN` (`list<int32>`, one value per row),
@@ -17,9 +17,9 @@ Rows whose label is NULL cannot be trained on, and rows with a NULL in a feature
 configured with `impute: drop` are unwanted: both are dropped here and counted
 (`rows_dropped_null_label`, `dropped_null:<column>`, recorded in the manifest),
 never dropped silently. NULLs of the kept rows (which the transforms impute) are
-counted per column (`nulls:<column>`). NaN, ±Infinity and values beyond float32's range in floating
-columns are counted per column (`non_finite:<column>`); the transforms treat them as
-missing.
+counted per column (`nulls:<column>`). NaN, ±Infinity and values beyond float32's
+range in floating columns are counted per column (`non_finite:<column>`); the
+transforms treat them as missing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
-
 from tfx_bsl.tfxio import tensor_adapter
 
 from pipeline import METRICS_NAMESPACE

@@ -100,5 +100,6 @@ def connect(
         )
     except psycopg2.Error as err:
         raise DatabaseError(
-            f"cannot connect to {dsn.masked or '(default DSN)'}: {_scrub(str(err), dsn)}"
+            f"cannot connect to {dsn.masked or '(default DSN)'}: "
+            f"{_scrub(str(err), dsn)}"
         ) from None

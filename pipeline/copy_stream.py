@@ -2,9 +2,10 @@
 
 psycopg2 pushes COPY data into a `write()` method; pyarrow's CSV reader pulls with
 `read()`. `CopyStream` joins them through a bounded queue (backpressure: at most
-`max_chunks` chunks of ~1 MiB in flight), with the COPY running in a producer thread. If the
-COPY fails — a lost connection, a cancelled statement — `read()` raises instead of
-returning end-of-file, so a row cut in half is never parsed as a short, valid row.
+`max_chunks` chunks of ~1 MiB in flight), with the COPY running in a producer
+thread. If the COPY fails — a lost connection, a cancelled statement — `read()`
+raises instead of returning end-of-file, so a row cut in half is never parsed as a
+short, valid row.
 """
 
 from __future__ import annotations
@@ -142,7 +143,10 @@ class CopyStream:
         return not self._buffer and not self._fill()
 
     def close(self) -> None:
-        """Stops the stream; a still-running producer gets an error on its next write."""
+        """Stops the stream.
+
+        A still-running producer gets an error on its next write.
+        """
         self._closed.set()
         while True:  # unblock a producer waiting on a full queue
             try:

@@ -1,4 +1,4 @@
-"""ReadWithJdbc: Beam's cross-language `ReadFromJdbc` as an opt-in reader (`--reader jdbc`).
+"""ReadWithJdbc: Beam's cross-language `ReadFromJdbc`, opt-in via `--reader jdbc`.
 
 It needs Java on PATH and Beam's Java expansion service, whose jar Beam downloads
 from Maven Central on first use — neither a snapshot shared across partitions nor

@@ -103,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
         "--reader",
         choices=("native", "jdbc"),
         default="native",
-        help="native: partitioned COPY reader (default); jdbc: Beam's Java ReadFromJdbc",
+        help=(
+            "native: partitioned COPY reader (default); jdbc: Beam's Java ReadFromJdbc"
+        ),
     )
     add("--verbose", action="store_true", help="show tracebacks and debug logs")
     return parser

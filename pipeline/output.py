@@ -91,8 +91,10 @@ def prepare_output_dir(path: str, overwrite: bool, flag: str = "--output_dir") -
 def publish_shards(
     temp_paths: list[str], directory: str, temp_dir: str, suffix: str
 ) -> list[str]:
-    """Renames complete temporary files to `part-SSSSS-of-NNNNN<suffix>`, then
-    removes `temp_dir`; returns the final paths in shard order."""
+    """Renames complete temporary files to `part-SSSSS-of-NNNNN<suffix>`.
+
+    Then removes `temp_dir`; returns the final paths in shard order.
+    """
     temp_paths = sorted(temp_paths)
     total = len(temp_paths)
     final = [

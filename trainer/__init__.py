@@ -1,4 +1,7 @@
-"""Training side of sql2tfrecord (TensorFlow only): reading the output, serving export."""
+"""Training side of sql2tfrecord (TensorFlow only).
+
+Reading the output, serving export.
+"""
 
 from trainer.dataset import make_dataset, read_manifest
 from trainer.postgres_dataset import dataset_from_postgres

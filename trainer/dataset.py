@@ -60,6 +60,9 @@ def make_dataset(
         batch_size: examples per batch (the last batch may be smaller).
         shuffle: shuffle file order and examples (buffer `shuffle_buffer`).
         num_epochs: passes over the data; None repeats forever.
+        shuffle_buffer: examples in the example-shuffle buffer when `shuffle` is
+            set; with `cache`, whole batches are reshuffled in a buffer of
+            `shuffle_buffer // batch_size` (at least 1) batches.
         cache: keep the parsed batches in memory after the first epoch; later
             epochs are several times faster, but reshuffle whole batches only.
         shard: `(num_workers, worker_index)` or a `tf.distribute.InputContext`:
@@ -111,7 +114,8 @@ def make_dataset(
         dataset = dataset.cache()
         if shuffle:
             dataset = dataset.shuffle(
-                max(1, shuffle_buffer // batch_size), seed=seed,
+                max(1, shuffle_buffer // batch_size),
+                seed=seed,
                 reshuffle_each_iteration=True,
             )
     if num_epochs != 1:

@@ -36,13 +36,17 @@ def _column_arrays(batch: pa.RecordBatch, name: str, dtype: tf.DType):
         filled = pc.fill_null(column.cast(pa.large_string()), "")
         values = np.array(filled.to_pylist(), dtype=object)
     elif dtype == tf.float32:
-        values = pc.fill_null(column, 0.0).to_numpy(zero_copy_only=False).astype(np.float32)
+        values = (
+            pc.fill_null(column, 0.0).to_numpy(zero_copy_only=False).astype(np.float32)
+        )
     else:
         values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(np.int64)
     return values, nulls
 
 
-def _read_batches(source, plan, snapshot_id: str, parallel: int) -> Iterator[pa.RecordBatch]:
+def _read_batches(
+    source, plan, snapshot_id: str, parallel: int
+) -> Iterator[pa.RecordBatch]:
     """The plan's partitions as Arrow batches, `parallel` partitions at a time.
 
     Each reader thread has its own connection in the shared snapshot; at most a few
@@ -124,7 +128,10 @@ def dataset_from_postgres(
 
     Args:
         db_url: libpq URL or DSN (passwords may come from PGPASSWORD/.pgpass).
-        table, query: exactly one, as for the pipeline.
+        table: the table to read (name as stored, or schema.table), as for the
+            pipeline's `--table`; give exactly one of `table` and `query`.
+        query: a single SELECT to read instead of `table`, as for the pipeline's
+            `--query`; giving both or neither raises ValueError.
         batch_size: rows per batch (the last batch of each partition may be smaller).
         transform_output_dir: an sql2tfrecord output; its raw columns are read and
             its transform graph applied; batches are `(features, label)` with the
@@ -198,8 +205,12 @@ def dataset_from_postgres(
             features = {
                 k: v
                 for k, v in inputs.items()
-                if not (k.endswith(NULL_SUFFIX) and isinstance(
-                    raw_spec.get(k[: -len(NULL_SUFFIX)]), tf.io.FixedLenFeature))
+                if not (
+                    k.endswith(NULL_SUFFIX)
+                    and isinstance(
+                        raw_spec.get(k[: -len(NULL_SUFFIX)]), tf.io.FixedLenFeature
+                    )
+                )
             }
             if label is None:
                 return features

@@ -1,1 +1,4 @@
-"""tf.Transform side of sql2tfrecord: types, raw schema, feature config, preprocessing_fn (never imports Beam)."""
+"""tf.Transform side of sql2tfrecord (never imports Beam).
+
+Types, raw schema, feature config, preprocessing_fn.
+"""

@@ -4,9 +4,10 @@ A config file (`--features`, YAML or JSON) looks like::
 
     label: label                    # or {column: label, threshold: 0.5}
     features:
-      - column: f0                  # raw column; the output is named `name` or the column
-        transform: zscore           # zscore | scale_0_1 | bucketize | vocabulary | hash |
-                                    # passthrough | hour_of_day | day_of_week
+      - column: f0                  # raw column; the output is named `name` or
+                                    # the column
+        transform: zscore           # zscore | scale_0_1 | bucketize | vocabulary |
+                                    # hash | passthrough | hour_of_day | day_of_week
         impute: mean                # numbers: mean | median | constant | drop
                                     # text: token | most_frequent | drop
         indicator: true             # also emit `<name>_is_missing` (1 where NULL)
@@ -310,15 +311,16 @@ def validate(config: FeatureConfig, columns: Sequence[Column]) -> None:
         raise ConfigError(f"--label: column {config.label.column!r} not found")
     if label.is_array or label.kind not in (Kind.INT, Kind.FLOAT, Kind.BYTES):
         raise ConfigError(
-            f"--label: column {label.name!r} of type {label.display_type} cannot be a label"
+            f"--label: column {label.name!r} of type {label.display_type} "
+            "cannot be a label"
         )
     outputs = {config.label.column}
     for feature in config.features:
         column = by_name.get(feature.column)
         if column is None:
             raise ConfigError(
-                f"--features: feature {feature.name!r} reads column {feature.column!r}, "
-                "which is not in the source"
+                f"--features: feature {feature.name!r} reads column "
+                f"{feature.column!r}, which is not in the source"
             )
         if column.is_array:
             raise ConfigError(

@@ -3,11 +3,12 @@ r"""Builds a tf.Transform `preprocessing_fn` from a FeatureConfig.
 Inputs follow the raw schema (`transforms.schema`): dense `[batch]` tensors for NOT
 NULL columns, `SparseTensor`s `[batch, ≤1]` for nullable ones. Every output is a dense
 `[batch]` tensor: float32 for scaled numbers, int64 for ids, buckets, time parts and
-indicators. NULL, NaN, ±Infinity and values beyond float32's range count as missing: statistics are computed on
-the present, finite values of the train split only, and missing values are imputed
-afterwards (mean, median or a constant) and then transformed like any value — a
-z-scored NULL with `impute: mean` is exactly 0 — never by filling 0 before the
-analyzer. An all-missing column yields 0 (and its indicator 1), never NaN.
+indicators. NULL, NaN, ±Infinity and values beyond float32's range count as
+missing: statistics are computed on the present, finite values of the train split
+only, and missing values are imputed afterwards (mean, median or a constant) and
+then transformed like any value — a z-scored NULL with `impute: mean` is exactly
+0 — never by filling 0 before the analyzer. An all-missing column yields 0 (and
+its indicator 1), never NaN.
 
 Vocabularies are named after their feature (`vocab_filename`), so the trainer can
 ask `TFTransformOutput.vocabulary_size_by_name(name)`. tf.Transform drops the empty

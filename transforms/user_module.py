@@ -14,7 +14,11 @@ __all__ = ["load_preprocessing_fn"]
 
 
 def load_preprocessing_fn(path: str) -> Callable:
-    """Imports `path` and returns its `preprocessing_fn`; ValueError naming the problem."""
+    """Imports `path` and returns its `preprocessing_fn`.
+
+    Raises:
+        ValueError: naming the problem.
+    """
     name = "sql2tfrecord_user_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
