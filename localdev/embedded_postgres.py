@@ -366,8 +366,16 @@ class EmbeddedPostgres:
     def restart(self) -> None:
         """Restarts the running server on the same port, keeping its data."""
         self._pg_ctl(
-            "restart", "-m", "fast", "-w", "-t", str(_START_TIMEOUT_S),
-            "-l", str(self.data_dir / _LOG_NAME), "-o", self._options(),
+            "restart",
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            str(_START_TIMEOUT_S),
+            "-l",
+            str(self.data_dir / _LOG_NAME),
+            "-o",
+            self._options(),
             timeout=_START_TIMEOUT_S + 30,
         )
 
