@@ -215,15 +215,18 @@ def _preprocessing_fn(job: Job) -> Callable:
 def rereads(job: Job, snapshot_id: str | None) -> bool:
     """Whether the transform pass reads the database again (see `build_pipeline`).
 
-    It does when every read imports one exported snapshot (the same rows, in the
-    same order, both times) and `--read_once` is not given. Without a shared
-    snapshot, or from `--reader jdbc` or `--input_parquet`, the rows are read once
-    and the runner holds them between the two passes: in memory on the
+    It does for a `--table` when every read imports one exported snapshot (the
+    same rows, in the same order, both times) and `--read_once` is not given.
+    A `--query` is read once: it may not give the same rows twice even in one
+    snapshot (`random()`, `now()`, `LIMIT` without `ORDER BY`, sequences). So are
+    reads without a shared snapshot, `--reader jdbc` and `--input_parquet`; the
+    runner then holds the rows between the two passes: in memory on the
     DirectRunner (~175 bytes per row), in its shuffle on Dataflow or Flink.
     """
     config = job.config
     return bool(
         snapshot_id
+        and config.table is not None
         and config.reader == "native"
         and not config.input_parquet
         and not config.read_once

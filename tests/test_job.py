@@ -28,6 +28,16 @@ def test_rereads_only_from_a_shared_snapshot(flags, snapshot_id, want):
     assert rereads(_job(*flags), snapshot_id) is want
 
 
+def test_rereads_never_a_query():
+    """A query need not give the same rows twice (random(), now(), LIMIT)."""
+    config, _ = parse_args(
+        [*BASE[:2], "--query", "SELECT * FROM t ORDER BY random() LIMIT 10",
+         *BASE[4:]]
+    )
+    job = Job(config, None, None, None, "id", "y", "/tmp/t")
+    assert rereads(job, "00000003-00000002-1") is False
+
+
 def test_rereads_never_from_a_parquet_snapshot():
     job = _job()
     job = dataclasses.replace(
