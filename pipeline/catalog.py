@@ -19,10 +19,24 @@ __all__ = ["TableRef", "resolve_table", "describe", "primary_key", "table_size"]
 
 @dataclasses.dataclass(frozen=True)
 class TableRef:
-    """A resolved table: schema and name exactly as stored in the catalog."""
+    """A resolved table: schema and name exactly as stored in the catalog.
+
+    `kind` is its `pg_class.relkind`: r table, p partitioned table, v view,
+    m materialized view, f foreign table.
+    """
 
     schema: str
     name: str
+    kind: str = "r"
+
+    @property
+    def stored_locally(self) -> bool:
+        """Whether its rows are stored here, so one snapshot fixes them.
+
+        A view is computed at every read (it may call `random()` or `now()`), and
+        a foreign table's rows live on another server, outside our snapshot.
+        """
+        return self.kind in ("r", "p", "m")
 
     @property
     def identifier(self) -> sql.Composable:
@@ -42,7 +56,7 @@ def resolve_table(conn, table: str) -> TableRef:
     """
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT n.nspname, c.relname FROM pg_class c "
+            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE c.relname = %s AND c.relkind IN ('r','p','v','m','f') "
             "AND pg_table_is_visible(c.oid)",
@@ -53,7 +67,7 @@ def resolve_table(conn, table: str) -> TableRef:
             cur.execute("SAVEPOINT resolve")
             try:
                 cur.execute(
-                    "SELECT n.nspname, c.relname FROM pg_class c "
+                    "SELECT n.nspname, c.relname, c.relkind FROM pg_class c "
                     "JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE c.oid = to_regclass(%s)",
                     (table,),
@@ -66,7 +80,7 @@ def resolve_table(conn, table: str) -> TableRef:
         raise DatabaseError(
             f"--table: table {table!r} does not exist (or is not visible)"
         )
-    return TableRef(schema=row[0], name=row[1])
+    return TableRef(schema=row[0], name=row[1], kind=row[2])
 
 
 _TYPE_QUERY = """

@@ -215,18 +215,22 @@ def _preprocessing_fn(job: Job) -> Callable:
 def rereads(job: Job, snapshot_id: str | None) -> bool:
     """Whether the transform pass reads the database again (see `build_pipeline`).
 
-    It does for a `--table` when every read imports one exported snapshot (the
-    same rows, in the same order, both times) and `--read_once` is not given.
-    A `--query` is read once: it may not give the same rows twice even in one
-    snapshot (`random()`, `now()`, `LIMIT` without `ORDER BY`, sequences). So are
-    reads without a shared snapshot, `--reader jdbc` and `--input_parquet`; the
-    runner then holds the rows between the two passes: in memory on the
-    DirectRunner (~175 bytes per row), in its shuffle on Dataflow or Flink.
+    It does for a `--table` stored here (a table, partitioned table or
+    materialized view) when every read imports one exported snapshot (the same
+    rows, in the same order, both times) and `--read_once` is not given. A
+    `--query` or a view is read once: it need not give the same rows twice even in
+    one snapshot (`random()`, `now()`, `LIMIT` without `ORDER BY`, sequences); a
+    foreign table lives outside the snapshot. So are reads without a shared
+    snapshot, `--reader jdbc` and `--input_parquet`; the runner then holds the rows
+    between the two passes: in memory on the DirectRunner (~175 bytes per row), in
+    its shuffle on Dataflow or Flink.
     """
     config = job.config
+    table = job.plan.table if job.plan is not None else None
     return bool(
         snapshot_id
-        and config.table is not None
+        and table is not None
+        and table.stored_locally
         and config.reader == "native"
         and not config.input_parquet
         and not config.read_once

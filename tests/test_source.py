@@ -252,3 +252,22 @@ def test_read_from_postgres_in_a_pipeline_emits_every_row_once(database_url, mak
             | beam.FlatMap(lambda batch: batch.column(0).to_pylist())
         )
         assert_that(ids, equal_to(list(range(1, 5001))))
+
+
+def test_resolved_tables_know_whether_their_rows_are_stored_here(database_url, make_table):
+    """Views are computed per read; only stored relations may be read twice."""
+    from pipeline import catalog
+
+    table = make_table("CREATE TABLE {table} (id int)")
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE VIEW "{table}_v" AS SELECT id, random() AS r FROM "{table}"')
+        cur.execute(f'CREATE MATERIALIZED VIEW "{table}_m" AS SELECT id FROM "{table}"')
+    try:
+        kinds = {name: catalog.resolve_table(conn, name)
+                 for name in (table, f"{table}_v", f"{table}_m")}
+    finally:
+        conn.close()
+    assert [(t.kind, t.stored_locally) for t in kinds.values()] == [
+        ("r", True), ("v", False), ("m", True)]
