@@ -241,10 +241,10 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
     """Wires read -> tag splits -> analyze (train) -> transform all -> route, write.
 
     tf.Transform makes two passes over the rows: the analysis (train rows only)
-    and, once its results are known, the transform (all rows). With a shared
-    snapshot the second pass reads the database again (`rereads`) instead of
-    having the runner keep every row in between: on the DirectRunner memory then
-    stays flat in the table size, for a second COPY on the database server.
+    and, once its results are known, the transform (all rows). For a stored table
+    read in a shared snapshot the second pass reads it again (`rereads`) instead
+    of having the runner keep every row in between: on the DirectRunner memory
+    then stays flat in the table size, for a second COPY on the database server.
     """
     import tensorflow_transform.beam as tft_beam
 
