@@ -110,7 +110,7 @@ def describe(conn, source: sql.Composable, table: TableRef | None) -> list[Colum
         cur.execute(sql.SQL("SELECT * FROM {} AS q LIMIT 0").format(source))
         described = [(d.name, d.type_code) for d in cur.description]
         cur.execute(_TYPE_QUERY, (list({oid for _, oid in described}),))
-        types = {row[0]: row[1:] for row in cur.fetchall()}
+        types = {row[0]: row[1:] for row in cur}
         not_null: set[str] = set()
         if table is not None:
             cur.execute(
@@ -119,7 +119,7 @@ def describe(conn, source: sql.Composable, table: TableRef | None) -> list[Colum
                 "AND NOT a.attisdropped",
                 (sql.Identifier(table.schema, table.name).as_string(conn),),
             )
-            not_null = {row[0] for row in cur.fetchall()}
+            not_null = {row[0] for row in cur}
     columns = []
     for name, oid in described:
         base, display, is_array, element = types[oid]
@@ -145,7 +145,7 @@ def primary_key(conn, table: TableRef) -> list[str]:
             "WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.ord",
             (sql.Identifier(table.schema, table.name).as_string(conn),),
         )
-        return [row[0] for row in cur.fetchall()]
+        return [row[0] for row in cur]
 
 
 def table_size(conn, table: TableRef) -> tuple[int, int]:

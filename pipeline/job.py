@@ -221,19 +221,17 @@ def rereads(job: Job, snapshot_id: str | None) -> bool:
     `--query` or a view is read once: it need not give the same rows twice even in
     one snapshot (`random()`, `now()`, `LIMIT` without `ORDER BY`, sequences); a
     foreign table lives outside the snapshot. So are reads without a shared
-    snapshot, `--reader jdbc` and `--input_parquet`; the runner then holds the rows
-    between the two passes: in memory on the DirectRunner (~175 bytes per row), in
-    its shuffle on Dataflow or Flink.
+    snapshot, `--reader jdbc` and `--input_parquet` (whose plan has no table); the
+    runner then holds the rows between the two passes: in memory on the
+    DirectRunner (~175 bytes per row), in its shuffle on Dataflow or Flink.
     """
-    config = job.config
-    table = job.plan.table if job.plan is not None else None
+    table = job.plan.table
     return bool(
         snapshot_id
         and table is not None
         and table.stored_locally
-        and config.reader == "native"
-        and not config.input_parquet
-        and not config.read_once
+        and job.config.reader == "native"
+        and not job.config.read_once
     )
 
 
@@ -369,7 +367,8 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             snapshot.__exit__(None, None, None)
     elapsed = time.time() - started
     counts = _counters(result)
-    if rereads(job, snapshot_id):
+    reread = rereads(job, snapshot_id)
+    if reread:
         _check_reread(counts, config.splits.names)
 
     tft_output = tft.TFTransformOutput(config.output_dir)
@@ -414,7 +413,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             "description": job.plan.description,
             "partitions": [p.label for p in job.plan.partitions],
             "snapshot": bool(snapshot),
-            "reread_for_transform": rereads(job, snapshot_id),
+            "reread_for_transform": reread,
             "row_estimate": job.plan.row_estimate,
         },
         "label": config.label,
