@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 from tfx_bsl.tfxio import tensor_adapter
 
-from pipeline import METRICS_NAMESPACE
+from pipeline import METRICS_NAMESPACE, arrow_coder
 from pipeline.split import SplitSpec, assign_splits
 from transforms.preprocessing import FLOAT32_MAX
 from transforms.schema import to_transform_batch
@@ -100,7 +100,7 @@ class _AssignSplitFn(beam.DoFn):
             Metrics.counter(namespace, f"split:{name}") for name in spec.names
         ]
 
-    def process(self, batch: pa.RecordBatch) -> Iterator:
+    def process(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
         if self._label is not None:
             label = batch.column(self._label)
             if label.null_count:
@@ -174,8 +174,8 @@ class AssignSplit(beam.PTransform):
             columns, label, split_key, spec, drop_if_null, namespace
         )
 
-    def expand(self, batches):
-        return batches | "Assign" >> beam.ParDo(self._fn)
+    def expand(self, raw):
+        return arrow_coder.batches(raw | "Assign" >> beam.ParDo(self._fn))
 
 
 def _split_parts(
@@ -211,8 +211,10 @@ class SelectSplit(beam.PTransform):
         super().__init__()
         self._index = spec.names.index(name)
 
-    def expand(self, batches):
-        return batches | "Select" >> beam.FlatMap(_select, self._index)
+    def expand(self, tagged):
+        return arrow_coder.batches(
+            tagged | "Select" >> beam.FlatMap(_select, self._index)
+        )
 
 
 class _RouteSplitsFn(beam.DoFn):
@@ -244,4 +246,4 @@ class RouteSplits(beam.PTransform):
         routed = transformed | "Route" >> beam.ParDo(
             _RouteSplitsFn(self._names)
         ).with_outputs(*self._names)
-        return {name: routed[name] for name in self._names}
+        return {name: arrow_coder.batch_pairs(routed[name]) for name in self._names}

@@ -17,6 +17,7 @@ import apache_beam as beam
 import pyarrow as pa
 from psycopg2.extensions import parse_dsn
 
+from pipeline import arrow_coder
 from pipeline.postgres_io import raw_arrow_schema
 from pipeline.source import ReadPlan, SourceSpec, _quoted
 from transforms.types import read_expression
@@ -99,7 +100,7 @@ class ReadWithJdbc(beam.PTransform):
                 "partition_column": self._partition_column,
                 "partitions": len(self._plan.partitions),
             }
-        return (
+        return arrow_coder.batches(
             pbegin
             | "ReadFromJdbc"
             >> ReadFromJdbc(

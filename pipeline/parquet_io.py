@@ -25,7 +25,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline import METRICS_NAMESPACE
+from pipeline import METRICS_NAMESPACE, arrow_coder
 from pipeline.output import join, publish_shards, write_json
 from transforms.types import Column
 
@@ -101,7 +101,7 @@ class ReadRawParquet(beam.PTransform):
 
     def expand(self, pbegin):
         schema = self._schema
-        return (
+        return arrow_coder.batches(
             pbegin
             | "ReadParquet"
             >> beam.io.ReadFromParquetBatched(join(self._directory, "part-*.parquet"))

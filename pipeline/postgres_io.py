@@ -15,7 +15,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline import METRICS_NAMESPACE
+from pipeline import METRICS_NAMESPACE, arrow_coder
 from pipeline.partition_reader import (
     PartitionReader,
     PartitionReadError,
@@ -111,7 +111,7 @@ class ReadFromPostgres(beam.PTransform):
         self._namespace = namespace
 
     def expand(self, pbegin):
-        return (
+        return arrow_coder.batches(
             pbegin
             | "CreatePartitions" >> beam.Create(list(self._plan.partitions))
             | "Spread" >> beam.Reshuffle()

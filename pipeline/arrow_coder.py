@@ -1,0 +1,66 @@
+"""The Beam coder of `pa.RecordBatch` elements: Arrow IPC bytes, sized without encoding.
+
+`RecordBatchCoder` is registered for PCollections typed `pa.RecordBatch`; `batches`
+and `batch_pairs` declare that type on our steps' outputs (the job runs with
+`pipeline_type_check=False`, which also turns off Beam's output type inference).
+Untyped, batches fall back to pickling, and Beam's element-size sampling pickled each
+sampled batch only to take its length: ~190 batches, 1.3 GB, ~0.5 s of the main
+thread per million rows. `estimate_size` is the batch's buffer size instead, as
+Beam's `Coder.estimate_size` invites. Real encodes (a shuffle, a remote worker) use
+the Arrow IPC stream format.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pyarrow as pa
+
+__all__ = ["RecordBatchCoder", "batches", "batch_pairs"]
+
+BATCH_PAIR = beam.typehints.Tuple[
+    pa.RecordBatch, beam.typehints.Dict[str, beam.typehints.Any]
+]
+
+
+class RecordBatchCoder(beam.coders.Coder):
+    """Encodes one RecordBatch (schema included) as an Arrow IPC stream."""
+
+    def encode(self, batch: pa.RecordBatch) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, encoded: bytes) -> pa.RecordBatch:
+        return pa.ipc.open_stream(encoded).read_next_batch()
+
+    def estimate_size(self, batch: pa.RecordBatch) -> int:
+        """The batch's buffer bytes: close to the IPC size, and free to compute."""
+        return batch.nbytes
+
+    def is_deterministic(self) -> bool:
+        return False  # never a key; Arrow does not promise byte-stable output
+
+    def to_type_hint(self):
+        return pa.RecordBatch
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+beam.coders.registry.register_coder(pa.RecordBatch, RecordBatchCoder)
+
+
+def batches(pcoll: beam.PCollection) -> beam.PCollection:
+    """Declares `pcoll` a PCollection of RecordBatches; returns it."""
+    pcoll.element_type = pa.RecordBatch
+    return pcoll
+
+
+def batch_pairs(pcoll: beam.PCollection) -> beam.PCollection:
+    """Declares `pcoll` a PCollection of tf.Transform's `(RecordBatch, passthrough)`."""
+    pcoll.element_type = BATCH_PAIR
+    return pcoll
