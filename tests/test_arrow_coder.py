@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.arrow_coder import RecordBatchCoder
@@ -75,7 +75,7 @@ def test_batch_typed_pcollections_get_the_coder():
     for pcoll in routed.values():
         coder = beam.coders.registry.get_coder(pcoll.element_type)
         assert isinstance(coder.get_impl().encode((_raw(3), {})), bytes)
-        assert any(isinstance(c, RecordBatchCoder) for c in coder._coders)  # noqa: SLF001
+        assert any(isinstance(c, RecordBatchCoder) for c in coder.coders())
 
 
 def test_batches_materialized_between_stages_go_through_the_coder(monkeypatch):
@@ -96,7 +96,7 @@ def test_batches_materialized_between_stages_go_through_the_coder(monkeypatch):
         for row in zip(*(tagged.column(i).to_pylist() for i in range(4)), strict=True)
     ]
     options = PipelineOptions(pipeline_type_check=False, runner="FnApiRunner")
-    with TestPipeline(options=options) as p:
+    with BeamTestPipeline(options=options) as p:
         tagged = (
             p
             | "Sizes" >> beam.Create([500, 300])
