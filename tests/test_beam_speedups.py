@@ -1,5 +1,7 @@
-"""The memoized DoFn spec inspection gives exactly Beam's answers."""
+"""beam_speedups: each shortcut gives exactly Beam's answers, or measures the same."""
 # ruff: noqa: B008 - Beam declares state and timer parameters as defaults
+
+import time
 
 import apache_beam as beam
 import pytest
@@ -143,3 +145,28 @@ def test_pickled_dofns_are_unchanged_by_the_bz2_memo(monkeypatch):
         assert pickler.dumps(fn) == memoized
         plain_loaded = pickler.loads(memoized)  # a worker without the memo
     assert pickler.loads(memoized).process(4) == plain_loaded.process(4) == [4]
+
+
+def test_installed_state_sampler_sleeps_at_most_the_cap_and_still_samples():
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    before = statesampler.StateSampler
+    try:
+        beam_speedups.install()
+        beam_speedups.install()  # idempotent: still one level of subclassing
+        assert statesampler.StateSampler is beam_speedups.PromptStateSampler
+        factory = CounterFactory()
+        sampler = statesampler.StateSampler("stage", factory)
+        assert sampler.sampling_period_ms == beam_speedups.STATE_SAMPLING_PERIOD_MS
+        finer = statesampler.StateSampler("stage", factory, sampling_period_ms=1)
+        assert finer.sampling_period_ms == 1  # a finer period asked for is kept
+        sampler.start()
+        with sampler.scoped_state("step", "busy"):
+            time.sleep(0.3)
+        sampler.stop()
+        sampler.commit_counters()
+        (counter,) = [c for c in factory.get_counters() if c.name.name == "busy-msecs"]
+        assert 200 <= counter.value() <= 1000  # the sampler still measures the step
+    finally:
+        statesampler.StateSampler = before
