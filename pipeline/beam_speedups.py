@@ -33,8 +33,9 @@ so every worker and runner reads them as usual.
 4. The state sampler's sleep. Each bundle starts a thread that samples which step is
 running, sleeping between samples for up to 200 ms, and the bundle's end joins it:
 83-85 such joins per run waited 0.45 s in all at 20,000 rows and 0.73 s at 1M.
-`install()` caps the sleep at `STATE_SAMPLING_PERIOD_MS` (20 ms): 0.14 s at both sizes.
-The sampler wakes more often, without the GIL, and measures the same step times.
+`install()` caps the sleep at `STATE_SAMPLING_PERIOD_MS` (20 ms): 0.11-0.14 s at
+both sizes. The sampler wakes more often, without the GIL, and measures the same
+step times.
 
 `install()` is idempotent and is called by the launcher before the graph is built;
 nothing happens at import time.
