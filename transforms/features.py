@@ -4,8 +4,7 @@ A config file (`--features`, YAML or JSON) looks like::
 
     label: label                    # or {column: label, threshold: 0.5}
     features:
-      - column: f0                  # raw column; the output is named `name` or
-                                    # the column
+      - column: f0                  # raw column; output named `name`, else column
         transform: zscore           # zscore | scale_0_1 | bucketize | vocabulary |
                                     # hash | passthrough | hour_of_day | day_of_week
         impute: mean                # numbers: mean | median | constant | drop
