@@ -19,6 +19,7 @@ from psycopg2 import sql
 from pipeline import catalog, partitioning
 from pipeline.connection import DatabaseError, Dsn, connect
 from pipeline.partitioning import Partition
+from pipeline.query_guard import check_query
 from transforms.types import Column, UnsupportedTypeError, read_expression
 
 __all__ = ["SourceSpec", "ReadPlan", "plan_read", "copy_sql", "ExportedSnapshot"]
@@ -107,7 +108,7 @@ def plan_read(
             table = catalog.resolve_table(conn, source.table)
             relation = table.identifier.as_string(conn)
         else:
-            relation = f"({source.query.strip().rstrip(';')})"
+            relation = check_query(source.query).subquery
         try:
             columns = catalog.describe(conn, sql.SQL(relation), table)
         except Exception as err:  # psycopg2.Error: the query itself is wrong
