@@ -258,7 +258,7 @@ class _RouteSplitsFn(beam.DoFn):
     def __init__(
         self,
         names: Sequence[str],
-        label_ids: str | None,
+        label_ids: str | None = None,
         namespace: str = METRICS_NAMESPACE,
     ):
         self._names = tuple(names)
