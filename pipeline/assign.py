@@ -16,15 +16,19 @@ output row per input row (tf.Transform's rule for passthrough columns).
 Rows whose label is NULL cannot be trained on, and rows with a NULL in a feature
 configured with `impute: drop` are unwanted: both are dropped here and counted
 (`rows_dropped_null_label`, `dropped_null:<column>`, recorded in the manifest),
-never dropped silently. NULLs of the kept rows (which the transforms impute) are
-counted per column (`nulls:<column>`). NaN, ±Infinity and values beyond float32's
-range in floating columns are counted per column (`non_finite:<column>`); the
-transforms treat them as missing.
+never dropped silently. So are rows whose floating label is NaN, ±Infinity or
+beyond float32's range (`rows_dropped_non_finite_label`), thresholded or not: a
+label is never imputed. A text label whose class the train split does not have
+gets no id (-1 from the transform); `RouteSplits` drops those rows after the
+transform and counts them per split (`unseen_label:<split>`). NULLs of the kept
+rows (which the transforms impute) are counted per column (`nulls:<column>`).
+NaN, ±Infinity and values beyond float32's range in floating columns are counted
+per column (`non_finite:<column>`); the transforms treat them as missing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -73,6 +77,14 @@ def _split_indices(batch: pa.RecordBatch, unary: dict) -> np.ndarray:
     return values
 
 
+def _usable(column: pa.Array) -> pa.Array:
+    """True where a floating value is finite and within float32's range."""
+    return pc.fill_null(
+        pc.and_(pc.is_finite(column), pc.less_equal(pc.abs(column), FLOAT32_MAX)),
+        False,
+    )
+
+
 class _AssignSplitFn(beam.DoFn):
     def __init__(
         self,
@@ -82,8 +94,10 @@ class _AssignSplitFn(beam.DoFn):
         spec: SplitSpec,
         drop_if_null: Sequence[str] = (),
         namespace: str = METRICS_NAMESPACE,
+        names: Mapping[str, str] | None = None,
     ):
         self._columns = tuple(columns)
+        self._names = dict(names) if names is not None else None
         self._namespace = namespace
         self._label = label
         self._split_key = split_key
@@ -95,7 +109,14 @@ class _AssignSplitFn(beam.DoFn):
         self._counted_nulls = tuple(
             c.name for c in columns if not c.not_null and c.name != label
         )
+        self._float_label = any(
+            c.name == label and c.kind is Kind.FLOAT and not c.is_array
+            for c in columns
+        )
         self._dropped = Metrics.counter(namespace, "rows_dropped_null_label")
+        self._dropped_non_finite = Metrics.counter(
+            namespace, "rows_dropped_non_finite_label"
+        )
         self._counters = [
             Metrics.counter(namespace, f"split:{name}") for name in spec.names
         ]
@@ -106,6 +127,12 @@ class _AssignSplitFn(beam.DoFn):
             if label.null_count:
                 self._dropped.inc(label.null_count)
                 batch = batch.filter(pc.is_valid(label))
+            if self._float_label:
+                usable = _usable(batch.column(self._label))
+                bad = batch.num_rows - (pc.sum(usable).as_py() or 0)
+                if bad:
+                    self._dropped_non_finite.inc(bad)
+                    batch = batch.filter(usable)
         for name in self._drop_if_null:
             column = batch.column(name)
             if column.null_count:
@@ -119,9 +146,7 @@ class _AssignSplitFn(beam.DoFn):
                 Metrics.counter(self._namespace, f"nulls:{name}").inc(nulls)
         for name in self._floats:
             column = batch.column(name)
-            usable = pc.and_(
-                pc.is_finite(column), pc.less_equal(pc.abs(column), FLOAT32_MAX)
-            )
+            usable = _usable(column)
             bad = (
                 len(column) - column.null_count - (pc.sum(usable).as_py() or 0)
                 if len(column)
@@ -143,7 +168,7 @@ class _AssignSplitFn(beam.DoFn):
         if np.any(order != np.arange(len(order))):
             batch = batch.take(pa.array(order))
             assignment = assignment[order]
-        prepared = to_transform_batch(batch, self._columns)
+        prepared = to_transform_batch(batch, self._columns, self._names)
         split = pa.ListArray.from_arrays(
             pa.array(np.arange(batch.num_rows + 1, dtype=np.int32)),
             pa.array(assignment.astype(np.int32)),
@@ -158,6 +183,8 @@ class AssignSplit(beam.PTransform):
     in `transforms.schema.transform_arrow_schema(columns)` plus `SPLIT_COLUMN`.
     Parallelism: per batch, no shuffle. Deterministic: depends on key values only.
     Counters (drops, NULLs, non-finite values, rows per split) go to `namespace`.
+    `label`, `split_key` and `drop_if_null` are column names; the output's fields
+    are the columns' feature names (`names`, see `transforms.names`).
     """
 
     def __init__(
@@ -168,10 +195,11 @@ class AssignSplit(beam.PTransform):
         spec: SplitSpec,
         drop_if_null: Sequence[str] = (),
         namespace: str = METRICS_NAMESPACE,
+        names: Mapping[str, str] | None = None,
     ):
         super().__init__()
         self._fn = _AssignSplitFn(
-            columns, label, split_key, spec, drop_if_null, namespace
+            columns, label, split_key, spec, drop_if_null, namespace, names
         )
 
     def expand(self, raw):
@@ -217,9 +245,27 @@ class SelectSplit(beam.PTransform):
         )
 
 
+def _known_label(batch: pa.RecordBatch, label: str) -> np.ndarray:
+    """[rows] bool: the (scalar) label has an id, i.e. is not -1."""
+    column = batch.column(label)
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    if len(values) != batch.num_rows:
+        raise RuntimeError(f"label {label!r} is not one value per row")
+    return values != -1
+
+
 class _RouteSplitsFn(beam.DoFn):
-    def __init__(self, names: Sequence[str]):
+    def __init__(
+        self,
+        names: Sequence[str],
+        label_ids: str | None = None,
+        namespace: str = METRICS_NAMESPACE,
+    ):
         self._names = tuple(names)
+        self._label_ids = label_ids
+        self._unseen = [
+            Metrics.counter(namespace, f"unseen_label:{name}") for name in names
+        ]
 
     def process(self, element) -> Iterator:
         batch, unary = element
@@ -227,6 +273,15 @@ class _RouteSplitsFn(beam.DoFn):
         index = batch.schema.get_field_index(SPLIT_COLUMN)
         if index >= 0:
             batch = batch.remove_column(index)
+        if self._label_ids is not None and batch.num_rows:
+            known = _known_label(batch, self._label_ids)
+            if not known.all():
+                for split, count in enumerate(
+                    np.bincount(indices[~known], minlength=len(self._names))
+                ):
+                    if count:
+                        self._unseen[split].inc(int(count))
+                batch, indices = batch.filter(pa.array(known)), indices[known]
         for split, part in _split_parts(batch, indices):
             yield beam.pvalue.TaggedOutput(self._names[split], (part, {}))
 
@@ -235,15 +290,18 @@ class RouteSplits(beam.PTransform):
     """Sends transformed `(batch, passthrough)` pairs to their splits' outputs.
 
     Output: a dict split name -> PCollection[(pa.RecordBatch, {})], the batches
-    without `SPLIT_COLUMN`, rows in their input order.
+    without `SPLIT_COLUMN`, rows in their input order. With `label_ids` (the key
+    of a text label's ids), rows whose label has no id (-1: a class the train split
+    lacks) are dropped and counted per split (`unseen_label:<split>`).
     """
 
-    def __init__(self, spec: SplitSpec):
+    def __init__(self, spec: SplitSpec, label_ids: str | None = None):
         super().__init__()
         self._names = spec.names
+        self._label_ids = label_ids
 
     def expand(self, transformed):
         routed = transformed | "Route" >> beam.ParDo(
-            _RouteSplitsFn(self._names)
+            _RouteSplitsFn(self._names, self._label_ids)
         ).with_outputs(*self._names)
         return {name: arrow_coder.batch_pairs(routed[name]) for name in self._names}

@@ -30,7 +30,9 @@ from pipeline.options import JobConfig
 from pipeline.postgres_io import ReadFromPostgres
 from pipeline.source import ExportedSnapshot, ReadPlan, SourceSpec, plan_read
 from pipeline.write import SHARD_SUFFIX, WriteExamples
+from transforms.types import Kind
 from transforms.features import ConfigError, FeatureConfig, infer_features, load_config
+from transforms.names import feature_names
 
 __all__ = ["Job", "prepare_job", "rereads", "build_pipeline", "run_job"]
 
@@ -63,10 +65,13 @@ class Job:
     temp_dir: str
     primary_key: tuple[str, ...] = ()
     snapshot_info: dict | None = None  # of the --input_parquet snapshot
+    names: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> key
 
     @property
     def label(self) -> str:
         """The (transformed) label key."""
+        if self.features is not None:
+            return self.features.label_key
         return self.config.label
 
 
@@ -118,11 +123,6 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         split_key = _split_key(config, plan, primary_key)
     all_columns = plan.columns
     names = {c.name for c in all_columns}
-    if SPLIT_COLUMN in names:
-        raise ConfigError(
-            f"column {SPLIT_COLUMN!r} is reserved for the split tag; rename it in a "
-            "--query"
-        )
     if split_key not in names:
         raise ConfigError(
             f"--split_key: column {split_key!r} not found; have {sorted(names)}"
@@ -160,6 +160,7 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
             config.raw_parquet_dir, config.overwrite, flag="--raw_parquet_dir"
         )
     temp_dir = temp_location or output.join(config.output_dir, ".tmp")
+    keys = features.names if features else feature_names(c.name for c in all_columns)
     return Job(
         config,
         source,
@@ -170,6 +171,7 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         temp_dir,
         tuple(primary_key),
         snapshot_info,
+        dict(keys),
     )
 
 
@@ -249,7 +251,7 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
     from transforms.schema import tensor_adapter_config
 
     config = job.config
-    adapter_config = tensor_adapter_config(job.plan.columns)
+    adapter_config = tensor_adapter_config(job.plan.columns, job.names)
     from pipeline.partition_reader import raw_arrow_schema
 
     if config.input_parquet:
@@ -277,7 +279,7 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         config.splits,
         job.features.drop_if_null if job.features else (),
     )
-    rows = raw | "AssignSplit" >> AssignSplit(*assign_args)
+    rows = raw | "AssignSplit" >> AssignSplit(*assign_args, names=job.names)
     if rereads(job, snapshot_id):
         # The transform pass reads the same snapshot again, so the runner never
         # holds every row between the analysis and the transform.
@@ -285,7 +287,8 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         rows_to_transform = (
             p
             | "Reread" >> ReadFromPostgres(job.source, job.plan, snapshot_id, namespace)
-            | "AssignSplitAgain" >> AssignSplit(*assign_args, namespace=namespace)
+            | "AssignSplitAgain"
+            >> AssignSplit(*assign_args, namespace=namespace, names=job.names)
         )
     else:
         rows_to_transform = rows
@@ -303,7 +306,9 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
             transformed, _ = ((rows_to_transform, adapter_config), transform_fn) | (
                 "Transform" >> tft_beam.TransformDataset(output_record_batches=True)
             )
-        routed = transformed | "RouteSplits" >> RouteSplits(config.splits)
+        routed = transformed | "RouteSplits" >> RouteSplits(
+            config.splits, _text_label_key(job)
+        )
         for name in config.splits.names:
             step = name[:1].upper() + name[1:]
             routed[name] | f"Write{step}" >> WriteExamples(
@@ -312,6 +317,16 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
             config.output_dir
         )
+
+
+def _text_label_key(job: Job) -> str | None:
+    """The transformed key of a built-in text label (its ids), else None."""
+    if job.features is None:
+        return None
+    label = job.features.label.column
+    if any(c.name == label and c.kind is Kind.BYTES for c in job.plan.columns):
+        return job.features.label_key
+    return None
 
 
 def _counters(result) -> dict[str, int]:
@@ -343,7 +358,8 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     try:
         # Written once the snapshot exists (tests use its appearance as that signal).
         metadata_io.write_metadata(
-            raw_metadata(job.plan.columns), output.join(config.output_dir, "metadata")
+            raw_metadata(job.plan.columns, job.names),
+            output.join(config.output_dir, "metadata"),
         )
         from pipeline import beam_speedups
         from pipeline.runner import pipeline_runner
@@ -370,12 +386,13 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     reread = rereads(job, snapshot_id)
     if reread:
         _check_reread(counts, config.splits.names)
+    label_key = job.label
 
     tft_output = tft.TFTransformOutput(config.output_dir)
     transformed = tft_output.transformed_feature_spec()
-    if config.label not in transformed:
+    if label_key not in transformed:
         raise ConfigError(
-            f"--label: {config.label!r} is not among the transformed features "
+            f"--label: {label_key!r} is not among the transformed features "
             f"{sorted(transformed)}; the output has no manifest"
         )
     vocabularies = {}
@@ -383,6 +400,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         for feature in job.features.features:
             if feature.transform == "vocabulary":
                 vocabularies[feature.name] = {
+                    "column": feature.column,
                     "size": tft_output.vocabulary_size_by_name(feature.vocab_filename),
                     "num_oov_buckets": feature.num_oov_buckets,
                 }
@@ -416,11 +434,20 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             "reread_for_transform": reread,
             "row_estimate": job.plan.row_estimate,
         },
-        "label": config.label,
+        "label": label_key,
+        "label_column": job.raw_label,
+        "label_classes": _label_classes(job, tft_output),
+        "names": {c.name: job.names.get(c.name, c.name) for c in job.plan.columns},
         "split_key": job.split_key,
         "splits": splits,
         "rows_read": rows_read,
         "rows_dropped_null_label": counts.get("rows_dropped_null_label", 0),
+        "rows_dropped_non_finite_label": counts.get(
+            "rows_dropped_non_finite_label", 0
+        ),
+        "rows_dropped_unseen_label": {
+            name: counts.get(f"unseen_label:{name}", 0) for name in config.splits.names
+        },
         "rows_dropped_null": _by_column(counts, "dropped_null:"),
         "non_finite_values": _by_column(counts, "non_finite:"),
         "null_values": _by_column(counts, "nulls:"),
@@ -470,11 +497,24 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     return manifest
 
 
+def _label_classes(job: Job, tft_output) -> list[str] | None:
+    """A text label's classes in id order (the label vocabulary, unescaped)."""
+    key = _text_label_key(job)
+    if key is None:
+        return None
+    from transforms.preprocessing import unescape_token
+
+    return [
+        unescape_token(t).decode("utf-8")
+        for t in tft_output.vocabulary_by_name(key)
+    ]
+
+
 def _check_reread(counts: dict[str, int], splits: Sequence[str]) -> None:
     """Fails when the transform pass wrote other rows than the analysis pass saw."""
     for name in splits:
         seen, written = (
-            counts.get(f"split:{name}", 0),
+            counts.get(f"split:{name}", 0) - counts.get(f"unseen_label:{name}", 0),
             counts.get(f"examples_{name}", 0),
         )
         if seen != written:

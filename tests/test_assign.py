@@ -128,3 +128,75 @@ def test_split_column_is_in_the_schema_but_never_a_tensor():
 def test_assign_emits_nothing_for_an_empty_batch():
     fn = _AssignSplitFn(COLUMNS, "y", "id", SPEC)
     assert list(fn.process(_raw(0))) == []
+
+
+FLOAT_LABEL = (
+    Column("id", "int8", "bigint", not_null=True),
+    Column("lab/el", "float8", "double precision"),
+)
+LABEL_VALUES = [0.0, 1.0, float("nan"), float("inf"), float("-inf"), 1e300, -1e39,
+                None, 3.4e38, 0.5]
+
+
+def _counters(result) -> dict:
+    from apache_beam.metrics.metric import MetricsFilter
+
+    query = result.metrics().query(MetricsFilter())
+    return {c.key.metric.name: c.committed for c in query["counters"]}
+
+
+def test_non_finite_float_labels_are_dropped_and_counted_like_nulls():
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.assign import AssignSplit
+    from transforms.names import feature_names
+
+    names = feature_names(c.name for c in FLOAT_LABEL)
+    raw = pa.RecordBatch.from_arrays(
+        [pa.array(np.arange(len(LABEL_VALUES), dtype=np.int64)),
+         pa.array(LABEL_VALUES, pa.float64())],
+        names=["id", "lab/el"],
+    )
+    key = names["lab/el"]
+    kept = [v for v in LABEL_VALUES if v is not None and np.isfinite(v) and abs(v) <= 3.4028234663852886e38]
+    p = beam.Pipeline()
+    out = (
+        p
+        | beam.Create([raw])
+        | AssignSplit(FLOAT_LABEL, "lab/el", "id", SPEC, names=names)
+        | beam.FlatMap(lambda b: b.column(key).flatten().to_pylist())
+    )
+    assert_that(out, equal_to([np.float32(v) for v in kept]))
+    counters = _counters(p.run())
+    assert counters["rows_dropped_null_label"] == 1
+    assert counters["rows_dropped_non_finite_label"] == 5  # nan, ±inf, ±beyond f32
+
+
+def test_route_drops_rows_whose_label_has_no_id_and_counts_them_per_split():
+    rng = np.random.default_rng(5)
+    tags = np.sort(rng.integers(0, 3, 400))
+    labels = rng.integers(-1, 4, 400)  # -1: a class the train split lacks
+    batch = _transformed(np.arange(400), tags)
+    batch = pa.RecordBatch.from_arrays(
+        [batch.column(0),
+         pa.ListArray.from_arrays(pa.array(np.arange(401, dtype=np.int32)), pa.array(labels)),
+         batch.column(1)],
+        names=["x_scaled", "lab", SPLIT_COLUMN],
+    )
+    outputs = list(_RouteSplitsFn(SPEC.names, "lab").process((batch, {})))
+    for index, name in enumerate(SPEC.names):
+        (part,) = [o.value[0] for o in outputs if o.tag == name]
+        want = labels[(tags == index) & (labels != -1)]
+        np.testing.assert_array_equal(part.column("lab").flatten().to_numpy(), want)
+    # Counted per split in a pipeline.
+    import apache_beam as beam
+
+    from pipeline.assign import RouteSplits
+
+    p = beam.Pipeline()
+    _ = p | beam.Create([(batch, {})]) | RouteSplits(SPEC, "lab")
+    counters = _counters(p.run())
+    for index, name in enumerate(SPEC.names):
+        want = int(np.sum((tags == index) & (labels == -1)))
+        assert counters.get(f"unseen_label:{name}", 0) == want > 0

@@ -7,6 +7,7 @@ and a plain-Python SplitMix64 (the split of every id).
 
 import collections
 import datetime as dt
+import hashlib
 import io
 import json
 import math
@@ -24,6 +25,40 @@ from tests.conftest import query, reference_split
 
 ROWS = 3000
 MISSING = "__MISSING__"
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _sha8(name):
+    return hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+# Columns whose names TF, tf.Transform or our own suffixes would trip on, with their
+# expected feature names written out (sanitised ASCII + 8 hex digits of SHA-256
+# only where needed); the default-features run reads them all, labelled by
+# `lab/el`, a text label with '', newlines, CR, backslashes and eval-only classes.
+LONG = "é" * 31 + "x"  # 63 bytes, PostgreSQL's longest identifier
+ODD = [
+    ("a/b", "text NOT NULL", f"a_b_{_sha8('a/b')}"),
+    ("a_b", "text NOT NULL", "a_b"),
+    # `a b` clashes with a real column named like its 8-digit name: 16 digits.
+    ("a b", "text", "a_b_" + hashlib.sha256(b"a b").hexdigest()[:16]),
+    (f"a_b_{_sha8('a b')}", "text", f"a_b_{_sha8('a b')}"),
+    ("ünïcødé_列", "double precision", f"unic_de_{_sha8('ünïcødé_列')}"),
+    ("with space", "integer", f"with_space_{_sha8('with space')}"),
+    ('q"uote', "text", f"q_uote_{_sha8(chr(113) + chr(34) + 'uote')}"),
+    ("d.o.t", "text", f"d_o_t_{_sha8('d.o.t')}"),
+    ("1lead", "integer NOT NULL", f"f_1lead_{_sha8('1lead')}"),
+    ("-", "integer", f"f_{_sha8('-')}"),
+    (">", "double precision", f"f_{_sha8('>')}"),
+    (LONG, "integer", "e" * 31 + f"x_{_sha8(LONG)}"),  # accents dropped
+    ("Case", "text", f"Case_{_sha8('Case')}"),
+    ("case", "text", f"case_{_sha8('case')}"),
+    ("__sql2tfrecord_split__", "integer", f"sql2tfrecord_split_{_sha8('__sql2tfrecord_split__')}"),
+    ("x_is_missing", "integer", "x_is_missing"),  # next to nullable x
+    ("ts_hour_of_day", "integer NOT NULL", "ts_hour_of_day"),  # next to ts
+    ("lab/el", "text", f"lab_el_{_sha8('lab/el')}"),
+]
+LABELS = ["", "a\nb", "c\rd", "e\r\nf", "back\\slash", "\\e", "plain", "ü 列"]
 
 FEATURES = {
     "label": "y",
@@ -46,6 +81,17 @@ FEATURES = {
 }
 
 
+def _y(i, rng):
+    """The float label: 0/1, NULL, and NaN, ±Infinity, beyond float32 (dropped)."""
+    value = float(rng.random() < 0.4)
+    if i % 97 == 0:
+        return None
+    for every, odd in ((89, "NaN"), (151, "Infinity"), (173, "-Infinity"), (211, 1e300)):
+        if i % every == 5:
+            return odd
+    return value
+
+
 def _x(rng):
     """10% NULL, 2% NaN, 2% ±Infinity (all "missing" for the transforms)."""
     u = rng.random()
@@ -66,6 +112,7 @@ def _rows():
     base = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     # Negative and huge bigint keys; distinct (a collision would fail the PK).
     ids = rng.integers(-(2**63), 2**63 - 1, size=ROWS, dtype=np.int64)
+    odd_rng = np.random.default_rng(8)
     for i, row_id in enumerate(ids):
         yield (
             int(row_id),
@@ -77,17 +124,43 @@ def _rows():
             None if rng.random() < 0.1 else str(rng.choice(cities)),
             None if rng.random() < 0.05 else (dt.date(1950, 1, 1) + dt.timedelta(days=int(rng.integers(0, 25000)))).isoformat(),
             (base + dt.timedelta(seconds=int(rng.integers(0, 3 * 10**7)))).isoformat(),
-            None if i % 97 == 0 else int(rng.random() < 0.4),
+            _y(i, rng),
+            *_odd_values(odd_rng, int(row_id)),
         )
 
 
+def _odd_values(rng, row_id):
+    """Values of the ODD columns for one row (their own generator)."""
+    split = reference_split(row_id)
+    if rng.random() < 0.03:
+        label = None
+    elif split == "eval" and rng.random() < 0.1:
+        label = f"eval-only-{rng.integers(0, 4)}"  # a class the train split lacks
+    else:
+        label = LABELS[int(rng.integers(0, 64) ** 0.5) % len(LABELS)]
+    text = lambda p: None if rng.random() < 0.1 else f"{p}{rng.integers(0, 3)}"  # noqa: E731
+    number = lambda: None if rng.random() < 0.1 else int(rng.integers(-5, 5))  # noqa: E731
+    return (
+        f"p{rng.integers(0, 7)}", f"q{rng.integers(0, 3)}", text("s"), text("t"),
+        None if rng.random() < 0.1 else float(rng.normal()), number(), text("u"),
+        text("v"), int(rng.integers(0, 9)), number(),
+        None if rng.random() < 0.1 else float(rng.random()), number(), text("C"),
+        text("c"), number(), number(), int(rng.integers(0, 24)), label,
+    )
+
+
 def _csv(rows) -> io.StringIO:
-    import csv
+    def field(v):
+        if v is None:
+            return "\\N"
+        text = str(v)
+        if text == "" or any(c in text for c in ',"\n\r\\'):
+            return '"' + text.replace('"', '""') + '"'
+        return text
 
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
     for row in rows:
-        writer.writerow(["\\N" if v is None else v for v in row])
+        out.write(",".join(field(v) for v in row) + "\n")
     out.seek(0)
     return out
 
@@ -97,7 +170,10 @@ def rich_table(database_url, make_table):
     name = make_table(
         "CREATE TABLE {table} (id bigint PRIMARY KEY, x double precision, "
         "n integer NOT NULL, price numeric(10,2), flag boolean NOT NULL, "
-        "cat text NOT NULL, city varchar(20), born date, ts timestamptz NOT NULL, y integer)"
+        "cat text NOT NULL, city varchar(20), born date, ts timestamptz NOT NULL, "
+        "y double precision, "
+        + ", ".join('"{}" {}'.format(n.replace('"', '""'), t) for n, t, _ in ODD)
+        + ")"
     )
     conn = psycopg2.connect(database_url)
     with conn, conn.cursor() as cur:
@@ -140,12 +216,12 @@ def output_b(database_url, rich_table, features_file, tmp_path_factory):
     return str(out)
 
 
-def _read_all(out, split):
+def _read_all(out, split, label_as="y"):
     features = collections.defaultdict(list)
     for batch, label in trainer.make_dataset(out, split, batch_size=512, shuffle=False):
         for key, value in batch.items():
             features[key].extend(value.numpy().tolist())
-        features["y"].extend(label.numpy().tolist())
+        features[label_as].extend(label.numpy().tolist())
     return {k: np.array(v) for k, v in features.items()}
 
 
@@ -165,10 +241,14 @@ def _db_rows(database_url, table):
     return out
 
 
+def _finite_label(y):
+    return y is not None and math.isfinite(y) and abs(y) <= FLOAT32_MAX
+
+
 @pytest.fixture(scope="session")
 def expected(database_url, rich_table):
     rows = _db_rows(database_url, rich_table)
-    labelled = {i: r for i, r in rows.items() if r["y"] is not None}
+    labelled = {i: r for i, r in rows.items() if _finite_label(r["y"])}
     splits = {"train": set(), "eval": set()}
     for row_id in labelled:
         splits[reference_split(row_id)].add(row_id)
@@ -199,7 +279,7 @@ def test_output_layout_matches_design(output_a):
     assert raw["city"] == tf.io.VarLenFeature(tf.string)
 
 
-def test_rows_per_split_are_exact(output_a, expected, data_a):
+def test_rows_per_split_are_exact(database_url, rich_table, output_a, expected, data_a):
     manifest = trainer.read_manifest(output_a)
     for split in ("train", "eval"):
         ids = data_a[split]["id"]
@@ -208,11 +288,22 @@ def test_rows_per_split_are_exact(output_a, expected, data_a):
         assert manifest["splits"][split]["rows"] == len(expected["splits"][split])
     dropped = sum(1 for r in expected["rows"].values() if r["y"] is None)
     assert manifest["rows_dropped_null_label"] == dropped > 0
+    (non_finite_labels,) = query(
+        database_url,
+        f'SELECT count(*) FROM "{rich_table}" WHERE y = \'NaN\' OR y = \'Infinity\' '
+        f"OR y = '-Infinity' OR abs(y) > {FLOAT32_MAX!r}",
+    )[0]
+    assert manifest["rows_dropped_non_finite_label"] == non_finite_labels >= 4
+    for split in ("train", "eval"):  # the trainer never sees a non-finite label
+        assert np.all(np.isfinite(data_a[split]["y"]))
+        assert set(data_a[split]["y"].tolist()) == {0.0, 1.0}
     assert manifest["rows_read"] == ROWS
     assert sum(manifest["rows_per_partition"].values()) == ROWS
-    non_finite = sum(1 for r in expected["rows"].values() if "x_raw" in r)
+    # Counted on the rows kept (a label, a finite one).
+    non_finite = sum(1 for r in expected["labelled"].values() if "x_raw" in r)
     assert manifest["non_finite_values"] == {"x": non_finite} and non_finite > 0
     kept = [r for r in expected["rows"].values() if r["y"] is not None]
+    kept = [r for r in kept if _finite_label(r["y"])]
     for column in ("price", "city", "born"):  # NULLs the transforms impute
         assert manifest["null_values"][column] == sum(r[column] is None for r in kept)
 
@@ -232,7 +323,8 @@ def test_reading_twice_or_once_writes_the_same_examples(output_a, output_b):
     manifest_a, manifest_b = trainer.read_manifest(output_a), trainer.read_manifest(output_b)
     assert manifest_a["read_plan"]["reread_for_transform"] is True
     assert manifest_b["read_plan"]["reread_for_transform"] is False
-    for key in ("rows_read", "rows_dropped_null_label", "null_values", "non_finite_values"):
+    for key in ("rows_read", "rows_dropped_null_label", "rows_dropped_non_finite_label",
+                "null_values", "non_finite_values"):
         assert manifest_a[key] == manifest_b[key], key  # counted once, not per read
     for split in ("train", "eval"):
         a, b = _read_all(output_a, split), _read_all(output_b, split)
@@ -386,15 +478,147 @@ def test_existing_output_without_overwrite_is_refused(database_url, rich_table, 
     assert os.path.exists(os.path.join(output_a, "manifest.json"))
 
 
-def test_default_features_inferred_from_catalog(database_url, rich_table, tmp_path):
-    out = tmp_path / "default"
-    _run(database_url, rich_table, out)
-    manifest = trainer.read_manifest(str(out))
-    names = set(manifest["transformed_features"])
-    assert names == {
-        "y", "x", "x_is_missing", "n", "price", "price_is_missing", "flag", "cat",
-        "city", "born", "born_is_missing", "ts", "ts_hour_of_day", "ts_day_of_week",
-    }
+@pytest.fixture(scope="session")
+def output_default(database_url, rich_table, tmp_path_factory):
+    """Default (inferred) features over every column, labelled by `lab/el` (text)."""
+    out = tmp_path_factory.mktemp("default") / "out"
+    argv = ["--db_url", database_url, "--table", rich_table, "--label", "lab/el",
+            "--output_dir", str(out)]
+    assert main(argv) == 0
+    return str(out)
+
+
+def _label_token(value):
+    """The documented label vocabulary encoding, written out independently."""
+    if value == "":
+        return b"\\e"
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").encode()
+
+
+def _counter_vocab(tokens):
+    counts = collections.Counter(tokens)
+    # tf.Transform: count descending, ties by token (bytes) descending.
+    return [t for t, _ in sorted(counts.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
+
+
+@pytest.fixture(scope="session")
+def odd_expected(database_url, rich_table):
+    columns = ", ".join('"{}"'.format(n.replace('"', '""')) for n, _, _ in ODD)
+    rows = query(database_url, f'SELECT id, {columns} FROM "{rich_table}"')
+    by_split = {"train": [], "eval": []}
+    for r in rows:
+        row = dict(zip([n for n, _, _ in ODD], r[1:]))
+        if row["lab/el"] is not None:
+            by_split[reference_split(r[0])].append({"id": r[0], **row})
+    return by_split
+
+
+def test_default_features_names_are_valid_mapped_and_recorded(output_default):
+    manifest = trainer.read_manifest(output_default)
+    names = manifest["names"]
+    for column, _, key in ODD:
+        assert names[column] == key, column
+    label_key = f"lab_el_{_sha8('lab/el')}"
+    assert manifest["label"] == label_key and manifest["label_column"] == "lab/el"
+    assert manifest["split_key"] == "id"
+    # Derived outputs never take a real column's name.
+    x_missing = f"x_is_missing_{_sha8('x_is_missing')}"
+    ts_hour = f"ts_hour_of_day_{_sha8('ts_hour_of_day')}"
+    nullable_numbers = ["x", "price", "born", "y", "ünïcødé_列", "with space", "-", ">",
+                        LONG, "__sql2tfrecord_split__", "x_is_missing"]
+    want = {label_key, "n", "flag", "cat", "city", "ts", ts_hour, "ts_day_of_week",
+            x_missing}
+    want |= {names[c] for c, _, _ in ODD if c != "lab/el"}
+    want |= {"x", "price", "born", "y"}
+    want |= {f"{names.get(c, c)}_is_missing" for c in nullable_numbers if c != "x"}
+    assert set(manifest["transformed_features"]) == want
+    raw = tft.TFTransformOutput(output_default).raw_feature_spec()
+    assert set(raw) == set(names.values())
     assert manifest["vocabularies"]["cat"]["size"] == 12
-    features, label = next(iter(trainer.make_dataset(str(out), "eval", batch_size=8)))
+    assert manifest["vocabularies"][names["a/b"]]["column"] == "a/b"
+    features, label = next(iter(trainer.make_dataset(output_default, "eval", batch_size=8)))
     assert label.dtype == tf.int64 and features["x"].dtype == tf.float32
+
+
+def test_columns_tf_transform_rewrites_alike_have_their_own_vocabularies(
+    output_default, odd_expected
+):
+    manifest = trainer.read_manifest(output_default)
+    tft_output = tft.TFTransformOutput(output_default)
+    data = {s: _read_all(output_default, s, "label") for s in ("train", "eval")}
+    for column in ("a/b", "a_b"):
+        key = manifest["names"][column]
+        vocab = _counter_vocab(r[column].encode() for r in odd_expected["train"])
+        assert tft_output.vocabulary_by_name(key) == vocab
+        assert manifest["vocabularies"][key]["size"] == len(vocab)
+        got = collections.Counter(data["train"][key].tolist())
+        assert got == collections.Counter(
+            vocab.index(r[column].encode()) for r in odd_expected["train"]
+        )
+    assert manifest["vocabularies"]["a_b"]["size"] == 3
+    assert manifest["vocabularies"][manifest["names"]["a/b"]]["size"] == 7
+
+
+def test_text_label_every_train_class_has_an_id_and_unseen_classes_are_counted(
+    database_url, rich_table, output_default, odd_expected
+):
+    manifest = trainer.read_manifest(output_default)
+    train_labels = [r["lab/el"] for r in odd_expected["train"]]
+    vocab = _counter_vocab(_label_token(v) for v in train_labels)
+    assert len(vocab) == len(LABELS)  # '', newlines, CR, backslashes included
+    key = manifest["label"]
+    assert tft.TFTransformOutput(output_default).vocabulary_by_name(key) == vocab
+    classes = manifest["label_classes"]
+    assert [_label_token(c) for c in classes] == vocab and set(classes) == set(LABELS)
+    seen = set(train_labels)
+    eval_ids = [r["id"] for r in odd_expected["eval"]]
+    (unseen,) = query(
+        database_url,
+        f'SELECT count(*) FROM "{rich_table}" WHERE "lab/el" IS NOT NULL '
+        f'AND id = ANY(%s) AND NOT ("lab/el" = ANY(%s))',
+        (eval_ids, sorted(seen)),
+    )[0]
+    assert manifest["rows_dropped_unseen_label"] == {"train": 0, "eval": unseen}
+    assert unseen > 0
+    for split in ("train", "eval"):
+        labels = _read_all(output_default, split, label_as="label")["label"]
+        assert labels.min() >= 0  # never a -1
+        want = collections.Counter(
+            classes.index(r["lab/el"]) for r in odd_expected[split] if r["lab/el"] in seen
+        )
+        assert collections.Counter(labels.tolist()) == want
+        assert manifest["splits"][split]["rows"] == sum(want.values())
+    (nulls,) = query(database_url, f'SELECT count(*) FROM "{rich_table}" WHERE "lab/el" IS NULL')[0]
+    assert manifest["rows_dropped_null_label"] == nulls
+
+
+def test_serving_signature_takes_the_mapped_raw_names(output_default, tmp_path):
+    from trainer.model import build_model
+    from trainer.serving import NULL_SUFFIX, export_serving_model
+
+    manifest = trainer.read_manifest(output_default)
+    tft_output = tft.TFTransformOutput(output_default)
+    raw_spec = {k: v for k, v in tft_output.raw_feature_spec().items()
+                if k != manifest["label"]}
+    model = build_model(output_default)
+    export_dir = export_serving_model(model, output_default, str(tmp_path / "serving"))
+    serve_raw = tf.saved_model.load(export_dir).signatures["serve_raw"]
+    inputs = {}
+    for key, spec in raw_spec.items():
+        fill = "v" if spec.dtype == tf.string else 1
+        inputs[key] = tf.constant([fill, fill], spec.dtype)
+        if isinstance(spec, tf.io.VarLenFeature):
+            inputs[f"{key}{NULL_SUFFIX}"] = tf.constant([True, False])
+    assert set(serve_raw.structured_input_signature[1]) == set(inputs)
+    got = serve_raw(**inputs)["probability"].numpy()
+    sparse = {
+        k: tf.sparse.from_dense(tf.reshape(v, [-1, 1]))
+        if isinstance(raw_spec[k], tf.io.VarLenFeature) else v
+        for k, v in inputs.items() if k in raw_spec
+    }
+    # The row with every nullable value NULL, and the one with all present.
+    sparse = {k: tf.sparse.retain(v, [False, True]) if isinstance(v, tf.SparseTensor) else v
+              for k, v in sparse.items()}
+    transformed = tft_output.transform_features_layer()(sparse)
+    want = model({i.name: transformed[i.name] for i in model.inputs}).numpy().reshape(-1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)

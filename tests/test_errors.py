@@ -212,16 +212,6 @@ def test_killed_mid_run_leaves_no_manifest_and_a_rerun_is_exact(database_url, ma
     assert not any(name.startswith(".") for name in os.listdir(out))
 
 
-def test_reserved_split_column_name_is_refused(capsys, database_url, make_table, tmp_path):
-    table = make_table(
-        'CREATE TABLE {table} (id int PRIMARY KEY, "__sql2tfrecord_split__" int, y int)'
-    )
-    code, lines = _run(capsys, "--db_url", database_url, "--table", table, "--label", "y",
-                       "--output_dir", str(tmp_path / "o"))
-    assert code == 1 and "'__sql2tfrecord_split__' is reserved" in lines[0]
-    assert not (tmp_path / "o").exists()
-
-
 @pytest.mark.parametrize("thread", [False, True])
 def test_cli_exit_runs_atexit_handlers_flushes_and_keeps_the_code(thread):
     # `python -m pipeline` ends through exit_now (no interpreter teardown).

@@ -3,6 +3,7 @@
 import pytest
 
 from transforms.features import ConfigError, infer_features, parse_config
+from transforms.names import is_safe
 from transforms.types import Column
 
 COLUMNS = [
@@ -41,7 +42,7 @@ def test_inferred_default_config():
         ({"features": [{"column": "cat", "transform": "vocabulary", "top_k": 0}]}, "top_k must be"),
         ({"features": [{"column": "x", "transform": "zscore"}], "lable": "y"}, "unknown top-level"),
         ({"features": []}, "non-empty list"),
-        ({"features": [{"column": "x", "transform": "zscore"}, {"column": "x", "transform": "scale_0_1"}]}, "used twice"),
+        ({"features": [{"column": "x", "transform": "zscore"}, {"column": "x", "transform": "scale_0_1"}]}, "already used by feature 'x'"),
         ({"features": [{"column": "tags", "transform": "vocabulary"}]}, "array column 'tags'"),
     ],
 )
@@ -66,3 +67,83 @@ def test_valid_config_round_trips():
     )
     assert config.label.threshold == 0.5
     assert config.features[0].vocab_filename == "c" and config.features[0].top_k == 5
+
+
+ODD = [
+    Column("a/b", "text", "text", not_null=True),
+    Column("a_b", "text", "text", not_null=True),
+    Column("ünïcødé_列", "float8", "double precision"),
+    Column("x", "float8", "double precision"),
+    Column("x_is_missing", "int4", "integer", not_null=True),
+    Column("t s", "timestamptz", "timestamp with time zone"),
+    Column("t_s_hour_of_day", "int4", "integer", not_null=True),
+    Column("Cat", "text", "text"),
+    Column("cat", "text", "text"),
+    Column("lab/el", "text", "text"),
+]
+
+
+def test_inferred_config_names_are_unique_valid_and_resolve_derived_clashes():
+    config = infer_features(ODD, "lab/el")
+    keys = config.names
+    outputs = [config.label_key]
+    for feature in config.features:
+        outputs.append(feature.name)
+        if feature.indicator:
+            outputs.append(feature.indicator_name)
+    assert len({o.lower() for o in outputs}) == len(outputs)
+    assert all(is_safe(o) for o in outputs)
+    by_column = {}
+    for feature in config.features:
+        by_column.setdefault(feature.column, []).append(feature)
+    assert by_column["a/b"][0].name == keys["a/b"] != "a_b"
+    assert by_column["a_b"][0].name == "a_b"
+    # The real `x_is_missing` keeps its name; x's indicator takes a suffix.
+    assert by_column["x_is_missing"][0].name == "x_is_missing"
+    x = by_column["x"][0]
+    assert x.indicator and x.indicator_name.startswith("x_is_missing_")
+    parts = {f.transform: f.name for f in by_column["t s"]}
+    assert parts["hour_of_day"].startswith(keys["t s"] + "_hour_of_day")
+    assert by_column["t_s_hour_of_day"][0].name == "t_s_hour_of_day"
+    assert config.label_key == keys["lab/el"] and is_safe(config.label_key)
+
+
+@pytest.mark.parametrize("name", ["a/b", "ünï", "1x", "a b", "_x", "x__y", "", 5])
+def test_invalid_user_feature_name_is_refused_with_a_suggestion(name):
+    raw = {"features": [{"column": "x", "name": name, "transform": "zscore"}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, COLUMNS, "y")
+    message = str(info.value)
+    assert f"name {name!r} is not a valid feature name" in message
+    assert "\n" not in message
+    hint = message.rsplit("use e.g. ", 1)[1].strip("'")
+    assert is_safe(hint)
+
+
+def test_outputs_equal_up_to_case_are_refused_naming_both():
+    raw = {"features": [
+        {"column": "x", "name": "Score", "transform": "zscore"},
+        {"column": "n", "name": "score", "transform": "zscore"},
+    ]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, COLUMNS, "y")
+    assert "'score'" in str(info.value) and "'Score'" in str(info.value)
+
+
+def test_user_indicator_clashing_with_a_feature_is_refused_naming_both():
+    raw = {"features": [
+        {"column": "x", "transform": "zscore", "indicator": True},
+        {"column": "n", "name": "x_is_missing", "transform": "zscore"},
+    ]}
+    with pytest.raises(ConfigError, match="'x_is_missing' of feature 'x_is_missing'.*'x'"):
+        parse_config(raw, COLUMNS, "y")
+
+
+def test_config_without_names_uses_feature_names_of_columns():
+    config = parse_config(
+        {"label": "lab/el", "features": [{"column": "a/b", "transform": "vocabulary"}]},
+        ODD,
+        None,
+    )
+    assert config.features[0].name == config.names["a/b"] != "a/b"
+    assert config.features[0].vocab_filename == config.features[0].name

@@ -108,3 +108,92 @@ def test_threshold_label(rows):
         "features": [{"column": "x", "transform": "scale_0_1"}],
     }, rows)
     assert [o["v"] for o in out] == [int(r["v"] > 0.5) for r in rows]
+
+
+ODD_COLUMNS = [
+    Column("a/b", "text", "text", not_null=True),
+    Column("a_b", "text", "text", not_null=True),
+    Column("ünïcødé_列", "text", "text"),
+    Column("lab/el", "text", "text", not_null=True),
+]
+# Labels tf.Transform would drop or merge without the encoding, and values that
+# look like the encoding itself.
+CLASSES = ["", "a\nb", "c\rd", "e\r\nf", "back\\slash", "\\e", "\\n", "plain", "ü"]
+
+
+def _label_token(value: str) -> bytes:
+    """The documented label encoding, written out independently."""
+    if value == "":
+        return b"\\e"
+    escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return escaped.encode()
+
+
+def _counter_vocab(tokens):
+    counts = collections.Counter(tokens)
+    return [t for t, _ in sorted(counts.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
+
+
+@pytest.fixture(scope="module")
+def odd_output(tmp_path_factory):
+    from transforms.features import infer_features
+
+    rng = np.random.default_rng(11)
+    config = infer_features(ODD_COLUMNS, "lab/el")
+    keys = config.names
+    # Equal counts in pairs: tf.Transform breaks ties by the token, descending.
+    counts = [60, 60, 90, 90, 30, 120, 120, 10, 20]
+    labels = [c for c, n in zip(CLASSES, counts, strict=True) for _ in range(n)]
+    rng.shuffle(labels)
+    raw = []
+    for i in range(600):
+        raw.append({
+            "a/b": f"p{rng.integers(0, 7)}".encode(),
+            "a_b": f"q{rng.integers(0, 3)}".encode(),
+            "ünïcødé_列": [] if i % 5 == 0 else [f"u{i % 4}".encode()],
+            "lab/el": labels[i].encode(),
+        })
+    rows = [{keys[k]: v for k, v in r.items()} for r in raw]
+    fn = build_preprocessing_fn(config, ODD_COLUMNS)
+    out_dir = str(tmp_path_factory.mktemp("odd") / "tft")
+    with tempfile.TemporaryDirectory() as temp, tft_beam.Context(
+        temp_dir=temp, force_tf_compat_v1=True
+    ):
+        (out, _), transform_fn = (
+            rows, raw_metadata(ODD_COLUMNS, keys)
+        ) | tft_beam.AnalyzeAndTransformDataset(fn)
+        _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+    return config, raw, out, out_dir
+
+
+def test_names_tf_transform_rewrites_alike_keep_separate_vocabularies(odd_output):
+    import tensorflow_transform as tft
+
+    config, raw, out, out_dir = odd_output
+    keys = config.names
+    assert keys["a_b"] == "a_b" and keys["a/b"] != "a_b"
+    tft_output = tft.TFTransformOutput(out_dir)
+    for column in ("a/b", "a_b"):
+        vocab = _counter_vocab(r[column] for r in raw)
+        assert tft_output.vocabulary_size_by_name(keys[column]) == len(vocab)
+        assert tft_output.vocabulary_by_name(keys[column]) == vocab
+        assert [o[keys[column]] for o in out] == [vocab.index(r[column]) for r in raw]
+    unicode_key = keys["ünïcødé_列"]
+    assert all(o[unicode_key] >= 0 for o in out)
+
+
+def test_every_text_label_class_gets_an_id_in_counter_order(odd_output):
+    import tensorflow_transform as tft
+
+    from transforms.preprocessing import unescape_token
+
+    config, raw, out, out_dir = odd_output
+    vocab = _counter_vocab(_label_token(r["lab/el"].decode()) for r in raw)
+    assert len(vocab) == len(CLASSES)  # '' and newlines included
+    got = tft.TFTransformOutput(out_dir).vocabulary_by_name(config.label_key)
+    assert got == vocab
+    ids = [o[config.label_key] for o in out]
+    assert ids == [vocab.index(_label_token(r["lab/el"].decode())) for r in raw]
+    assert [unescape_token(t).decode() for t in got] == [
+        next(c for c in CLASSES if _label_token(c) == t) for t in vocab
+    ]

@@ -152,21 +152,26 @@ def dataset_from_postgres(
         raise ValueError("give exactly one of table and query")
     source = SourceSpec(Dsn(db_url), table=table, query=query)
     transform_layer = raw_spec = None
+    column_of: dict[str, str] = {}  # raw feature key -> column name
     if transform_output_dir is not None:
         import tensorflow_transform as tft
 
         from trainer.dataset import read_manifest
 
         tft_output = tft.TFTransformOutput(transform_output_dir)
-        label = read_manifest(transform_output_dir)["label"]
+        manifest = read_manifest(transform_output_dir)
+        label = manifest["label"]
         raw_spec = tft_output.raw_feature_spec()
-        columns = list(raw_spec)
+        column_of = {key: col for col, key in (manifest.get("names") or {}).items()}
+        columns = [column_of.get(key, key) for key in raw_spec]
         transform_layer = tft_output.transform_features_layer()
     plan = plan_read(source, columns, num_partitions=num_partitions)
     if raw_spec is None:
         from transforms.schema import raw_feature_spec
 
-        raw_spec = raw_feature_spec(plan.columns)
+        # Without a transform, features keep the column names.
+        identity = {c.name: c.name for c in plan.columns}
+        raw_spec = raw_feature_spec(plan.columns, identity)
 
     signature = {}
     for name, spec in raw_spec.items():
@@ -176,7 +181,8 @@ def dataset_from_postgres(
     def to_tensors(piece: pa.RecordBatch) -> dict:
         out = {}
         for name, spec in raw_spec.items():
-            values, nulls = _column_arrays(piece, name, spec.dtype)
+            column = column_of.get(name, name)
+            values, nulls = _column_arrays(piece, column, spec.dtype)
             out[name] = values
             out[f"{name}{NULL_SUFFIX}"] = nulls
         return out

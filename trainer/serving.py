@@ -9,7 +9,11 @@ signatures, both applying the saved `transform_fn`, then the model:
   are lists);
 * `serve_raw(**raw)`: one `[batch]` tensor per raw column except the label; for a
   nullable column `<col>` also a `<col>__is_null` bool tensor (True where the
-  value is NULL; the value in that row is ignored). One value per row: array
+  value is NULL; the value in that row is ignored).
+
+Both key raw columns by their feature names (the manifest's `names`; the column
+name itself for plain ASCII names, see `transforms.names`), which are valid
+signature input names and never end in `__is_null`. One value per row: array
   columns are served through `serving_default` only.
 
 Absent (NULL) values get the same imputation as in training, because the same
@@ -57,11 +61,19 @@ class _ServingModule(tf.Module):
     def __init__(self, model: keras.Model, output_dir: str):
         super().__init__()
         tft_output = tft.TFTransformOutput(output_dir)
-        label = read_manifest(output_dir)["label"]
+        manifest = read_manifest(output_dir)
+        # The label's transformed key and its raw key (they differ for a user
+        # module that renames it); raw keys are feature names (transforms.names).
+        label_keys = {
+            manifest["label"],
+            (manifest.get("names") or {}).get(manifest.get("label_column")),
+        }
         self.model = model
         self.transform_layer = tft_output.transform_features_layer()
         self._raw_spec = {
-            k: v for k, v in tft_output.raw_feature_spec().items() if k != label
+            k: v
+            for k, v in tft_output.raw_feature_spec().items()
+            if k not in label_keys
         }
         self._inputs = [i.name for i in model.inputs]
         signature = {}

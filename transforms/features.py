@@ -4,7 +4,8 @@ A config file (`--features`, YAML or JSON) looks like::
 
     label: label                    # or {column: label, threshold: 0.5}
     features:
-      - column: f0                  # raw column; output named `name`, else column
+      - column: f0                  # raw column; output named `name`, else the
+                                    # column's feature name (transforms.names)
         transform: zscore           # zscore | scale_0_1 | bucketize | vocabulary |
                                     # hash | passthrough | hour_of_day | day_of_week
         impute: mean                # numbers: mean | median | constant | drop
@@ -18,6 +19,14 @@ indicator when nullable); timestamps also give hour of day and day of week; text
 goes through a vocabulary (top 100,000, one OOV bucket, NULL as its own token);
 arrays, the label, the split key and primary key columns are left out.
 Unknown keys, transforms or columns are errors that name them.
+
+Names: outputs are named after the column's feature name (`transforms.names`: the
+column name itself unless it is not a safe ASCII name or clashes). Derived outputs
+(`<name>_is_missing`, `<name>_hour_of_day`, `<name>_day_of_week`) of the inferred
+config that would equal a column's feature name get a hash suffix
+(`names.derived_name`). A `name:` given in a config is refused unless it is a safe
+name (the error suggests one); outputs that are equal, or equal up to case, are
+refused naming both features.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from transforms import names as names_
 from transforms.types import Column, Kind
 
 __all__ = [
@@ -103,7 +113,9 @@ class Feature:
             (vocabulary only). "drop" drops the row before the split (counted).
             None means the transform's default ("mean" or "token").
         constant: the fill value for impute="constant".
-        indicator: also output `<name>_is_missing` (int64 0/1).
+        indicator: also output `indicator_name` (int64 0/1).
+        missing_name: the indicator's name when not `<name>_is_missing` (set
+            by the inferred config when that would clash with a column).
         top_k, frequency_threshold, num_oov_buckets: vocabulary options.
         missing_token: the token a NULL string becomes (vocabulary, hash).
         num_buckets: bucketize by this many quantiles.
@@ -122,6 +134,7 @@ class Feature:
     missing_token: str = MISSING_TOKEN
     num_buckets: int = 10
     hash_buckets: int = 1000
+    missing_name: str | None = None
 
     @property
     def imputation(self) -> str:
@@ -133,7 +146,7 @@ class Feature:
     @property
     def indicator_name(self) -> str:
         """Name of the is-missing indicator output."""
-        return f"{self.name}_is_missing"
+        return self.missing_name or f"{self.name}_is_missing"
 
     @property
     def vocab_filename(self) -> str:
@@ -151,10 +164,20 @@ class Label:
 
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig:
-    """The label and the features, in output order."""
+    """The label and the features, in output order.
+
+    `names` maps every source column to its feature name (its raw feature key,
+    `transforms.names.feature_names`); the label's output is `label_key`.
+    """
 
     label: Label
     features: tuple[Feature, ...]
+    names: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False)
+
+    @property
+    def label_key(self) -> str:
+        """The label's feature name (raw and transformed)."""
+        return self.names.get(self.label.column, self.label.column)
 
     @property
     def drop_if_null(self) -> tuple[str, ...]:
@@ -182,25 +205,36 @@ def infer_features(
 ) -> FeatureConfig:
     """The default config from catalog types (see module docstring)."""
     skip = {label, *exclude}
+    keys = names_.feature_names(c.name for c in columns)
+    taken = set(keys.values())  # derived names never take a column's name
     features: list[Feature] = []
     for column in columns:
         if column.name in skip or column.is_array:
             continue
+        key = keys[column.name]
         nullable = not column.not_null
         if column.kind in _NUMERIC:
+            missing = names_.derived_name(key, "is_missing", taken)
+            taken.add(missing)
             features.append(
-                Feature(column.name, column.name, "zscore", indicator=nullable)
+                Feature(
+                    key,
+                    column.name,
+                    "zscore",
+                    indicator=nullable,
+                    missing_name=missing if nullable else None,
+                )
             )
             if column.kind is Kind.TIMESTAMP:
                 for expansion in ("hour_of_day", "day_of_week"):
-                    features.append(
-                        Feature(f"{column.name}_{expansion}", column.name, expansion)
-                    )
+                    name = names_.derived_name(key, expansion, taken)
+                    taken.add(name)
+                    features.append(Feature(name, column.name, expansion))
         elif column.kind is Kind.BYTES:
             features.append(
-                Feature(column.name, column.name, "vocabulary", top_k=DEFAULT_TOP_K)
+                Feature(key, column.name, "vocabulary", top_k=DEFAULT_TOP_K)
             )
-    config = FeatureConfig(Label(label), tuple(features))
+    config = FeatureConfig(Label(label), tuple(features), keys)
     validate(config, columns)
     return config
 
@@ -257,19 +291,32 @@ def parse_config(
     entries = raw.get("features")
     if not isinstance(entries, list) or not entries:
         raise ConfigError("--features: 'features' must be a non-empty list")
+    keys = names_.feature_names(c.name for c in columns)
     features = []
     for i, entry in enumerate(entries):
-        features.append(_parse_feature(entry, i))
-    config = FeatureConfig(label_obj, tuple(features))
+        features.append(_parse_feature(entry, i, keys))
+    config = FeatureConfig(label_obj, tuple(features), keys)
     validate(config, columns)
     return config
 
 
-def _parse_feature(entry: Any, index: int) -> Feature:
+def _parse_feature(entry: Any, index: int, keys: Mapping[str, str]) -> Feature:
     where = f"--features: feature #{index + 1}"
     if not isinstance(entry, Mapping) or "column" not in entry:
         raise ConfigError(f"{where} must be a mapping with a 'column'")
     where = f"--features: feature {entry.get('name', entry['column'])!r}"
+    if "name" in entry:
+        name = entry["name"]
+        if not isinstance(name, str) or not names_.is_safe(name):
+            hint = names_.suggest(str(name))
+            raise ConfigError(
+                f"{where}: name {name!r} is not a valid feature name (ASCII letters "
+                f"and digits in words joined by single underscores, starting with a "
+                f"letter); use e.g. {hint!r}"
+            )
+    else:
+        column = str(entry["column"])
+        name = keys.get(column, column)
     transform = entry.get("transform")
     if transform not in _KEYS:
         raise ConfigError(
@@ -295,7 +342,7 @@ def _parse_feature(entry: Any, index: int) -> Feature:
     ):
         raise ConfigError(f"{where}: num_oov_buckets must be an integer >= 0")
     return Feature(
-        name=str(entry.get("name", entry["column"])),
+        name=name,
         column=str(entry["column"]),
         transform=transform,
         **values,
@@ -313,7 +360,7 @@ def validate(config: FeatureConfig, columns: Sequence[Column]) -> None:
             f"--label: column {label.name!r} of type {label.display_type} "
             "cannot be a label"
         )
-    outputs = {config.label.column}
+    outputs = {config.label_key.lower(): f"the label {config.label.column!r}"}
     for feature in config.features:
         column = by_name.get(feature.column)
         if column is None:
@@ -333,6 +380,13 @@ def validate(config: FeatureConfig, columns: Sequence[Column]) -> None:
             )
         names = [feature.name] + ([feature.indicator_name] if feature.indicator else [])
         for name in names:
-            if name in outputs:
-                raise ConfigError(f"--features: output name {name!r} is used twice")
-            outputs.add(name)
+            other = outputs.get(name.lower())
+            if other is not None:
+                raise ConfigError(
+                    f"--features: output name {name!r} of feature {feature.name!r} "
+                    f"(column {feature.column!r}) is already used by {other} "
+                    "(names must differ, also in case); rename one with 'name:'"
+                )
+            outputs[name.lower()] = (
+                f"feature {feature.name!r} (column {feature.column!r})"
+            )

@@ -15,10 +15,23 @@ ask `TFTransformOutput.vocabulary_size_by_name(name)`. tf.Transform drops the em
 token and tokens containing newlines from vocabulary files; here `\\`, `\\n` and `\\r`
 are escaped first (reversibly) so multi-line values keep their own ids, and the empty
 string maps to an OOV id while NULL maps to the missing token: they stay distinct.
+
+Inputs and outputs are keyed by feature names (`FeatureConfig.names`, see
+`transforms.names`), never by raw column names.
+
+A text label becomes ids of a vocabulary over the train rows (`label_token`: the
+escaping above, and the empty string as the two characters `\\e`, so every train
+class, '' and multi-line ones included, gets an id; `unescape_token` inverts it).
+Ids follow tf.Transform's order: count descending, ties by token descending
+(bytewise). A class absent from train gets -1 here; those rows are dropped after the
+transform and counted (`pipeline.assign.RouteSplits`). NULL and non-finite labels
+never reach the transform (dropped in `pipeline.assign.AssignSplit`); the label is
+never imputed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
@@ -27,7 +40,7 @@ import tensorflow_transform as tft
 from transforms.features import Feature, FeatureConfig
 from transforms.types import Column, Kind
 
-__all__ = ["build_preprocessing_fn", "escape_token"]
+__all__ = ["build_preprocessing_fn", "escape_token", "label_token", "unescape_token"]
 
 SECONDS_PER_DAY = 86_400
 FLOAT32_MAX = 3.4028234663852886e38  # beyond it a value cannot become a float32 feature
@@ -47,6 +60,23 @@ def escape_token(x: tf.Tensor) -> tf.Tensor:
 
     clean = tf.strings.regex_full_match(tf.strings.reduce_join(x), "[^\\\\\n\r]*")
     return tf.cond(clean, lambda: tf.identity(x), escape)
+
+
+EMPTY_TOKEN = b"\\e"  # the empty string in a label vocabulary
+_UNESCAPE = {b"\\": b"\\", b"n": b"\n", b"r": b"\r"}
+
+
+def label_token(x: tf.Tensor) -> tf.Tensor:
+    """`escape_token`, and the empty string as `EMPTY_TOKEN` (both reversible)."""
+    y = escape_token(x)
+    return tf.where(tf.equal(y, b""), tf.constant(EMPTY_TOKEN), y)
+
+
+def unescape_token(token: bytes) -> bytes:
+    """Inverts `label_token` (and `escape_token`): a vocabulary entry -> the value."""
+    if token == EMPTY_TOKEN:
+        return b""
+    return re.sub(rb"\\(.)", lambda m: _UNESCAPE[m.group(1)], token, flags=re.S)
 
 
 def _dense(x, default) -> tf.Tensor:
@@ -219,28 +249,31 @@ def build_preprocessing_fn(
 ) -> Callable[[Mapping[str, tf.Tensor]], dict[str, tf.Tensor]]:
     """Returns `preprocessing_fn(inputs) -> outputs` for tf.Transform."""
     kinds = {c.name: c.kind for c in columns}
+    keys = {c.name: config.names.get(c.name, c.name) for c in columns}
 
     def preprocessing_fn(inputs):
         outputs = {}
         for feature in config.features:
-            outputs.update(
-                _apply(feature, inputs[feature.column], kinds[feature.column])
-            )
+            column = feature.column
+            outputs.update(_apply(feature, inputs[keys[column]], kinds[column]))
         label = config.label
-        y = inputs[label.column]
+        key = config.label_key
+        y = inputs[key]
         if kinds[label.column] is Kind.BYTES:
-            outputs[label.column] = tft.compute_and_apply_vocabulary(
-                _dense(y, tf.constant(b"")),
+            tokens = label_token(_dense(y, tf.constant(b"")))
+            outputs[key] = tft.compute_and_apply_vocabulary(
+                tokens,
                 num_oov_buckets=0,
-                vocab_filename=label.column,
+                vocab_filename=key,
+                weights=tf.ones_like(tokens, dtype=tf.float32),
             )
         elif label.threshold is not None:
             value = _Numbers(y).value
-            outputs[label.column] = tf.cast(value > label.threshold, tf.int64)
+            outputs[key] = tf.cast(value > label.threshold, tf.int64)
         elif kinds[label.column] is Kind.FLOAT:
-            outputs[label.column] = _dense(y, tf.constant(0.0, tf.float32))
+            outputs[key] = _dense(y, tf.constant(0.0, tf.float32))
         else:
-            outputs[label.column] = _dense(y, tf.constant(0, tf.int64))
+            outputs[key] = _dense(y, tf.constant(0, tf.int64))
         return outputs
 
     return preprocessing_fn

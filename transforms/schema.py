@@ -10,11 +10,16 @@ exactly one value per row) matching a `TensorAdapterConfig` exactly;
 `list<…>` and `binary` (32-bit offsets), not `large_list<…>` and `large_binary`: the
 offsets were 112 of the 242 bytes per row the in-memory runner holds for each
 materialized row (the examples are identical; one batch is a few MB, far from 2 GiB).
+
+Raw feature keys are the columns' feature names (`transforms.names`), not the
+column names: `names` maps column -> key (default: `feature_names` of `columns`;
+the job passes the mapping of all the source's columns). The reader's batches
+keep the column names; `to_transform_batch` renames.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +28,7 @@ import tensorflow as tf
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 from tfx_bsl.tfxio import tensor_adapter, tensor_representation_util
 
+from transforms.names import feature_names
 from transforms.types import Column, Kind
 
 __all__ = [
@@ -54,12 +60,20 @@ def is_dense(column: Column) -> bool:
     return column.not_null and not column.is_array
 
 
-def raw_feature_spec(columns: Sequence[Column]) -> dict[str, tf.io.FixedLenFeature]:
+def _keys(columns: Sequence[Column], names: Mapping[str, str] | None) -> list[str]:
+    if names is None:
+        names = feature_names(c.name for c in columns)
+    return [names[c.name] for c in columns]
+
+
+def raw_feature_spec(
+    columns: Sequence[Column], names: Mapping[str, str] | None = None
+) -> dict[str, tf.io.FixedLenFeature]:
     """The raw feature spec of the selected columns (see module docstring)."""
     spec = {}
-    for column in columns:
+    for column, key in zip(columns, _keys(columns, names), strict=True):
         dtype = _TF_DTYPE[column.kind]
-        spec[column.name] = (
+        spec[key] = (
             tf.io.FixedLenFeature([], dtype)
             if is_dense(column)
             else tf.io.VarLenFeature(dtype)
@@ -67,27 +81,35 @@ def raw_feature_spec(columns: Sequence[Column]) -> dict[str, tf.io.FixedLenFeatu
     return spec
 
 
-def raw_metadata(columns: Sequence[Column]) -> dataset_metadata.DatasetMetadata:
+def raw_metadata(
+    columns: Sequence[Column], names: Mapping[str, str] | None = None
+) -> dataset_metadata.DatasetMetadata:
     """DatasetMetadata of the raw rows (written to `<output>/metadata/`)."""
     return dataset_metadata.DatasetMetadata(
-        schema_utils.schema_from_feature_spec(raw_feature_spec(columns))
+        schema_utils.schema_from_feature_spec(raw_feature_spec(columns, names))
     )
 
 
-def transform_arrow_schema(columns: Sequence[Column]) -> pa.Schema:
+def transform_arrow_schema(
+    columns: Sequence[Column], names: Mapping[str, str] | None = None
+) -> pa.Schema:
     """The Arrow schema of batches fed to tf.Transform (every column a list)."""
+    keys = _keys(columns, names)
     return pa.schema(
-        [pa.field(c.name, pa.list_(_ARROW_VALUE[c.kind])) for c in columns]
+        [
+            pa.field(key, pa.list_(_ARROW_VALUE[c.kind]))
+            for c, key in zip(columns, keys, strict=True)
+        ]
     )
 
 
 def tensor_adapter_config(
-    columns: Sequence[Column],
+    columns: Sequence[Column], names: Mapping[str, str] | None = None
 ) -> tensor_adapter.TensorAdapterConfig:
     """The TensorAdapterConfig matching `transform_arrow_schema(columns)` exactly."""
-    schema = schema_utils.schema_from_feature_spec(raw_feature_spec(columns))
+    schema = schema_utils.schema_from_feature_spec(raw_feature_spec(columns, names))
     return tensor_adapter.TensorAdapterConfig(
-        transform_arrow_schema(columns),
+        transform_arrow_schema(columns, names),
         tensor_representation_util.InferTensorRepresentationsFromSchema(schema),
     )
 
@@ -119,7 +141,9 @@ def _as_list_array(array: pa.Array, column: Column) -> pa.Array:
 
 
 def to_transform_batch(
-    batch: pa.RecordBatch, columns: Sequence[Column]
+    batch: pa.RecordBatch,
+    columns: Sequence[Column],
+    names: Mapping[str, str] | None = None,
 ) -> pa.RecordBatch:
     """Converts a raw reader batch to `transform_arrow_schema(columns)`.
 
@@ -131,4 +155,6 @@ def to_transform_batch(
         if is_dense(column) and array.null_count:
             raise ValueError(f'column "{column.name}" is NOT NULL but holds NULLs')
         arrays.append(_as_list_array(array, column))
-    return pa.RecordBatch.from_arrays(arrays, schema=transform_arrow_schema(columns))
+    return pa.RecordBatch.from_arrays(
+        arrays, schema=transform_arrow_schema(columns, names)
+    )

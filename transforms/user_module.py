@@ -1,7 +1,9 @@
 """Loading a TFX-style module file that defines `preprocessing_fn(inputs)`.
 
 The module is used unchanged: it receives the raw inputs as TFX's Transform component
-gives them (dense tensors for NOT NULL columns, SparseTensors for nullable ones).
+gives them (dense tensors for NOT NULL columns, SparseTensors for nullable ones),
+keyed by the columns' feature names (`transforms.names`: the column name itself for
+plain ASCII names; the manifest's `names` lists them).
 """
 
 from __future__ import annotations
