@@ -101,7 +101,8 @@ def lock_timeout_message(conn, relations: Sequence[str], what: str, dsn: Dsn) ->
             pass
     names = sorted({rel for rel, _, _ in blockers}) or list(relations) or ["it"]
     pids = ", ".join(
-        f"{pid}{'' if granted else ' (queued)'}" for _, pid, granted in blockers
+        f"{pid} {'holding' if granted else 'queued for'} ACCESS EXCLUSIVE"
+        for _, pid, granted in blockers
     )
     return (
         f"{what}: {', '.join(names)} is locked by another session"
@@ -236,7 +237,7 @@ class ExportedSnapshot:
                 "JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE l.locktype = 'relation' AND l.pid = %s AND l.granted "
                 "AND l.mode = 'AccessShareLock' AND c.relkind IN ('r','p','v','m','f') "
-                "AND c.oid <> 'pg_catalog.pg_locks'::regclass ORDER BY 1",
+                "AND n.nspname <> 'pg_catalog' ORDER BY 1",  # this query's own
                 (holder.get_backend_pid(),),
             )
             return tuple(row[0] for row in cur)
