@@ -175,7 +175,10 @@ def plan_read(
             conn, table, num_partitions
         )
     if snapshot.locks:
-        description += f"; locked (ACCESS SHARE): {', '.join(snapshot.locks)}"
+        shown = ", ".join(snapshot.locks[:5])
+        more = len(snapshot.locks) - 5
+        description += f"; locked (ACCESS SHARE): {shown}"
+        description += f" and {more} more" if more > 0 else ""
     _LOGGER.info("Read plan: %s (row estimate %s)", description, row_estimate)
     return ReadPlan(
         relation=relation,
