@@ -16,6 +16,7 @@ REQUIRED = [
     "psycopg2-binary>=2.9,<3",
     "numpy",
     "pyyaml>=6",
+    "pglast>=7,<9",  # PostgreSQL's own parser: --query must be one read-only statement
     "isal>=1.6",  # ISA-L gzip for the TFRecord shards (~4x zlib at level 1)
 ]
 

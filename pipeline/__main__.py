@@ -31,6 +31,7 @@ def _user_error(err: BaseException) -> str | None:
     from pipeline.jdbc_io import JdbcUnavailableError
     from pipeline.output import OutputError
     from pipeline.postgres_io import PartitionReadError
+    from pipeline.query_guard import QueryRefusedError
     from transforms.features import ConfigError
     from transforms.types import UnsupportedTypeError
 
@@ -41,6 +42,7 @@ def _user_error(err: BaseException) -> str | None:
         ConfigError,
         UnsupportedTypeError,
         PartitionReadError,
+        QueryRefusedError,
     )
     seen = set()
     while err is not None and id(err) not in seen:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.connection import DEFAULT_LOCK_TIMEOUT_MS
+from pipeline.query_guard import QueryRefusedError, check_query
 from pipeline.split import SplitSpec, parse_splits
 
 __all__ = ["JobConfig", "UsageError", "parse_args"]
@@ -68,7 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--db_url", default=None, help="libpq URL or DSN (default: $DATABASE_URL)")
     add("--table", help="table to read (name as stored, or schema.table)")
-    add("--query", help="a single SELECT to read instead of --table")
+    add(
+        "--query",
+        help="one read-only SELECT, VALUES or TABLE statement to read instead of "
+        "--table (checked by PostgreSQL's grammar before anything is sent)",
+    )
     add("--label", help="label column")
     add("--split_key", help="column hashed to assign splits (default: primary key)")
     add("--splits", default=DEFAULT_SPLITS, help="named splits with weights")
@@ -179,6 +184,11 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         )
     if args.lock_timeout_ms < 0:
         problems.append(f"`--lock_timeout_ms` must be >= 0, got {args.lock_timeout_ms}")
+    if args.query is not None:
+        try:
+            check_query(args.query)
+        except QueryRefusedError as err:
+            problems.append(str(err))
     splits = None
     try:
         splits = parse_splits(args.splits)

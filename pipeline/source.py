@@ -18,6 +18,7 @@ from psycopg2 import sql
 from pipeline import catalog, partitioning
 from pipeline.connection import DatabaseError, Dsn
 from pipeline.partitioning import Partition
+from pipeline.query_guard import check_query
 from pipeline.snapshot import ExportedSnapshot
 from transforms.types import Column, UnsupportedTypeError, read_expression
 
@@ -127,7 +128,7 @@ def plan_read(
         table = catalog.resolve_table(conn, source.table)
         relation = table.identifier.as_string(conn)
     else:
-        relation = f"({source.query.strip().rstrip(';')})"
+        relation = check_query(source.query).subquery
     try:
         columns = catalog.describe(conn, sql.SQL(relation), table)
     except Exception as err:  # psycopg2.Error: the query itself is wrong

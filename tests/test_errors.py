@@ -116,7 +116,9 @@ def test_non_read_only_query_is_refused_and_database_unchanged(
     code, lines = _run(capsys, "--db_url", database_url, "--query",
                        statement.replace("{t}", small_table), "--split_key", "id",
                        "--label", "y", "--output_dir", str(tmp_path / "o"))
-    assert code == 1 and len(lines) == 1
+    # Refused by the grammar before anything runs (2), or stopped by the
+    # read-only transaction when a function call hides the write (1).
+    assert code == (1 if "s2t_evil" in statement else 2) and len(lines) == 1
     assert _checksum(database_url, small_table) == before
     assert not (tmp_path / "o" / "manifest.json").exists()
 
