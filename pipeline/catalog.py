@@ -211,7 +211,8 @@ def leaf_partitions(conn, table: TableRef) -> list[TableRef]:
     """
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT n.nspname, c.relname, c.relkind FROM pg_partition_tree(%s::regclass) t "
+            "SELECT n.nspname, c.relname, c.relkind "
+            "FROM pg_partition_tree(%s::regclass) t "
             "JOIN pg_class c ON c.oid = t.relid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE t.isleaf ORDER BY n.nspname, c.relname",

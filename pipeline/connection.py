@@ -1,7 +1,8 @@
 """Opening PostgreSQL connections safely, and showing a DSN without its secret.
 
 Every session is read-only (`default_transaction_read_only`), has a
-`statement_timeout` and a `lock_timeout`, a bounded connect timeout and `application_name=sql2tfrecord`.
+`statement_timeout`, a `lock_timeout`, a bounded connect timeout and
+`application_name=sql2tfrecord`.
 A password may come from the URL, `PGPASSWORD` or `~/.pgpass` (libpq reads the last
 two itself); it never appears in a repr, a log line, an error message or an output.
 """

@@ -239,7 +239,7 @@ def _plan_blocks(conn, table, num_partitions):
     return (
         row_estimate,
         partitions,
-        f"{len(partitions)} partitions: ctid block ranges of {pages} pages"
+        f"{_count(partitions)}: ctid block ranges of {pages} pages"
         + ("" if _analysed(conn, table) else " (never analysed: rows estimated "
            "from the size on disk)"),
     )
@@ -285,9 +285,13 @@ def _plan_partitioned(conn, table, num_partitions):
     return (
         row_estimate,
         partitions,
-        f"{len(partitions)} partitions: ctid block ranges of each of the "
+        f"{_count(partitions)}: ctid block ranges of each of the "
         f"{len(leaves)} leaf partitions of {table} ({empty} empty, skipped)",
     )
+
+
+def _count(partitions) -> str:
+    return f"{len(partitions)} partition{'' if len(partitions) == 1 else 's'}"
 
 
 def _analysed(conn, table) -> bool:
@@ -299,8 +303,13 @@ def _analysed(conn, table) -> bool:
         return bool(cur.fetchone()[0])
 
 
-_KIND_NAMES = {"v": "view", "f": "foreign table", "r": "table", "m": "materialized view",
-               "p": "partitioned table"}
+_KIND_NAMES = {
+    "r": "table",
+    "p": "partitioned table",
+    "v": "view",
+    "m": "materialized view",
+    "f": "foreign table",
+}
 
 
 def _quantile_bounds(conn, relation: str, key: str, n: int) -> list:
