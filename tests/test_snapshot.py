@@ -430,3 +430,25 @@ def test_the_job_runs_as_a_role_with_column_grants_and_an_idle_timeout(
     assert "second session" in manifest["read_plan"]["lock"]
     assert any(table in name for name in manifest["read_plan"]["locks"])
     assert {c["name"] for c in manifest["source"]["columns"]} == {"id", "x", "y"}
+
+
+def test_lock_timeout_flag_reaches_every_session(database_url, make_table):
+    from pipeline.options import UsageError, parse_args
+
+    base = ["--db_url", database_url, "--table", "t", "--label", "y", "--output_dir", "/o"]
+    assert parse_args(base)[0].lock_timeout_ms == 30_000
+    assert parse_args([*base, "--lock_timeout_ms", "0"])[0].lock_timeout_ms == 0
+    with pytest.raises(UsageError, match="`--lock_timeout_ms` must be >= 0"):
+        parse_args([*base, "--lock_timeout_ms", "-5"])
+    table = make_table("CREATE TABLE {table} (id int)")
+    source = SourceSpec(Dsn(database_url, lock_timeout_ms=1234), table=table)
+    with ExportedSnapshot(source) as snapshot:
+        plan = plan_read(source, ["id"], snapshot=snapshot)
+        reader = PartitionReader(source, plan, snapshot.snapshot_id)
+        reader._connect()  # noqa: SLF001
+        for conn in (snapshot.conn, reader.conn):
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_setting('lock_timeout'), "
+                            "current_setting('idle_in_transaction_session_timeout')")
+                assert cur.fetchone() == ("1234ms", "0")
+        reader.close()
