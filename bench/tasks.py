@@ -49,8 +49,8 @@ def source(url: str, table: str, out: str | None) -> dict:
 
     started = time.perf_counter()
     spec = SourceSpec(Dsn(url), table=table)
-    plan = plan_read(spec, None)
-    with ExportedSnapshot(spec.dsn) as snapshot:
+    with ExportedSnapshot(spec) as snapshot:
+        plan = plan_read(spec, None, snapshot=snapshot)
         p = beam.Pipeline()
         _ = (
             p

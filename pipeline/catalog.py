@@ -1,8 +1,9 @@
 """What the launcher asks the PostgreSQL catalog: tables, columns, keys, sizes.
 
-Column types always come from the catalog (`pg_type` via the result description),
-never from the values. NOT NULL is known for table columns only; a `--query`'s
-columns are treated as nullable.
+Column types always come from the catalog, never from the values: a table's from
+`pg_attribute` (no SELECT on it, so a role granted SELECT on some columns only can
+be described), a `--query`'s from its result description (`pg_type` oids). NOT NULL
+is known for table columns only; a `--query`'s columns are treated as nullable.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ from psycopg2 import sql
 from pipeline.connection import DatabaseError
 from transforms.types import Column
 
-__all__ = ["TableRef", "resolve_table", "describe", "primary_key", "table_size"]
+__all__ = [
+    "TableRef",
+    "resolve_table",
+    "describe",
+    "describe_table",
+    "primary_key",
+    "table_size",
+    "leaf_partitions",
+    "can_select_table",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,30 +108,29 @@ WHERE t.oid = ANY(%s)
 """
 
 
-def describe(conn, source: sql.Composable, table: TableRef | None) -> list[Column]:
-    """Describes the columns of `SELECT * FROM (source)` using catalog types.
+def describe_table(conn, table: TableRef) -> list[Column]:
+    """Describes a table's (view's, …) columns from `pg_attribute`, in order.
 
-    Args:
-        conn: an open connection.
-        source: a relation or a parenthesised query, as SQL.
-        table: when the source is a table, used to read NOT NULL constraints.
+    Needs no privilege on the table's rows: `SELECT *` would fail for a role granted
+    SELECT on some columns only.
     """
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("SELECT * FROM {} AS q LIMIT 0").format(source))
-        described = [(d.name, d.type_code) for d in cur.description]
-        cur.execute(_TYPE_QUERY, (list({oid for _, oid in described}),))
+        cur.execute(
+            "SELECT a.attname, a.atttypid, a.attnotnull FROM pg_attribute a "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+            "AND NOT a.attisdropped ORDER BY a.attnum",
+            (table.identifier.as_string(conn),),
+        )
+        described = [(name, oid, bool(not_null)) for name, oid, not_null in cur]
+    return _columns(conn, described)
+
+
+def _columns(conn, described: list[tuple[str, int, bool]]) -> list[Column]:
+    with conn.cursor() as cur:
+        cur.execute(_TYPE_QUERY, (list({oid for _, oid, _ in described}),))
         types = {row[0]: row[1:] for row in cur}
-        not_null: set[str] = set()
-        if table is not None:
-            cur.execute(
-                "SELECT a.attname FROM pg_attribute a "
-                "WHERE a.attrelid = %s::regclass AND a.attnotnull AND a.attnum > 0 "
-                "AND NOT a.attisdropped",
-                (sql.Identifier(table.schema, table.name).as_string(conn),),
-            )
-            not_null = {row[0] for row in cur}
     columns = []
-    for name, oid in described:
+    for name, oid, not_null in described:
         base, display, is_array, element = types[oid]
         columns.append(
             Column(
@@ -129,10 +138,26 @@ def describe(conn, source: sql.Composable, table: TableRef | None) -> list[Colum
                 pg_type=element if is_array else base,
                 display_type=display,
                 is_array=bool(is_array),
-                not_null=name in not_null,
+                not_null=not_null,
             )
         )
     return columns
+
+
+def describe(conn, source: sql.Composable, table: TableRef | None) -> list[Column]:
+    """Describes the columns of `SELECT * FROM (source)` using catalog types.
+
+    Args:
+        conn: an open connection.
+        source: a relation or a parenthesised query, as SQL.
+        table: a table is described from the catalog instead (`describe_table`).
+    """
+    if table is not None:
+        return describe_table(conn, table)
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT * FROM {} AS q LIMIT 0").format(source))
+        described = [(d.name, d.type_code, False) for d in cur.description]
+    return _columns(conn, described)
 
 
 def primary_key(conn, table: TableRef) -> list[str]:
@@ -152,16 +177,58 @@ def table_size(conn, table: TableRef) -> tuple[int, int]:
     """Returns (row estimate, current number of heap blocks) of a table.
 
     The row estimate comes from `pg_class.reltuples` scaled to the current size
-    (as the planner does); -1 rows when the table was never analysed or vacuumed.
+    (as the planner does). A table never analysed or vacuumed (reltuples -1, or
+    no pages recorded) is estimated from its size on disk as the planner does
+    then: blocks × rows per block from the columns' type widths (32 bytes per
+    variable-length value, plus the tuple header and line pointer).
     """
     with conn.cursor() as cur:
         cur.execute(
             "SELECT c.reltuples, c.relpages, "
-            "pg_relation_size(c.oid) / current_setting('block_size')::int8 "
+            "pg_relation_size(c.oid) / current_setting('block_size')::int8, "
+            "current_setting('block_size')::int8, "
+            "(SELECT coalesce(sum(CASE WHEN t.typlen > 0 THEN t.typlen ELSE 32 END), 0)"
+            " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) "
             "FROM pg_class c WHERE c.oid = %s::regclass",
             (sql.Identifier(table.schema, table.name).as_string(conn),),
         )
-        reltuples, relpages, pages = cur.fetchone()
-    if reltuples < 0 or relpages <= 0:
-        return -1, int(pages)
-    return int(reltuples / relpages * pages), int(pages)
+        reltuples, relpages, pages, block_size, width = cur.fetchone()
+    if reltuples >= 0 and relpages > 0:
+        return int(reltuples / relpages * pages), int(pages)
+    if pages <= 0:
+        return (0 if reltuples >= 0 else -1), int(pages)
+    # 24-byte page header; 24-byte (aligned) tuple header + 4-byte line pointer.
+    per_block = max(1, (int(block_size) - 24) // (int(width) + 28))
+    return int(pages) * per_block, int(pages)
+
+
+def leaf_partitions(conn, table: TableRef) -> list[TableRef]:
+    """The leaf partitions of a declaratively partitioned table, in catalog order.
+
+    Sub-partitioned children are walked down to their leaves; a leaf may be a
+    foreign table (kind f).
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT n.nspname, c.relname, c.relkind "
+            "FROM pg_partition_tree(%s::regclass) t "
+            "JOIN pg_class c ON c.oid = t.relid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE t.isleaf ORDER BY n.nspname, c.relname",
+            (table.identifier.as_string(conn),),
+        )
+        return [TableRef(schema=s, name=n, kind=k) for s, n, k in cur]
+
+
+def can_select_table(conn, table: TableRef) -> bool:
+    """Whether the session may SELECT the whole table (not just some columns).
+
+    ctid block ranges and LOCK TABLE need this table-level privilege.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT has_table_privilege(%s::regclass, 'SELECT')",
+            (table.identifier.as_string(conn),),
+        )
+        return bool(cur.fetchone()[0])

@@ -1,7 +1,8 @@
 """Opening PostgreSQL connections safely, and showing a DSN without its secret.
 
 Every session is read-only (`default_transaction_read_only`), has a
-`statement_timeout`, a bounded connect timeout and `application_name=sql2tfrecord`.
+`statement_timeout`, a `lock_timeout`, a bounded connect timeout and
+`application_name=sql2tfrecord`.
 A password may come from the URL, `PGPASSWORD` or `~/.pgpass` (libpq reads the last
 two itself); it never appears in a repr, a log line, an error message or an output.
 """
@@ -17,6 +18,7 @@ import psycopg2.extensions
 __all__ = ["Dsn", "DatabaseError", "connect", "mask_dsn"]
 
 APPLICATION_NAME = "sql2tfrecord"
+DEFAULT_LOCK_TIMEOUT_MS = 30_000  # waiting for a lock another session holds
 
 _URL_PASSWORD = re.compile(
     r"(?P<head>[a-z0-9+.-]+://[^:/@?#]*:)(?P<secret>[^@/?#]*)@", re.I
@@ -48,6 +50,7 @@ class Dsn:
     value: str = dataclasses.field(repr=False)
     statement_timeout_ms: int = 0
     connect_timeout_s: int = 10
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
 
     def __repr__(self) -> str:
         return f"Dsn({self.masked!r})"
@@ -91,6 +94,7 @@ def connect(
         options.append("-c default_transaction_read_only=on")
     if dsn.statement_timeout_ms:
         options.append(f"-c statement_timeout={int(dsn.statement_timeout_ms)}")
+    options.append(f"-c lock_timeout={int(dsn.lock_timeout_ms)}")
     try:
         return psycopg2.connect(
             dsn.value,

@@ -1,9 +1,11 @@
 """The job: plan in the launcher, build the Beam graph, run it, publish the manifest.
 
 `prepare_job` does everything that can fail before the pipeline runs (flags, database,
-catalog, feature config, output directory); `build_pipeline(p, job)` only wires
-transforms from that plain, picklable plan; `run_job` runs it while holding the
-exported snapshot and writes `manifest.json` last.
+catalog, feature config, output directory); it first locks the relations and exports
+the snapshot (`snapshot.ExportedSnapshot`), then plans in that same transaction;
+`build_pipeline(p, job)` only wires transforms from that plain, picklable plan;
+`run_job` runs it while holding the snapshot and its locks (closing them at the end,
+also on failure) and writes `manifest.json` last.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pipeline.assign import (
 from pipeline.connection import Dsn
 from pipeline.options import JobConfig
 from pipeline.postgres_io import ReadFromPostgres
-from pipeline.source import ExportedSnapshot, ReadPlan, SourceSpec, plan_read
+from pipeline.snapshot import ExportedSnapshot
+from pipeline.source import ReadPlan, SourceSpec, plan_read
 from pipeline.write import SHARD_SUFFIX, WriteExamples
 from transforms.types import Kind
 from transforms.features import ConfigError, FeatureConfig, infer_features, load_config
@@ -66,6 +69,16 @@ class Job:
     primary_key: tuple[str, ...] = ()
     snapshot_info: dict | None = None  # of the --input_parquet snapshot
     names: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> key
+    # The launcher's locked, exported snapshot the plan was made in; run_job
+    # holds it while the pipeline reads and closes it.
+    snapshot: ExportedSnapshot | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+
+    def close(self) -> None:
+        """Releases the snapshot and its locks (run_job does; for unrun jobs)."""
+        if self.snapshot is not None:
+            self.snapshot.close()
 
     @property
     def label(self) -> str:
@@ -91,12 +104,37 @@ def _split_key(config: JobConfig, plan: ReadPlan, primary_key: list[str]) -> str
 
 
 def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
-    """Plans the read and the features; raises one-line errors before anything runs."""
+    """Plans the read and the features; raises one-line errors before anything runs.
+
+    Locks and the snapshot come first, the plan is made inside them (see
+    `snapshot`); the returned job holds them until `run_job` (or `Job.close`).
+    """
     source = SourceSpec(
-        dsn=Dsn(config.db_url, statement_timeout_ms=config.statement_timeout_ms),
+        dsn=Dsn(
+            config.db_url,
+            statement_timeout_ms=config.statement_timeout_ms,
+            lock_timeout_ms=config.lock_timeout_ms,
+        ),
         table=config.table,
         query=config.query,
     )
+    snapshot = None
+    if not config.input_parquet:
+        shared = config.snapshot and config.reader == "native"
+        snapshot = ExportedSnapshot(source, export=shared).__enter__()
+    try:
+        job = _prepare_job(config, temp_location, source, snapshot)
+    except BaseException:
+        if snapshot is not None:
+            snapshot.close()
+        raise
+    if snapshot is not None and not snapshot.snapshot_id:
+        snapshot.close()  # planned under lock; nothing shared to hold
+        job = dataclasses.replace(job, snapshot=None)
+    return job
+
+
+def _prepare_job(config, temp_location, source, snapshot) -> Job:
     snapshot_info = None
     if config.input_parquet:
         from pipeline.parquet_io import read_snapshot_info
@@ -118,8 +156,9 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
             None,
             num_partitions=config.num_partitions,
             partition_column=config.partition_column,
+            snapshot=snapshot,
         )
-        primary_key = _primary_key_columns(plan, source)
+        primary_key = _primary_key_columns(plan, snapshot)
         split_key = _split_key(config, plan, primary_key)
     all_columns = plan.columns
     names = {c.name for c in all_columns}
@@ -172,6 +211,7 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         tuple(primary_key),
         snapshot_info,
         dict(keys),
+        snapshot,
     )
 
 
@@ -191,17 +231,12 @@ def _supported(column) -> bool:
         return False
 
 
-def _primary_key_columns(plan: ReadPlan, source: SourceSpec) -> list[str]:
+def _primary_key_columns(plan: ReadPlan, snapshot: ExportedSnapshot) -> list[str]:
     if plan.table is None:
         return []
     from pipeline import catalog
-    from pipeline.connection import connect
 
-    conn = connect(source.dsn)
-    try:
-        return catalog.primary_key(conn, plan.table)
-    finally:
-        conn.close()
+    return catalog.primary_key(snapshot.conn, plan.table)
 
 
 def _preprocessing_fn(job: Job) -> Callable:
@@ -352,10 +387,10 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     use_snapshot = (
         config.snapshot and config.reader == "native" and not config.input_parquet
     )
-    snapshot = ExportedSnapshot(job.source.dsn) if use_snapshot else None
-    if snapshot is not None:
-        snapshot.__enter__()
+    snapshot = job.snapshot
     try:
+        if snapshot is None and use_snapshot:  # a Job made without prepare_job
+            snapshot = ExportedSnapshot(job.source).__enter__()
         # Written once the snapshot exists (tests use its appearance as that signal).
         metadata_io.write_metadata(
             raw_metadata(job.plan.columns, job.names),
@@ -433,6 +468,8 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             "snapshot": bool(snapshot),
             "reread_for_transform": reread,
             "row_estimate": job.plan.row_estimate,
+            "locks": list(job.plan.locks),
+            "lock": job.plan.lock_method,
         },
         "label": label_key,
         "label_column": job.raw_label,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.connection import DEFAULT_LOCK_TIMEOUT_MS
 from pipeline.query_guard import QueryRefusedError, check_query
 from pipeline.split import SplitSpec, parse_splits
 
@@ -49,6 +50,7 @@ class JobConfig:
     overwrite: bool = False
     snapshot: bool = True
     statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
     reader: str = "native"
     read_once: bool = False
     raw_parquet_dir: str | None = None
@@ -103,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_STATEMENT_TIMEOUT_MS,
         help="statement_timeout of every database session (0: none); default 1 hour",
+    )
+    add(
+        "--lock_timeout_ms",
+        type=int,
+        default=DEFAULT_LOCK_TIMEOUT_MS,
+        help="how long any session waits for a lock another session holds before "
+        "failing with the blocking pids (0: forever); default 30 s",
     )
     add(
         "--reader",
@@ -173,6 +182,8 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         problems.append(
             f"`--statement_timeout_ms` must be >= 0, got {args.statement_timeout_ms}"
         )
+    if args.lock_timeout_ms < 0:
+        problems.append(f"`--lock_timeout_ms` must be >= 0, got {args.lock_timeout_ms}")
     if args.query is not None:
         try:
             check_query(args.query)
@@ -205,6 +216,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         overwrite=args.overwrite,
         snapshot=not args.no_snapshot,
         statement_timeout_ms=args.statement_timeout_ms,
+        lock_timeout_ms=args.lock_timeout_ms,
         reader=args.reader,
         read_once=args.read_once,
         raw_parquet_dir=args.raw_parquet_dir,

@@ -23,6 +23,7 @@ import pyarrow.csv as pacsv
 from pipeline.connection import connect
 from pipeline.copy_stream import CopyStream
 from pipeline.partitioning import Partition
+from pipeline.snapshot import IDLE_SESSION_OPTIONS, lock_timeout_message
 from pipeline.source import ReadPlan, SourceSpec, copy_sql
 from transforms.types import arrow_type
 
@@ -41,7 +42,8 @@ BLOCK_SIZE = 4 << 20  # bytes of CSV per RecordBatch: ~30-60k rows of a typical 
 # Same snapshot + no synchronized scans + no parallel workers = the same row order on
 # every execution of a partition's COPY, which makes resuming by row count exact.
 READER_SESSION_OPTIONS = (
-    "-c synchronize_seqscans=off -c max_parallel_workers_per_gather=0"
+    "-c synchronize_seqscans=off -c max_parallel_workers_per_gather=0 "
+    + IDLE_SESSION_OPTIONS
 )
 
 
@@ -140,9 +142,19 @@ class PartitionReader:
 
     When the connection drops mid-partition, the reader reconnects (bounded
     attempts, exponential backoff), re-runs the same COPY in the same exported
-    snapshot and skips the rows it already emitted: with one snapshot and
-    `synchronize_seqscans=off` the row order is the same, so no row is lost or
-    duplicated. Without a snapshot a mid-partition loss is an error instead.
+    snapshot and skips the rows it already emitted. That is exact only where the
+    row order is guaranteed to repeat: a block range of a stored heap (one
+    snapshot, `synchronize_seqscans=off`, no parallel workers, and no rewrite of
+    the table: the launcher's lock keeps VACUUM FULL/CLUSTER out). A `--query`, a
+    view, key ranges (whose plan may change after an ANALYZE) or a foreign table
+    may return another order, so once rows were emitted a lost connection is a
+    PartitionReadError: a runner that retries re-reads the bundle whole and
+    discards its output, the DirectRunner fails clearly. A loss before the first
+    row may always be retried; so may any loss without a snapshot only before it.
+
+    A lock that cannot be had within `lock_timeout` (a TRUNCATE/ALTER queued
+    behind the launcher's lock, say) is a PartitionReadError naming the relation
+    and the blocking pids, never a silent wait.
     """
 
     def __init__(
@@ -187,10 +199,20 @@ class PartitionReader:
                     emitted += batch.num_rows
                     yield batch
                 return
+            except psycopg2.errors.LockNotAvailable as err:
+                raise PartitionReadError(self._lock_message(partition)) from err
             except Exception as err:
                 lost = _connection_lost(self.conn, err)
-                resumable = emitted == 0 or self._snapshot_id is not None
-                if not lost or not resumable or attempt >= self._max_retries:
+                same_order = self._snapshot_id is not None and partition.resumable
+                if lost and emitted and not same_order:
+                    raise PartitionReadError(
+                        f"partition {partition.label} of {self._plan.relation}: the "
+                        f"connection was lost after {emitted} rows "
+                        f"({_first_line(err)}), and its row order is not guaranteed "
+                        "to repeat (a query, view, key range or foreign table), so "
+                        "it cannot be resumed exactly; rerun the job"
+                    ) from err
+                if not lost or attempt >= self._max_retries:
                     raise PartitionReadError(
                         f"partition {partition.label} of {self._plan.relation} failed "
                         f"after {emitted} rows: {_first_line(err)}"
@@ -207,6 +229,15 @@ class PartitionReader:
                 )
                 self.close()
                 time.sleep(self._backoff_s * 2 ** (attempt - 1))
+
+    def _lock_message(self, partition: Partition) -> str:
+        what = f"partition {partition.label} of {self._plan.relation}"
+        relations = list(self._plan.locks)
+        if self.conn is None or self.conn.closed:
+            self._connect()
+        else:
+            self.conn.rollback()
+        return lock_timeout_message(self.conn, relations, what, self._source.dsn)
 
     def close(self) -> None:
         """Closes the connection (a later read reconnects)."""

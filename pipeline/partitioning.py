@@ -9,7 +9,13 @@ of the source exactly once:
   one `key IS NULL` partition. Bounds come from the data's quantiles (balanced), and
   they split, never filter: NaN sorts above every number in PostgreSQL and lands in
   the last range;
-* a single partition that reads everything.
+* a single partition that reads everything;
+* for a declaratively partitioned table, each leaf partition's own block ranges
+  (`Partition.relation` names the leaf, read `FROM ONLY` it).
+
+Only block ranges are `resumable`: in one snapshot, with synchronized scans and
+parallel workers off, a heap read by block range returns its rows in the same order
+every time, so a lost read can skip the rows it already emitted.
 
 No database, no Beam: these functions are unit- and property-tested on their own.
 """
@@ -28,6 +34,7 @@ __all__ = [
     "plan_single",
     "plan_block_ranges",
     "plan_key_ranges",
+    "plan_leaves",
     "default_num_partitions",
     "where_clause",
 ]
@@ -45,23 +52,32 @@ class Partition:
         kind: "all", "blocks", "range" or "null".
         lower: inclusive lower bound (block number or key), None for unbounded.
         upper: exclusive upper bound (block number or key), None for unbounded.
+        relation: SQL of the relation to read instead of the plan's (a leaf of a
+            partitioned table, `ONLY "schema"."leaf"`), None for the plan's.
+        relation_label: that relation's name for people (logs, the manifest).
     """
 
     index: int
     kind: str
     lower: Any = None
     upper: Any = None
+    relation: str | None = None
+    relation_label: str | None = None
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a re-run returns its rows in the same order (block ranges only)."""
+        return self.kind == "blocks"
 
     @property
     def label(self) -> str:
         """A short human-readable name for logs, counters and the manifest."""
-        if self.kind == "all":
-            return f"p{self.index}:all"
-        if self.kind == "null":
-            return f"p{self.index}:null"
+        of = f" of {self.relation_label}" if self.relation_label else ""
+        if self.kind in ("all", "null"):
+            return f"p{self.index}:{self.kind}{of}"
         lo = "-inf" if self.lower is None else str(self.lower)
         hi = "+inf" if self.upper is None else str(self.upper)
-        return f"p{self.index}:{self.kind}[{lo},{hi})"
+        return f"p{self.index}:{self.kind}[{lo},{hi}){of}"
 
 
 def default_num_partitions(row_estimate: int) -> int:
@@ -92,6 +108,43 @@ def plan_block_ranges(num_pages: int, num_partitions: int) -> list[Partition]:
         upper = starts[i + 1] if i + 1 < n else None
         lower = start if i > 0 else None
         partitions.append(Partition(i, "blocks", lower, upper))
+    return partitions
+
+
+def plan_leaves(
+    leaves: Sequence[tuple[str, str, int, bool]], num_partitions: int
+) -> list[Partition]:
+    """Block ranges per leaf of a partitioned table, numbered across leaves.
+
+    Args:
+        leaves: (relation SQL, label, blocks, block ranges possible) per leaf.
+            Leaves of 0 blocks hold no row (the size cannot shrink while the
+            relation is locked) and are skipped; a leaf that cannot be read by
+            block ranges (a foreign table) is read whole.
+        num_partitions: wanted in total, spread in proportion to the blocks;
+            every non-empty leaf gets at least one.
+    """
+    if num_partitions < 1:
+        raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
+    total = sum(max(0, pages) for _, _, pages, _ in leaves)
+    partitions: list[Partition] = []
+    for relation, label, pages, by_blocks in leaves:
+        if by_blocks and pages <= 0:
+            continue
+        if not by_blocks:
+            pieces = [Partition(0, "all")]
+        else:
+            share = max(1, round(num_partitions * pages / total))
+            pieces = plan_block_ranges(pages, share)
+        for piece in pieces:
+            partitions.append(
+                dataclasses.replace(
+                    piece,
+                    index=len(partitions),
+                    relation=relation,
+                    relation_label=label,
+                )
+            )
     return partitions
 
 

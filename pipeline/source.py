@@ -1,10 +1,10 @@
 """The read plan: what to select, how it is partitioned, and the shared snapshot.
 
-`plan_read` runs in the launcher, once: it describes the source through the catalog,
-projects the needed columns, checks their types, and splits the source into
-partitions (see `partitioning`). `ExportedSnapshot` holds a REPEATABLE READ READ ONLY
-transaction open and exports its snapshot so that every partition read, on any
-worker, sees the same instant.
+`plan_read` runs in the launcher, once, inside the locked transaction whose snapshot
+the partitions import (`snapshot.ExportedSnapshot`): it describes the source through
+the catalog, projects the needed columns, checks their types, and splits the source
+into partitions (see `partitioning`): a table's block ranges, a partitioned table's
+leaves' block ranges, key ranges on `--partition_column`, or one partition.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-import psycopg2
 from psycopg2 import sql
 
 from pipeline import catalog, partitioning
-from pipeline.connection import DatabaseError, Dsn, connect
+from pipeline.connection import DatabaseError, Dsn
 from pipeline.partitioning import Partition
 from pipeline.query_guard import check_query
+from pipeline.snapshot import ExportedSnapshot
 from transforms.types import Column, UnsupportedTypeError, read_expression
 
 __all__ = ["SourceSpec", "ReadPlan", "plan_read", "copy_sql", "ExportedSnapshot"]
@@ -47,6 +47,9 @@ class ReadPlan:
         partition_key: quoted SQL of the partition column (key-range plans).
         row_estimate: the catalog's estimate, -1 when unknown.
         description: how the plan was chosen, for the log and the manifest.
+        table: the resolved `--table` (None for a query).
+        locks: relations locked (ACCESS SHARE) for the job, children included.
+        lock_method: how they were locked (see `snapshot.ExportedSnapshot`).
     """
 
     relation: str
@@ -56,6 +59,8 @@ class ReadPlan:
     row_estimate: int
     description: str
     table: catalog.TableRef | None = None
+    locks: tuple[str, ...] = ()
+    lock_method: str = "none"
 
     def column(self, name: str) -> Column:
         """The projected column called `name`."""
@@ -75,9 +80,10 @@ def copy_sql(plan: ReadPlan, partition: Partition) -> sql.Composable:
     )
     key = sql.SQL(plan.partition_key) if plan.partition_key else None
     where = partitioning.where_clause(partition, key)
+    relation = partition.relation or plan.relation
     return sql.SQL(
         "COPY (SELECT {} FROM {} AS src WHERE {}) TO STDOUT (FORMAT csv)"
-    ).format(select, sql.SQL(plan.relation), where)
+    ).format(select, sql.SQL(relation), where)
 
 
 def _quoted(name: str) -> str:
@@ -90,8 +96,13 @@ def plan_read(
     *,
     num_partitions: int | None = None,
     partition_column: str | None = None,
+    snapshot: ExportedSnapshot | None = None,
 ) -> ReadPlan:
     """Describes, projects and partitions the source. Raises DatabaseError/ValueError.
+
+    The plan is made in the locked transaction of `snapshot` (the one the
+    partitions will read), so no DDL can come between the plan and the read.
+    Without one, a locked, unexported transaction of its own is used.
 
     Args:
         source: the table or query.
@@ -99,76 +110,76 @@ def plan_read(
             of them, types unchecked: the caller projects and checks).
         num_partitions: wanted partitions (None: from the row estimate).
         partition_column: split on this column's quantiles instead of blocks.
+        snapshot: an entered `ExportedSnapshot` of `source`.
     """
-    conn = connect(source.dsn)
+    if snapshot is None:
+        with ExportedSnapshot(source, export=False) as own:
+            return plan_read(
+                source,
+                needed_columns,
+                num_partitions=num_partitions,
+                partition_column=partition_column,
+                snapshot=own,
+            )
+    conn = snapshot.conn
+    table = None
+    if source.table is not None:
+        # Resolved again inside the locked transaction: what the reads will see.
+        table = catalog.resolve_table(conn, source.table)
+        relation = table.identifier.as_string(conn)
+    else:
+        relation = check_query(source.query).subquery
     try:
-        conn.set_session(readonly=True)
-        table = None
-        if source.table is not None:
-            table = catalog.resolve_table(conn, source.table)
-            relation = table.identifier.as_string(conn)
-        else:
-            relation = check_query(source.query).subquery
-        try:
-            columns = catalog.describe(conn, sql.SQL(relation), table)
-        except Exception as err:  # psycopg2.Error: the query itself is wrong
+        columns = catalog.describe(conn, sql.SQL(relation), table)
+    except Exception as err:  # psycopg2.Error: the query itself is wrong
+        raise DatabaseError(
+            f"--query: {str(err).strip().splitlines()[0]}"
+            if table is None
+            else f"--table {source.table}: {str(err).strip().splitlines()[0]}"
+        ) from err
+    by_name = {c.name: c for c in columns}
+    if needed_columns is not None:
+        missing = [n for n in needed_columns if n not in by_name]
+        if missing:
+            where = f"table {table}" if table else "--query result"
             raise DatabaseError(
-                f"--query: {str(err).strip().splitlines()[0]}"
-                if table is None
-                else f"--table {source.table}: {str(err).strip().splitlines()[0]}"
-            ) from err
-        by_name = {c.name: c for c in columns}
-        if needed_columns is not None:
-            missing = [n for n in needed_columns if n not in by_name]
-            if missing:
-                where = f"table {table}" if table else "--query result"
-                raise DatabaseError(
-                    f"column(s) {', '.join(map(repr, missing))} not found in {where}; "
-                    f"available: {', '.join(by_name)}"
-                )
-            columns = [by_name[n] for n in needed_columns]
-        problems = []
-        for column in columns if needed_columns is not None else ():
-            try:
-                _ = column.kind
-            except UnsupportedTypeError as err:
-                problems.append(str(err))
-        if problems:
-            raise DatabaseError("; ".join(problems))
+                f"column(s) {', '.join(map(repr, missing))} not found in {where}; "
+                f"available: {', '.join(by_name)}"
+            )
+        columns = [by_name[n] for n in needed_columns]
+    problems = []
+    for column in columns if needed_columns is not None else ():
+        try:
+            _ = column.kind
+        except UnsupportedTypeError as err:
+            problems.append(str(err))
+    if problems:
+        raise DatabaseError("; ".join(problems))
 
-        row_estimate, pages = (-1, 0)
-        if table is not None:
-            row_estimate, pages = catalog.table_size(conn, table)
+    if partition_column is not None:
+        if partition_column not in by_name:
+            raise DatabaseError(
+                f"--partition_column: column {partition_column!r} not found"
+            )
+        row_estimate = _row_estimate(conn, table)
         wanted = num_partitions or partitioning.default_num_partitions(row_estimate)
+        partition_key = _quoted(partition_column)
+        bounds = _quantile_bounds(conn, relation, partition_key, wanted)
+        partitions = partitioning.plan_key_ranges(bounds)
+        description = (
+            f"{len(partitions)} partitions: key ranges on {partition_column!r} "
+            f"at {len(partitions) - 2} quantile bounds, plus NULL keys"
+        )
+    else:
         partition_key = None
-        if partition_column is not None:
-            if partition_column not in by_name:
-                raise DatabaseError(
-                    f"--partition_column: column {partition_column!r} not found"
-                )
-            partition_key = _quoted(partition_column)
-            bounds = _quantile_bounds(conn, relation, partition_key, wanted)
-            partitions = partitioning.plan_key_ranges(bounds)
-            description = (
-                f"{len(partitions)} partitions: key ranges on {partition_column!r} "
-                f"at {len(partitions) - 2} quantile bounds, plus NULL keys"
-            )
-        elif table is not None and pages > 0:
-            partitions = partitioning.plan_block_ranges(pages, wanted)
-            description = (
-                f"{len(partitions)} partitions: ctid block ranges of {pages} pages"
-            )
-        else:
-            partitions = partitioning.plan_single()
-            description = (
-                "1 partition: a --query is read in one partition unless "
-                "--partition_column is given"
-                if table is None
-                else "1 partition: the table is empty or not a plain table"
-            )
-        conn.rollback()
-    finally:
-        conn.close()
+        row_estimate, partitions, description = _plan_blocks(
+            conn, table, num_partitions
+        )
+    if snapshot.locks:
+        shown = ", ".join(snapshot.locks[:5])
+        more = len(snapshot.locks) - 5
+        description += f"; locked (ACCESS SHARE): {shown}"
+        description += f" and {more} more" if more > 0 else ""
     _LOGGER.info("Read plan: %s (row estimate %s)", description, row_estimate)
     return ReadPlan(
         relation=relation,
@@ -178,7 +189,127 @@ def plan_read(
         row_estimate=row_estimate,
         description=description,
         table=table,
+        locks=snapshot.locks,
+        lock_method=snapshot.lock_method,
     )
+
+
+def _row_estimate(conn, table: catalog.TableRef | None) -> int:
+    if table is None:
+        return -1
+    if table.kind == "p":
+        estimates = [
+            catalog.table_size(conn, leaf)[0]
+            for leaf in catalog.leaf_partitions(conn, table)
+            if leaf.kind != "f"
+        ]
+        return sum(e for e in estimates if e > 0) if estimates else 0
+    return catalog.table_size(conn, table)[0]
+
+
+def _plan_blocks(conn, table, num_partitions):
+    """(row estimate, partitions, description) of a plan without a partition key."""
+    if table is None:
+        return (
+            -1,
+            partitioning.plan_single(),
+            "1 partition: a --query is read in one partition unless "
+            "--partition_column is given",
+        )
+    if table.kind not in ("r", "m", "p"):
+        return (
+            -1,
+            partitioning.plan_single(),
+            f"1 partition: {table} is a {_KIND_NAMES[table.kind]}, not stored here "
+            "(no block ranges)",
+        )
+    if not catalog.can_select_table(conn, table):
+        return (
+            _row_estimate(conn, table),
+            partitioning.plan_single(),
+            "1 partition: the role may SELECT only some columns, and block ranges "
+            "(ctid) need table-level SELECT; give --partition_column for key ranges",
+        )
+    if table.kind == "p":
+        return _plan_partitioned(conn, table, num_partitions)
+    row_estimate, pages = catalog.table_size(conn, table)
+    wanted = num_partitions or partitioning.default_num_partitions(row_estimate)
+    # Even an empty or one-block table is a block range: resumable.
+    partitions = partitioning.plan_block_ranges(max(pages, 1), wanted)
+    return (
+        row_estimate,
+        partitions,
+        f"{_count(partitions)}: ctid block ranges of {pages} pages"
+        + ("" if _analysed(conn, table) else " (never analysed: rows estimated "
+           "from the size on disk)"),
+    )
+
+
+def _plan_partitioned(conn, table, num_partitions):
+    leaves = catalog.leaf_partitions(conn, table)
+    sized, unreadable = [], []
+    for leaf in leaves:
+        if leaf.kind != "f" and not catalog.can_select_table(conn, leaf):
+            unreadable.append(str(leaf))
+        rows, pages = catalog.table_size(conn, leaf) if leaf.kind != "f" else (-1, 0)
+        sized.append((leaf, rows, pages))
+    row_estimate = sum(max(rows, 0) for _, rows, _ in sized)
+    if unreadable or not leaves:
+        why = (
+            f"the role may not SELECT leaf {unreadable[0]} directly"
+            if unreadable
+            else "it has no partitions"
+        )
+        return (
+            row_estimate,
+            partitioning.plan_single(),
+            f"1 partition: partitioned table {table}, read through its parent "
+            f"because {why}",
+        )
+    wanted = num_partitions or partitioning.default_num_partitions(row_estimate)
+    partitions = partitioning.plan_leaves(
+        [
+            (
+                sql.SQL("ONLY {}").format(leaf.identifier).as_string(conn),
+                str(leaf),
+                pages,
+                leaf.kind != "f",
+            )
+            for leaf, _, pages in sized
+        ],
+        wanted,
+    )
+    empty = sum(1 for leaf, _, pages in sized if leaf.kind != "f" and pages <= 0)
+    if not partitions:  # every leaf is empty
+        partitions = partitioning.plan_single()
+    return (
+        row_estimate,
+        partitions,
+        f"{_count(partitions)}: ctid block ranges of each of the "
+        f"{len(leaves)} leaf partitions of {table} ({empty} empty, skipped)",
+    )
+
+
+def _count(partitions) -> str:
+    return f"{len(partitions)} partition{'' if len(partitions) == 1 else 's'}"
+
+
+def _analysed(conn, table) -> bool:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT reltuples >= 0 FROM pg_class WHERE oid = %s::regclass",
+            (table.identifier.as_string(conn),),
+        )
+        return bool(cur.fetchone()[0])
+
+
+_KIND_NAMES = {
+    "r": "table",
+    "p": "partitioned table",
+    "v": "view",
+    "m": "materialized view",
+    "f": "foreign table",
+}
 
 
 def _quantile_bounds(conn, relation: str, key: str, n: int) -> list:
@@ -195,36 +326,3 @@ def _quantile_bounds(conn, relation: str, key: str, n: int) -> list:
         )
         row = cur.fetchone()
     return list(row[0] or [])
-
-
-class ExportedSnapshot:
-    """Context manager: a REPEATABLE READ READ ONLY transaction with an exported id.
-
-    The transaction (and so the snapshot) lives until `__exit__`; the launcher keeps
-    it open until the pipeline has finished reading.
-    """
-
-    def __init__(self, dsn: Dsn):
-        self._dsn = dsn
-        self._conn = None
-        self.snapshot_id: str | None = None
-
-    def __enter__(self) -> ExportedSnapshot:
-        self._conn = connect(self._dsn)
-        self._conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
-        with self._conn.cursor() as cur:
-            cur.execute("SELECT pg_export_snapshot()")
-            self.snapshot_id = cur.fetchone()[0]
-        _LOGGER.info("Exported snapshot %s for all partition reads", self.snapshot_id)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._conn is not None:
-            try:
-                if not self._conn.closed:
-                    self._conn.rollback()
-            except psycopg2.Error:
-                pass  # the server went away: the snapshot is gone with it
-            finally:
-                self._conn.close()
-                self._conn = None

@@ -9,6 +9,7 @@ from pipeline.partitioning import (
     default_num_partitions,
     plan_block_ranges,
     plan_key_ranges,
+    plan_leaves,
     plan_single,
 )
 
@@ -34,6 +35,7 @@ def _block_selects(partition, block):
     return block >= lo and (partition.upper is None or block < partition.upper)
 
 
+@settings(deadline=None)  # up to 10k blocks checked: slow on a busy machine
 @given(st.integers(0, 10_000), st.integers(1, 100))
 def test_plan_block_ranges_cover_every_block_once(pages, n):
     plan = plan_block_ranges(pages, n)
@@ -94,3 +96,32 @@ def test_default_num_partitions_scales_with_rows_and_is_bounded():
     assert default_num_partitions(250_000) == 1
     assert default_num_partitions(250_001) == 2
     assert default_num_partitions(10**12) == 64
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 300), st.booleans()), min_size=1, max_size=8),
+    st.integers(1, 40),
+)
+def test_plan_leaves_reads_every_block_of_every_leaf_once(leaves, n):
+    spec = [(f"ONLY l{i}", f"s.l{i}", pages, by_blocks)
+            for i, (pages, by_blocks) in enumerate(leaves)]
+    plan = plan_leaves(spec, n)
+    assert [p.index for p in plan] == list(range(len(plan)))
+    for relation, _, pages, by_blocks in spec:
+        mine = [p for p in plan if p.relation == relation]
+        if not by_blocks:  # a foreign leaf: read whole, never resumed by count
+            assert [(p.kind, p.resumable) for p in mine] == [("all", False)]
+        elif pages == 0:  # empty (it cannot grow visible rows in the snapshot)
+            assert mine == []
+        else:
+            assert all(p.resumable for p in mine)
+            for block in range(pages + 3):
+                assert sum(_block_selects(p, block) for p in mine) == 1
+    assert len({p.label for p in plan}) == len(plan)
+
+
+def test_plan_leaves_spreads_partitions_by_size():
+    plan = plan_leaves([("ONLY a", "s.a", 900, True), ("ONLY b", "s.b", 100, True)], 10)
+    assert [p.relation for p in plan].count("ONLY a") == 9
+    assert plan[-1].label == "p9:blocks[-inf,+inf) of s.b"

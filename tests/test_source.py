@@ -193,7 +193,7 @@ def test_snapshot_keeps_an_invariant_under_concurrent_writes(database_url, make_
     try:
         plan = plan_read(source, ["id", "balance"], num_partitions=4)
         assert len(plan.partitions) == 4
-        with ExportedSnapshot(source.dsn) as snapshot:
+        with ExportedSnapshot(source) as snapshot:
             reader = PartitionReader(source, plan, snapshot.snapshot_id)
             rows = []
             for partition in plan.partitions:
@@ -221,7 +221,7 @@ def test_killed_connection_mid_partition_is_survived_exactly(database_url, make_
     plan = plan_read(source, ["id", "v"], num_partitions=1)
     killer = psycopg2.connect(database_url)
     killer.autocommit = True
-    with ExportedSnapshot(source.dsn) as snapshot:
+    with ExportedSnapshot(source) as snapshot:
         reader = PartitionReader(source, plan, snapshot.snapshot_id, block_size=1 << 16,
                                  backoff_s=0.01)
         ids = []

@@ -188,7 +188,7 @@ def dataset_from_postgres(
         return out
 
     def generate() -> Iterator[dict]:
-        with ExportedSnapshot(source.dsn) as snapshot:
+        with ExportedSnapshot(source) as snapshot:
             batches = _read_batches(
                 source, plan, snapshot.snapshot_id, max(1, num_parallel_reads)
             )
