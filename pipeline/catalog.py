@@ -112,14 +112,18 @@ def describe(conn, source: sql.Composable, table: TableRef | None) -> list[Colum
         cur.execute(_TYPE_QUERY, (list({oid for _, oid in described}),))
         types = {row[0]: row[1:] for row in cur}
         not_null: set[str] = set()
+        ndims: dict[str, int] = {}
         if table is not None:
             cur.execute(
-                "SELECT a.attname FROM pg_attribute a "
-                "WHERE a.attrelid = %s::regclass AND a.attnotnull AND a.attnum > 0 "
+                "SELECT a.attname, a.attnotnull, a.attndims FROM pg_attribute a "
+                "WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
                 "AND NOT a.attisdropped",
                 (sql.Identifier(table.schema, table.name).as_string(conn),),
             )
-            not_null = {row[0] for row in cur}
+            for attname, attnotnull, attndims in cur:
+                if attnotnull:
+                    not_null.add(attname)
+                ndims[attname] = int(attndims)
     columns = []
     for name, oid in described:
         base, display, is_array, element = types[oid]
@@ -130,6 +134,7 @@ def describe(conn, source: sql.Composable, table: TableRef | None) -> list[Colum
                 display_type=display,
                 is_array=bool(is_array),
                 not_null=name in not_null,
+                ndims=ndims.get(name, 0),
             )
         )
     return columns

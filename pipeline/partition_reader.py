@@ -24,7 +24,7 @@ from pipeline.connection import connect
 from pipeline.copy_stream import CopyStream
 from pipeline.partitioning import Partition
 from pipeline.source import ReadPlan, SourceSpec, copy_sql
-from transforms.types import arrow_type
+from transforms.types import arrow_type, read_error_message
 
 __all__ = [
     "PartitionReader",
@@ -49,6 +49,10 @@ class PartitionReadError(RuntimeError):
     """Reading one partition failed."""
 
 
+class ColumnValueError(ValueError):
+    """A value the read refuses (e.g. a multi-dimensional array); names the column."""
+
+
 def raw_arrow_schema(plan: ReadPlan) -> pa.Schema:
     """The Arrow schema of the raw batches (flat typed columns, arrays as lists)."""
     return pa.schema(
@@ -63,12 +67,22 @@ def _csv_types(plan: ReadPlan) -> dict[str, pa.DataType]:
 
 
 def _decode_arrays(batch: pa.RecordBatch, plan: ReadPlan) -> pa.RecordBatch:
+    """Parses the JSON text of array columns into large lists.
+
+    The read expression (`transforms.types.read_expression`) has already refused
+    any value with more than one dimension, so every value is a flat JSON list;
+    a nested one here is a bug, never flattened.
+    """
     if not any(c.is_array for c in plan.columns):
         return batch
     arrays = []
     for column, array in zip(plan.columns, batch.columns, strict=True):
         if column.is_array:
             values = [None if s is None else json.loads(s) for s in array.to_pylist()]
+            if any(isinstance(v, list) for row in values if row for v in row):
+                raise ColumnValueError(
+                    f'column "{column.name}": a nested array reached the reader'
+                )
             array = pa.array(values, type=arrow_type(column))
         arrays.append(array)
     return pa.RecordBatch.from_arrays(arrays, schema=raw_arrow_schema(plan))
@@ -118,6 +132,9 @@ def read_partition(
         except Exception as err:
             # pyarrow wraps the stream's error; surface the database's own error.
             if stream.error is not None:
+                message = read_error_message(str(stream.error))
+                if message is not None:
+                    raise ColumnValueError(message) from stream.error
                 raise stream.error from err
             raise
         finally:
