@@ -328,6 +328,7 @@ def validate(config: FeatureConfig, columns: Sequence[Column]) -> None:
                 f"--features: feature {feature.name!r} reads column "
                 f"{feature.column!r}, which is not in the source"
             )
+        _ = column.kind  # UnsupportedTypeError: unmapped types (jsonb, int[][])
         if column.is_array:
             raise ConfigError(
                 f"--features: feature {feature.name!r}: array column {column.name!r} "
