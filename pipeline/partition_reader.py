@@ -24,7 +24,7 @@ from pipeline.connection import connect
 from pipeline.copy_stream import CopyStream
 from pipeline.partitioning import Partition
 from pipeline.source import ReadPlan, SourceSpec, copy_sql
-from transforms.types import arrow_type, read_error_message
+from transforms.types import Kind, arrow_type, read_error_message
 
 __all__ = [
     "PartitionReader",
@@ -66,6 +66,10 @@ def _csv_types(plan: ReadPlan) -> dict[str, pa.DataType]:
     }
 
 
+def _json_float(value):
+    return float(value) if isinstance(value, str) else value
+
+
 def _decode_arrays(batch: pa.RecordBatch, plan: ReadPlan) -> pa.RecordBatch:
     """Parses the JSON text of array columns into large lists.
 
@@ -79,6 +83,12 @@ def _decode_arrays(batch: pa.RecordBatch, plan: ReadPlan) -> pa.RecordBatch:
     for column, array in zip(plan.columns, batch.columns, strict=True):
         if column.is_array:
             values = [None if s is None else json.loads(s) for s in array.to_pylist()]
+            if column.kind is Kind.FLOAT:
+                # array_to_json writes NaN and ±Infinity as the strings "NaN", …
+                values = [
+                    row if row is None else [_json_float(v) for v in row]
+                    for row in values
+                ]
             if any(isinstance(v, list) for row in values if row for v in row):
                 raise ColumnValueError(
                     f'column "{column.name}": a nested array reached the reader'
