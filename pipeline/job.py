@@ -179,12 +179,12 @@ def _supported(column) -> bool:
     try:
         _ = column.kind
         return True
-    except UnsupportedTypeError:
+    except UnsupportedTypeError as err:
         _LOGGER.warning(
-            "Column %r of type %s is not read (no feature mapping); cast it in a "
-            "--query to use it in the preprocessing module",
+            "Column %r is not read (the preprocessing module gets mapped columns "
+            "only): %s",
             column.name,
-            column.display_type,
+            err,
         )
         return False
 
