@@ -252,3 +252,29 @@ def test_query_passthrough_of_every_type_against_sql(query_run, database_url, ta
             assert data["s"][k] == want_s.encode()
             for c in names:
                 assert data[f"{c}_is_missing"][k] == (row[c] is None), c
+
+
+def test_multidimensional_value_fails_the_job_in_one_line(
+    database_url, table, tmp_path, capsys
+):
+    module = tmp_path / "module.py"
+    module.write_text(
+        "import tensorflow_transform as tft\n\n"
+        "def preprocessing_fn(inputs):\n"
+        "    y = tft.sparse_tensor_to_dense_with_shape(inputs['y'], [None, 1])\n"
+        "    return {'y_xf': y[:, 0], 'm_sum': tft.sparse_tensor_to_dense_with_shape(\n"
+        "        inputs['m'], [None, 2])[:, 0]}\n"
+    )
+    out = tmp_path / "out"
+    argv = [
+        "--db_url", database_url, "--split_key", "id", "--label", "y_xf",
+        "--query", f'SELECT id, y, CASE WHEN id % 7 = 3 THEN ARRAY[[1, 2], [3, 4]] '
+        f'ELSE ARRAY[y] END AS m FROM "{table}"',
+        "--preprocessing_module", str(module), "--output_dir", str(out),
+    ]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sql2tfrecord: error: ")
+    assert 'column "m" holds a 2-dimensional array value' in err[0]
+    assert 'ARRAY(SELECT unnest("m")) AS "m"' in err[0]
+    assert not (out / "manifest.json").exists()
