@@ -94,6 +94,7 @@ def test_inferred_time_parts_of_a_nullable_timestamp_carry_indicators():
     [("cat", "mean"), ("x", "token"), ("n", "most_frequent")],
 )
 def test_passthrough_imputation_must_suit_the_column_type(column, impute):
-    raw = {"features": [{"column": column, "transform": "passthrough", "impute": impute}]}
+    feature = {"column": column, "transform": "passthrough", "impute": impute}
+    raw = {"features": [feature]}
     with pytest.raises(ConfigError, match=f"impute must be one of .* got '{impute}'"):
         parse_config(raw, COLUMNS, "y")

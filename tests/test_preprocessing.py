@@ -143,7 +143,8 @@ TYPED_CONFIG = {
         {"column": "t", "transform": "passthrough", "indicator": True},
         {"column": "tn", "transform": "zscore", "indicator": True},
         {"column": "dn", "transform": "zscore", "indicator": True},
-        {"column": "t", "name": "t_hour", "transform": "hour_of_day", "indicator": True},
+        {"column": "t", "name": "t_hour", "transform": "hour_of_day",
+         "indicator": True},
         {"column": "t", "name": "t_dow", "transform": "day_of_week", "indicator": True},
         {"column": "tn", "name": "tn_hour", "transform": "hour_of_day",
          "indicator": True},
@@ -188,7 +189,8 @@ def typed():
     config = parse_config(TYPED_CONFIG, TYPED, None)
     fn = build_preprocessing_fn(config, TYPED)
     with tempfile.TemporaryDirectory() as temp, tft_beam.Context(temp_dir=temp):
-        (out, _), _ = (rows, raw_metadata(TYPED)) | tft_beam.AnalyzeAndTransformDataset(fn)
+        analyze = tft_beam.AnalyzeAndTransformDataset(fn)
+        (out, _), _ = (rows, raw_metadata(TYPED)) | analyze
     return rows, out
 
 

@@ -62,7 +62,8 @@ def test_declared_multidimensional_array_is_refused_naming_column_and_cast():
 
 
 def test_array_read_expression_refuses_multidimensional_values_per_row():
-    expression = read_expression('"a\'b"', Column("a'b", "int4", "int[]", is_array=True))
+    column = Column("a'b", "int4", "int[]", is_array=True)
+    expression = read_expression('"a\'b"', column)
     # Row-dependent (array_ndims of the value, concat is stable): never folded
     # into a plan-time error; the quote in the name is escaped in the literal.
     assert 'array_ndims("a\'b") > 1' in expression

@@ -26,7 +26,8 @@ def _value_sql(i: int, kind: str) -> str:
         return "'infinity'" if i % 2 else "'-infinity'"
     if kind == "date":
         return f"DATE '1969-06-01' + {(i * 7919) % 20000 - 5000}"
-    return f"TIMESTAMPTZ '1969-06-01 00:00:00+00' + interval '{i * 7919 * 3607 % 10**9} s'"
+    seconds = i * 7919 * 3607 % 10**9
+    return f"TIMESTAMPTZ '1969-06-01 00:00:00+00' + interval '{seconds} s'"
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,9 @@ def sql_times(database_url, table):
         )
         out[c] = {
             r[0]: {
-                "raw": None if r[1] else (r[4] if r[2] else (POS_INF if r[3] else NEG_INF)),
+                "raw": None
+                if r[1]
+                else (r[4] if r[2] else (POS_INF if r[3] else NEG_INF)),
                 "value": r[4],
                 "hour": None if r[5] is None else int(r[5]),
                 "dow": None if r[6] is None else int(r[6]),
@@ -127,7 +130,8 @@ def sql_times(database_url, table):
 
 def _read_all(out, split):
     data = {}
-    for batch, label in trainer.make_dataset(out, split, batch_size=1024, shuffle=False):
+    dataset = trainer.make_dataset(out, split, batch_size=1024, shuffle=False)
+    for batch, label in dataset:
         for key, value in batch.items():
             data.setdefault(key, []).extend(value.numpy().tolist())
         data.setdefault("y", []).extend(label.numpy().tolist())
