@@ -25,23 +25,41 @@ def empty_splits(rows_per_split: Mapping[str, int]) -> list[str]:
     return [name for name, rows in rows_per_split.items() if rows == 0]
 
 
-def _why_empty(counts: Mapping[str, int], label: str | None, split_key: str) -> str:
+def _why_empty(
+    name: str, counts: Mapping[str, int], label: str | None, split_key: str
+) -> str:
     rows_read = counts.get("rows_read", 0)
-    dropped = counts.get("rows_dropped_null_label", 0)
+    label_drops = sum(
+        v
+        for k, v in counts.items()
+        if k.startswith("rows_dropped_") and k.endswith("_label")
+    )
     prefix = "null_split_key:"
     null_keys = {k[len(prefix) :]: v for k, v in counts.items() if k.startswith(prefix)}
+    kept = sum(v for k, v in counts.items() if k.startswith("split:"))
+    assigned = counts.get(f"split:{name}", 0)
     if rows_read == 0:
         return "the source has no rows"
-    if label is not None and dropped >= rows_read:
-        return f"all {rows_read} rows read have a NULL label (--label {label})"
-    kept = sum(counts.get(k, 0) for k in counts if k.startswith("split:"))
+    if label is not None and label_drops >= rows_read:
+        if counts.get("rows_dropped_null_label", 0) >= rows_read:
+            return f"all {rows_read} rows read have a NULL label (--label {label})"
+        return (
+            f"all {rows_read} rows read were dropped for their label (--label "
+            f"{label}; see rows_dropped_* in the manifest)"
+        )
+    if kept == 0:
+        return f"all {rows_read} rows read were dropped (see the manifest)"
+    if assigned:
+        return (
+            f"its {assigned} rows were dropped after the transform (see the manifest)"
+        )
     if null_keys and sum(null_keys.values()) == kept:
         target = max(null_keys, key=null_keys.get)  # NULL keys all hash alike
         return (
             f"every row's split key is NULL (--split_key {split_key}), so all "
             f"went to split {target!r}"
         )
-    return f"{rows_read} rows read, none hashed to it"
+    return f"none of the {kept} rows kept hashed to it"
 
 
 def output_warnings(
@@ -62,7 +80,7 @@ def output_warnings(
     found = []
     for name in empty_splits(rows_per_split):
         found.append(
-            f"split {name!r} is empty: {_why_empty(counts, label, split_key)}"
+            f"split {name!r} is empty: {_why_empty(name, counts, label, split_key)}"
         )
     for key, rows in sorted(counts.items()):
         if key.startswith("null_split_key:") and rows:

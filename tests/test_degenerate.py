@@ -41,7 +41,24 @@ def test_no_warnings_for_a_healthy_output():
         (
             {"train": 3, "eval": 0},
             {"rows_read": 3, "split:train": 3},
-            "3 rows read, none hashed to it",
+            "none of the 3 rows kept hashed to it",
+        ),
+        (
+            {"train": 0, "eval": 0},
+            {"rows_read": 4, "dropped_null:x": 4},
+            "all 4 rows read were dropped (see the manifest)",
+        ),
+        (
+            {"train": 0, "eval": 0},
+            {"rows_read": 4, "rows_dropped_null_label": 1,
+             "rows_dropped_non_finite_label": 3},
+            "all 4 rows read were dropped for their label (--label y; see "
+            "rows_dropped_* in the manifest)",
+        ),
+        (
+            {"train": 4, "eval": 0},
+            {"rows_read": 6, "split:train": 4, "split:eval": 2},
+            "its 2 rows were dropped after the transform (see the manifest)",
         ),
     ],
 )
