@@ -175,3 +175,22 @@ def test_infinite_dates_and_timestamps_read_as_int64_extremes(database_url, time
         dt.datetime(2024, 2, 29, 8, 45, 1, tzinfo=dt.timezone.utc).timestamp()
     )
 
+
+
+def test_user_module_gets_no_declared_multidimensional_column(
+    database_url, arrays, tmp_path, caplog
+):
+    from pipeline.job import prepare_job
+    from pipeline.options import parse_args
+
+    module = tmp_path / "module.py"
+    module.write_text("def preprocessing_fn(inputs):\n    return dict(inputs)\n")
+    config, _ = parse_args([
+        "--db_url", database_url, "--table", arrays, "--label", "id",
+        "--preprocessing_module", str(module), "--output_dir", str(tmp_path / "out"),
+    ])
+    with caplog.at_level("WARNING", logger="pipeline.job"):
+        job = prepare_job(config)
+    assert [c.name for c in job.plan.columns] == ["id", "a", "t", "f", "d"]
+    (warning,) = [r.getMessage() for r in caplog.records if "'m'" in r.getMessage()]
+    assert "2 dimensions" in warning and 'ARRAY(SELECT unnest("m")) AS "m"' in warning
