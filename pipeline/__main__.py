@@ -28,6 +28,7 @@ def _one_line(err: BaseException) -> str:
 def _user_error(err: BaseException) -> str | None:
     """The message of an expected (user-facing) failure, else None."""
     from pipeline.connection import DatabaseError
+    from pipeline.degenerate import EmptySplitError
     from pipeline.jdbc_io import JdbcUnavailableError
     from pipeline.output import OutputError
     from pipeline.postgres_io import PartitionReadError
@@ -43,6 +44,7 @@ def _user_error(err: BaseException) -> str | None:
         UnsupportedTypeError,
         PartitionReadError,
         QueryRefusedError,
+        EmptySplitError,
     )
     seen = set()
     while err is not None and id(err) not in seen:
@@ -114,9 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sql2tfrecord: error: {message or _one_line(err)}", file=sys.stderr)
         return 1
     rows = {name: split["rows"] for name, split in manifest["splits"].items()}
+    warnings = "".join(f"; warning: {w}" for w in manifest.get("warnings") or ())
     print(
         f"sql2tfrecord: wrote {config.output_dir}: rows {rows}, "
-        f"{manifest['elapsed_seconds']:.1f} s"
+        f"{manifest['elapsed_seconds']:.1f} s{warnings}"
     )
     return 0
 

@@ -22,8 +22,11 @@ label is never imputed. A text label whose class the train split does not have
 gets no id (-1 from the transform); `RouteSplits` drops those rows after the
 transform and counts them per split (`unseen_label:<split>`). NULLs of the kept
 rows (which the transforms impute) are counted per column (`nulls:<column>`).
-NaN, ±Infinity and values beyond float32's range in floating columns are counted
-per column (`non_finite:<column>`); the transforms treat them as missing.
+NaN, ±Infinity and values beyond float32's range in floating columns, and
+±infinity in date and timestamp columns (read as the int64 extremes), are counted
+per column (`non_finite:<column>`); the transforms treat them as missing. Rows
+whose split key is NULL all hash alike, so they land in one split: they are
+counted per split (`null_split_key:<split>`).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from pipeline import METRICS_NAMESPACE, arrow_coder
 from pipeline.split import SplitSpec, assign_splits
 from transforms.preprocessing import FLOAT32_MAX
 from transforms.schema import to_transform_batch
-from transforms.types import Column, Kind
+from transforms.types import NEG_INFINITY, POS_INFINITY, TIME_KINDS, Column, Kind
 
 __all__ = [
     "SPLIT_COLUMN",
@@ -106,6 +109,9 @@ class _AssignSplitFn(beam.DoFn):
         self._floats = tuple(
             c.name for c in columns if c.kind is Kind.FLOAT and not c.is_array
         )
+        self._times = tuple(
+            c.name for c in columns if c.kind in TIME_KINDS and not c.is_array
+        )
         self._counted_nulls = tuple(
             c.name for c in columns if not c.not_null and c.name != label
         )
@@ -154,9 +160,24 @@ class _AssignSplitFn(beam.DoFn):
             )
             if bad:
                 Metrics.counter(self._namespace, f"non_finite:{name}").inc(bad)
+        for name in self._times:
+            infinite = _count_infinite_times(batch.column(name))
+            if infinite:
+                Metrics.counter(self._namespace, f"non_finite:{name}").inc(infinite)
         if batch.num_rows == 0:
             return
-        assignment = assign_splits(batch.column(self._split_key), self._spec)
+        keys = batch.column(self._split_key)
+        assignment = assign_splits(keys, self._spec)
+        if keys.null_count:
+            nulls = np.bincount(
+                assignment[~pc.is_valid(keys).to_numpy(zero_copy_only=False)],
+                minlength=len(self._spec.names),
+            )
+            for index, count in enumerate(nulls.tolist()):
+                if count:
+                    Metrics.counter(
+                        self._namespace, f"null_split_key:{self._spec.names[index]}"
+                    ).inc(count)
         for index, count in enumerate(
             np.bincount(assignment, minlength=len(self._counters))
         ):
@@ -174,6 +195,12 @@ class _AssignSplitFn(beam.DoFn):
             pa.array(assignment.astype(np.int32)),
         )
         yield prepared.append_column(_SPLIT_FIELD, split)
+
+
+def _count_infinite_times(column: pa.Array) -> int:
+    """Values of a date/timestamp column that were ±infinity in the database."""
+    values = column.drop_null().to_numpy(zero_copy_only=False)  # int64
+    return int(np.count_nonzero((values == POS_INFINITY) | (values == NEG_INFINITY)))
 
 
 class AssignSplit(beam.PTransform):

@@ -116,21 +116,25 @@ def describe_table(conn, table: TableRef) -> list[Column]:
     """
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT a.attname, a.atttypid, a.attnotnull FROM pg_attribute a "
+            "SELECT a.attname, a.atttypid, a.attnotnull, a.attndims FROM pg_attribute a "
             "WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
             "AND NOT a.attisdropped ORDER BY a.attnum",
             (table.identifier.as_string(conn),),
         )
-        described = [(name, oid, bool(not_null)) for name, oid, not_null in cur]
+        described = [
+            (name, oid, bool(not_null), int(ndims))
+            for name, oid, not_null, ndims in cur
+        ]
     return _columns(conn, described)
 
 
-def _columns(conn, described: list[tuple[str, int, bool]]) -> list[Column]:
+def _columns(conn, described: list[tuple[str, int, bool, int]]) -> list[Column]:
+    """Columns from (name, type oid, NOT NULL, declared array dimensions) tuples."""
     with conn.cursor() as cur:
-        cur.execute(_TYPE_QUERY, (list({oid for _, oid, _ in described}),))
+        cur.execute(_TYPE_QUERY, (list({d[1] for d in described}),))
         types = {row[0]: row[1:] for row in cur}
     columns = []
-    for name, oid, not_null in described:
+    for name, oid, not_null, ndims in described:
         base, display, is_array, element = types[oid]
         columns.append(
             Column(
@@ -139,6 +143,7 @@ def _columns(conn, described: list[tuple[str, int, bool]]) -> list[Column]:
                 display_type=display,
                 is_array=bool(is_array),
                 not_null=not_null,
+                ndims=ndims,
             )
         )
     return columns
@@ -156,7 +161,8 @@ def describe(conn, source: sql.Composable, table: TableRef | None) -> list[Colum
         return describe_table(conn, table)
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT * FROM {} AS q LIMIT 0").format(source))
-        described = [(d.name, d.type_code, False) for d in cur.description]
+        # A query's columns are nullable and carry no declared dimensions.
+        described = [(d.name, d.type_code, False, 0) for d in cur.description]
     return _columns(conn, described)
 
 

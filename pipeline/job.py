@@ -19,7 +19,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import METRICS_NAMESPACE, output
+from pipeline import METRICS_NAMESPACE, degenerate, output
 from pipeline.assign import (
     SPLIT_COLUMN,
     AssignSplit,
@@ -221,12 +221,12 @@ def _supported(column) -> bool:
     try:
         _ = column.kind
         return True
-    except UnsupportedTypeError:
+    except UnsupportedTypeError as err:
         _LOGGER.warning(
-            "Column %r of type %s is not read (no feature mapping); cast it in a "
-            "--query to use it in the preprocessing module",
+            "Column %r is not read (the preprocessing module gets mapped columns "
+            "only): %s",
             column.name,
-            column.display_type,
+            err,
         )
         return False
 
@@ -422,6 +422,19 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     if reread:
         _check_reread(counts, config.splits.names)
     label_key = job.label
+    warnings = degenerate.output_warnings(
+        {name: counts.get(f"examples_{name}", 0) for name in config.splits.names},
+        counts,
+        job.raw_label,
+        job.split_key,
+    )
+    for warning in warnings:
+        _LOGGER.warning("%s", warning)
+    if config.fail_on_empty_split:
+        degenerate.check_empty_splits(
+            {name: counts.get(f"examples_{name}", 0) for name in config.splits.names},
+            warnings,
+        )
 
     tft_output = tft.TFTransformOutput(config.output_dir)
     transformed = tft_output.transformed_feature_spec()
@@ -488,6 +501,8 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         "rows_dropped_null": _by_column(counts, "dropped_null:"),
         "non_finite_values": _by_column(counts, "non_finite:"),
         "null_values": _by_column(counts, "nulls:"),
+        "null_split_keys": _by_column(counts, "null_split_key:"),
+        "warnings": warnings,
         "rows_per_partition": {
             p.label: counts.get(f"partition:{p.label}", 0) for p in job.plan.partitions
         },

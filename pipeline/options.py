@@ -55,6 +55,7 @@ class JobConfig:
     read_once: bool = False
     raw_parquet_dir: str | None = None
     input_parquet: str | None = None
+    fail_on_empty_split: bool = False
     verbose: bool = False
 
 
@@ -120,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         help=(
             "native: partitioned COPY reader (default); jdbc: Beam's Java ReadFromJdbc"
         ),
+    )
+    add(
+        "--fail_on_empty_split",
+        action="store_true",
+        help="fail (exit 1, no manifest) when a split gets no rows, instead of a "
+        "warning in the summary and the manifest",
     )
     add("--verbose", action="store_true", help="show tracebacks and debug logs")
     return parser
@@ -221,6 +228,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         read_once=args.read_once,
         raw_parquet_dir=args.raw_parquet_dir,
         input_parquet=args.input_parquet,
+        fail_on_empty_split=args.fail_on_empty_split,
         verbose=args.verbose,
     )
     return config, beam_args

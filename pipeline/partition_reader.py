@@ -25,7 +25,7 @@ from pipeline.copy_stream import CopyStream
 from pipeline.partitioning import Partition
 from pipeline.snapshot import IDLE_SESSION_OPTIONS, lock_timeout_message
 from pipeline.source import ReadPlan, SourceSpec, copy_sql
-from transforms.types import arrow_type
+from transforms.types import Kind, arrow_type, read_error_message
 
 __all__ = [
     "PartitionReader",
@@ -51,6 +51,10 @@ class PartitionReadError(RuntimeError):
     """Reading one partition failed."""
 
 
+class ColumnValueError(ValueError):
+    """A value the read refuses (e.g. a multi-dimensional array); names the column."""
+
+
 def raw_arrow_schema(plan: ReadPlan) -> pa.Schema:
     """The Arrow schema of the raw batches (flat typed columns, arrays as lists)."""
     return pa.schema(
@@ -64,13 +68,33 @@ def _csv_types(plan: ReadPlan) -> dict[str, pa.DataType]:
     }
 
 
+def _json_float(value):
+    return float(value) if isinstance(value, str) else value
+
+
 def _decode_arrays(batch: pa.RecordBatch, plan: ReadPlan) -> pa.RecordBatch:
+    """Parses the JSON text of array columns into large lists.
+
+    The read expression (`transforms.types.read_expression`) has already refused
+    any value with more than one dimension, so every value is a flat JSON list;
+    a nested one here is a bug, never flattened.
+    """
     if not any(c.is_array for c in plan.columns):
         return batch
     arrays = []
     for column, array in zip(plan.columns, batch.columns, strict=True):
         if column.is_array:
             values = [None if s is None else json.loads(s) for s in array.to_pylist()]
+            if column.kind is Kind.FLOAT:
+                # array_to_json writes NaN and ±Infinity as the strings "NaN", …
+                values = [
+                    row if row is None else [_json_float(v) for v in row]
+                    for row in values
+                ]
+            if any(isinstance(v, list) for row in values if row for v in row):
+                raise ColumnValueError(
+                    f'column "{column.name}": a nested array reached the reader'
+                )
             array = pa.array(values, type=arrow_type(column))
         arrays.append(array)
     return pa.RecordBatch.from_arrays(arrays, schema=raw_arrow_schema(plan))
@@ -120,6 +144,9 @@ def read_partition(
         except Exception as err:
             # pyarrow wraps the stream's error; surface the database's own error.
             if stream.error is not None:
+                message = read_error_message(str(stream.error))
+                if message is not None:
+                    raise ColumnValueError(message) from stream.error
                 raise stream.error from err
             raise
         finally:
@@ -206,7 +233,7 @@ class PartitionReader:
                 same_order = self._snapshot_id is not None and partition.resumable
                 if lost and emitted and not same_order:
                     raise PartitionReadError(
-                        f"partition {partition.label} of {self._plan.relation}: the "
+                        f"partition {partition.label} of {self._plan.source_name}: the "
                         f"connection was lost after {emitted} rows "
                         f"({_first_line(err)}), and its row order is not guaranteed "
                         "to repeat (a query, view, key range or foreign table), so "
@@ -214,7 +241,7 @@ class PartitionReader:
                     ) from err
                 if not lost or attempt >= self._max_retries:
                     raise PartitionReadError(
-                        f"partition {partition.label} of {self._plan.relation} failed "
+                        f"partition {partition.label} of {self._plan.source_name} failed "
                         f"after {emitted} rows: {_first_line(err)}"
                     ) from err
                 attempt += 1
@@ -231,7 +258,7 @@ class PartitionReader:
                 time.sleep(self._backoff_s * 2 ** (attempt - 1))
 
     def _lock_message(self, partition: Partition) -> str:
-        what = f"partition {partition.label} of {self._plan.relation}"
+        what = f"partition {partition.label} of {self._plan.source_name}"
         relations = list(self._plan.locks)
         if self.conn is None or self.conn.closed:
             self._connect()

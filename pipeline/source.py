@@ -62,6 +62,11 @@ class ReadPlan:
     locks: tuple[str, ...] = ()
     lock_method: str = "none"
 
+    @property
+    def source_name(self) -> str:
+        """What is read, for one-line messages: the table, or `--query`."""
+        return str(self.table) if self.table is not None else "--query"
+
     def column(self, name: str) -> Column:
         """The projected column called `name`."""
         for column in self.columns:

@@ -147,3 +147,35 @@ def test_config_without_names_uses_feature_names_of_columns():
     )
     assert config.features[0].name == config.names["a/b"] != "a/b"
     assert config.features[0].vocab_filename == config.features[0].name
+
+
+def test_inferred_time_parts_of_a_nullable_timestamp_carry_indicators():
+    columns = [
+        Column("ts", "timestamp", "timestamp without time zone"),
+        Column("d", "date", "date"),
+        Column("y", "int4", "integer", not_null=True),
+    ]
+    config = infer_features(columns, "y")
+    got = {(f.name, f.transform, f.indicator) for f in config.features}
+    assert got == {
+        ("ts", "zscore", True),
+        ("ts_hour_of_day", "hour_of_day", True),
+        ("ts_day_of_week", "day_of_week", True),
+        ("d", "zscore", True),
+    }
+    outputs = [f.name for f in config.features] + [
+        f.indicator_name for f in config.features if f.indicator
+    ]
+    assert len(outputs) == len(set(outputs)) == 8
+    assert {"ts_is_missing", "ts_hour_of_day_is_missing"} <= set(outputs)
+
+
+@pytest.mark.parametrize(
+    "column, impute",
+    [("cat", "mean"), ("x", "token"), ("n", "most_frequent")],
+)
+def test_passthrough_imputation_must_suit_the_column_type(column, impute):
+    feature = {"column": column, "transform": "passthrough", "impute": impute}
+    raw = {"features": [feature]}
+    with pytest.raises(ConfigError, match=f"impute must be one of .* got '{impute}'"):
+        parse_config(raw, COLUMNS, "y")

@@ -5,6 +5,7 @@ expected values come from numpy and collections.Counter.
 """
 
 import collections
+import datetime as dt
 import tempfile
 
 import numpy as np
@@ -197,3 +198,162 @@ def test_every_text_label_class_gets_an_id_in_counter_order(odd_output):
     assert [unescape_token(t).decode() for t in got] == [
         next(c for c in CLASSES if _label_token(c) == t) for t in vocab
     ]
+
+
+# --- Missing values of every type: NULL, ±infinity dates/timestamps, passthrough ---
+
+POS_INF, NEG_INF = 2**63 - 1, -(2**63)  # transforms.types.POS_INFINITY/NEG_INFINITY
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+TYPED = [
+    Column("k", "int8", "bigint"),
+    Column("key", "int8", "bigint"),
+    Column("b", "bool", "boolean"),
+    Column("f", "float8", "double precision"),
+    Column("s", "text", "text"),
+    Column("d", "date", "date"),
+    Column("t", "timestamp", "timestamp without time zone"),
+    Column("tn", "timestamptz", "timestamp with time zone", not_null=True),
+    Column("dn", "date", "date", not_null=True),
+    Column("y", "int4", "integer", not_null=True),
+]
+TYPED_CONFIG = {
+    "label": "y",
+    "features": [
+        {"column": "k", "transform": "passthrough", "indicator": True},
+        {"column": "k", "name": "k_median", "transform": "passthrough",
+         "impute": "median"},
+        {"column": "key", "transform": "passthrough", "impute": "constant",
+         "constant": 2.5, "indicator": True},
+        {"column": "b", "transform": "passthrough", "indicator": True},
+        {"column": "f", "transform": "passthrough", "indicator": True},
+        {"column": "s", "transform": "passthrough", "indicator": True},
+        {"column": "d", "transform": "passthrough", "indicator": True},
+        {"column": "t", "transform": "passthrough", "indicator": True},
+        {"column": "tn", "transform": "zscore", "indicator": True},
+        {"column": "dn", "transform": "zscore", "indicator": True},
+        {"column": "t", "name": "t_hour", "transform": "hour_of_day",
+         "indicator": True},
+        {"column": "t", "name": "t_dow", "transform": "day_of_week", "indicator": True},
+        {"column": "tn", "name": "tn_hour", "transform": "hour_of_day",
+         "indicator": True},
+        {"column": "d", "name": "d_dow", "transform": "day_of_week", "indicator": True},
+        {"column": "dn", "name": "dn_dow", "transform": "day_of_week"},
+    ],
+}
+
+
+def _typed_rows(n=400, seed=11):
+    rng = np.random.default_rng(seed)
+
+    def maybe(value, p_null=0.15, p_inf=0.0):
+        u = rng.random()
+        if u < p_null:
+            return []
+        if u < p_null + p_inf:
+            return [POS_INF if rng.random() < 0.5 else NEG_INF]
+        return [value]
+
+    rows = []
+    for i in range(n):
+        rows.append({
+            "k": maybe(int(rng.integers(-10**6, 10**6))),
+            "key": maybe(int(rng.integers(-(2**63), 2**63 - 1, dtype=np.int64))),
+            "b": maybe(int(rng.random() < 0.3)),
+            "f": maybe(float(rng.normal(3, 2))),
+            "s": maybe(["", "a", "b\nc", "ü"][i % 4].encode()),
+            # Dates and timestamps before and after 1970 (floor division matters).
+            "d": maybe(int(rng.integers(-30000, 30000)), p_inf=0.1),
+            "t": maybe(int(rng.integers(-2 * 10**9, 2 * 10**9)), p_inf=0.1),
+            "tn": (maybe(int(rng.integers(-(10**9), 10**9)), 0.0, 0.1) or [0])[0],
+            "dn": (maybe(int(rng.integers(-9000, 9000)), 0.0, 0.1) or [0])[0],
+            "y": int(rng.integers(0, 2)),
+        })
+    return rows
+
+
+@pytest.fixture(scope="module")
+def typed():
+    rows = _typed_rows()
+    config = parse_config(TYPED_CONFIG, TYPED, None)
+    fn = build_preprocessing_fn(config, TYPED)
+    with tempfile.TemporaryDirectory() as temp, tft_beam.Context(temp_dir=temp):
+        analyze = tft_beam.AnalyzeAndTransformDataset(fn)
+        (out, _), _ = (rows, raw_metadata(TYPED)) | analyze
+    return rows, out
+
+
+def _value(row, name):
+    """The row's finite value of `name`, or None when missing (NULL or ±infinity)."""
+    v = row[name] if isinstance(row[name], list) else [row[name]]
+    return v[0] if v and v[0] not in (POS_INF, NEG_INF) else None
+
+
+@pytest.mark.parametrize("name", ["k", "b", "d", "t"])
+def test_passthrough_of_nullable_integers_dates_timestamps(typed, name):
+    rows, out = typed
+    present = np.array([_value(r, name) for r in rows if _value(r, name) is not None])
+    fill = int(np.round(present.mean()))  # numpy rounds half to even, as documented
+    assert any(_value(r, name) is None for r in rows)
+    for row, o in zip(rows, out):
+        want = _value(row, name)
+        assert o[name] == (fill if want is None else want)
+        assert o[f"{name}_is_missing"] == (want is None)
+
+
+def test_passthrough_median_and_constant_keep_int64_exact(typed):
+    rows, out = typed
+    present = np.array([_value(r, "k") for r in rows if _value(r, "k") is not None])
+    median = np.median(present)
+    for row, o in zip(rows, out):
+        if _value(row, "k") is None:
+            # tf.Transform's quantiles are approximate (epsilon 0.001).
+            assert abs(o["k_median"] - median) <= 0.01 * np.ptp(present)
+        else:
+            assert o["k_median"] == _value(row, "k")
+        # Keys near ±2**63 survive exactly (no float64 on the way); the constant
+        # 2.5 is rounded half to even.
+        assert o["key"] == (2 if _value(row, "key") is None else _value(row, "key"))
+
+
+def test_passthrough_of_nullable_floats_and_text(typed):
+    rows, out = typed
+    mean = np.mean([_value(r, "f") for r in rows if _value(r, "f") is not None])
+    for row, o in zip(rows, out):
+        f = _value(row, "f")
+        assert o["f"] == pytest.approx(np.float32(mean if f is None else f), rel=1e-6)
+        s = _value(row, "s")
+        assert o["s"] == (b"__MISSING__" if s is None else s)
+        assert o["s_is_missing"] == (s is None)
+
+
+@pytest.mark.parametrize("name", ["tn", "dn"])
+def test_infinite_dense_times_are_missing_and_skip_the_statistics(typed, name):
+    rows, out = typed
+    finite = np.array([_value(r, name) for r in rows if _value(r, name) is not None],
+                      dtype=np.float64)
+    assert len(finite) < len(rows)  # the NOT NULL column does hold ±infinity
+    mean, std = finite.mean(), finite.std()
+    for row, o in zip(rows, out):
+        v = _value(row, name)
+        want = 0.0 if v is None else (v - mean) / std
+        assert o[name] == pytest.approx(want, abs=1e-5)
+        assert o[f"{name}_is_missing"] == (v is None)
+
+
+def test_time_parts_of_missing_values_are_24_and_7_with_indicators(typed):
+    rows, out = typed
+    for row, o in zip(rows, out):
+        t, tn, d, dn = (_value(row, c) for c in ("t", "tn", "d", "dn"))
+        at = None if t is None else EPOCH + dt.timedelta(seconds=t)
+        assert o["t_hour"] == (24 if t is None else at.hour)
+        assert o["t_dow"] == (7 if t is None else at.weekday())
+        assert o["t_hour_is_missing"] == o["t_dow_is_missing"] == (t is None)
+        assert o["tn_hour"] == (
+            24 if tn is None else (EPOCH + dt.timedelta(seconds=tn)).hour
+        )
+        assert o["tn_hour_is_missing"] == (tn is None)
+        for name, days in (("d_dow", d), ("dn_dow", dn)):
+            want = 7 if days is None else (EPOCH + dt.timedelta(days=days)).weekday()
+            assert o[name] == want
+        assert o["d_dow_is_missing"] == (d is None)

@@ -320,7 +320,7 @@ def test_build_model_inputs_come_from_the_output(tiny, tmp_path):
     assert embeddings == {
         "cat_embedding": vocabulary_size + 1,
         "cat_hash_embedding": HASH_BUCKETS,
-        "ts_hour_of_day_embedding": 24,
+        "ts_hour_of_day_embedding": 25,  # 24 hours + missing
     }
     # A user preprocessing_fn's output (no feature records): everything numeric.
     user = tmp_path / "user"

@@ -4,7 +4,8 @@ Inputs are built from the output directory alone (`manifest.json` and the
 transformed schema), one `keras.Input` per scalar transformed feature except the
 label: vocabulary ids get embeddings sized from the saved vocabularies (+ OOV
 buckets), hashed ids embeddings of `hash_buckets`, bucketized values embeddings of
-`num_buckets + 1`, hour of day and day of week embeddings of 24 and 7; every other
+`num_buckets + 1`, hour of day and day of week embeddings of 25 and 8 (their
+missing values are 24 and 7: `transforms.preprocessing`); every other
 int or float feature is a numeric input. Outputs of a user `--preprocessing_module`
 (no feature records in the manifest) are all numeric. Variable-length and string
 outputs are not modelled. The label is a 0/1 integer (binary cross-entropy, AUC).
@@ -22,7 +23,7 @@ from trainer.dataset import read_manifest
 
 __all__ = ["build_model", "categorical_sizes", "embedding_dim", "model_inputs"]
 
-_FIXED_SIZES = {"hour_of_day": 24, "day_of_week": 7}
+_FIXED_SIZES = {"hour_of_day": 25, "day_of_week": 8}  # + the missing category
 
 
 def categorical_sizes(output_dir: str) -> dict[str, int]:

@@ -15,7 +15,9 @@ A config file (`--features`, YAML or JSON) looks like::
 
 Without a file, `infer_features` builds the default from the catalog: numbers, dates
 and timestamps z-scored with NULLs imputed by the train mean (and an is-missing
-indicator when nullable); timestamps also give hour of day and day of week; text
+indicator when nullable); timestamps also give hour of day and day of week (with
+their own `<name>_is_missing` indicators when nullable: a missing timestamp's hour
+is 24 and its day 7, see `transforms.preprocessing`); text
 goes through a vocabulary (top 100,000, one OOV bucket, NULL as its own token);
 arrays, the label, the split key and primary key columns are left out.
 Unknown keys, transforms or columns are errors that name them.
@@ -229,7 +231,19 @@ def infer_features(
                 for expansion in ("hour_of_day", "day_of_week"):
                     name = names_.derived_name(key, expansion, taken)
                     taken.add(name)
-                    features.append(Feature(name, column.name, expansion))
+                    part_missing = None
+                    if nullable:
+                        part_missing = names_.derived_name(name, "is_missing", taken)
+                        taken.add(part_missing)
+                    features.append(
+                        Feature(
+                            name,
+                            column.name,
+                            expansion,
+                            indicator=nullable,
+                            missing_name=part_missing,
+                        )
+                    )
         elif column.kind is Kind.BYTES:
             features.append(
                 Feature(key, column.name, "vocabulary", top_k=DEFAULT_TOP_K)
@@ -368,6 +382,7 @@ def validate(config: FeatureConfig, columns: Sequence[Column]) -> None:
                 f"--features: feature {feature.name!r} reads column "
                 f"{feature.column!r}, which is not in the source"
             )
+        _ = column.kind  # UnsupportedTypeError: unmapped types (jsonb, int[][])
         if column.is_array:
             raise ConfigError(
                 f"--features: feature {feature.name!r}: array column {column.name!r} "
@@ -378,6 +393,15 @@ def validate(config: FeatureConfig, columns: Sequence[Column]) -> None:
                 f"--features: feature {feature.name!r}: {feature.transform} does not "
                 f"apply to column {column.name!r} of type {column.display_type}"
             )
+        if feature.transform == "passthrough" and feature.impute is not None:
+            text = column.kind is Kind.BYTES
+            allowed = {"token", "drop"} if text else _NUMERIC_IMPUTE
+            if feature.impute not in allowed:
+                raise ConfigError(
+                    f"--features: feature {feature.name!r}: impute must be one of "
+                    f"{sorted(allowed)} for passthrough of column {column.name!r} of "
+                    f"type {column.display_type}, got {feature.impute!r}"
+                )
         names = [feature.name] + ([feature.indicator_name] if feature.indicator else [])
         for name in names:
             other = outputs.get(name.lower())

@@ -3,12 +3,23 @@ r"""Builds a tf.Transform `preprocessing_fn` from a FeatureConfig.
 Inputs follow the raw schema (`transforms.schema`): dense `[batch]` tensors for NOT
 NULL columns, `SparseTensor`s `[batch, ≤1]` for nullable ones. Every output is a dense
 `[batch]` tensor: float32 for scaled numbers, int64 for ids, buckets, time parts and
-indicators. NULL, NaN, ±Infinity and values beyond float32's range count as
-missing: statistics are computed on the present, finite values of the train split
-only, and missing values are imputed afterwards (mean, median or a constant) and
-then transformed like any value — a z-scored NULL with `impute: mean` is exactly
+indicators. NULL, NaN, ±Infinity, values beyond float32's range and ±infinity dates
+and timestamps (read as the int64 extremes, `transforms.types.POS_INFINITY`) count
+as missing: statistics are computed on the present, finite values of the train
+split only, and missing values are imputed afterwards (mean, median or a constant)
+and then transformed like any value — a z-scored NULL with `impute: mean` is exactly
 0 — never by filling 0 before the analyzer. An all-missing column yields 0 (and
-its indicator 1), never NaN.
+its indicator 1), never NaN. The is-missing indicator of every transform is 1
+exactly where its input counts as missing.
+
+Missing values of the other transforms:
+
+- `hour_of_day` and `day_of_week` of a missing date or timestamp are 24 and 7 (one
+  past the last hour / day: a category of its own, never a real hour or Monday).
+- `passthrough`: text becomes `missing_token`; floats are imputed as above (float32);
+  integers, booleans, dates and timestamps stay exact int64 and a missing value
+  becomes the train mean or median rounded half to even (0 when the train split
+  has no value), or `constant` rounded half to even.
 
 Vocabularies are named after their feature (`vocab_filename`), so the trainer can
 ask `TFTransformOutput.vocabulary_size_by_name(name)`. tf.Transform drops the empty
@@ -38,11 +49,13 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from transforms.features import Feature, FeatureConfig
-from transforms.types import Column, Kind
+from transforms.types import NEG_INFINITY, POS_INFINITY, TIME_KINDS, Column, Kind
 
 __all__ = ["build_preprocessing_fn", "escape_token", "label_token", "unescape_token"]
 
 SECONDS_PER_DAY = 86_400
+MISSING_HOUR = 24  # hour_of_day of a missing timestamp
+MISSING_DAY = 7  # day_of_week of a missing date or timestamp
 FLOAT32_MAX = 3.4028234663852886e38  # beyond it a value cannot become a float32 feature
 
 
@@ -97,20 +110,32 @@ def _present_mask(x) -> tf.Tensor:
     return _dense(ones, tf.constant(0, tf.int64)) > 0
 
 
+def _as_float64(values: tf.Tensor, kind: Kind | None) -> tf.Tensor:
+    """float64 values; ±infinity dates and timestamps (int64 extremes) become NaN."""
+    floats = tf.cast(values, tf.float64)
+    if kind not in TIME_KINDS:
+        return floats
+    finite = tf.logical_and(
+        tf.not_equal(values, tf.constant(POS_INFINITY, tf.int64)),
+        tf.not_equal(values, tf.constant(NEG_INFINITY, tf.int64)),
+    )
+    return tf.where(finite, floats, tf.constant(float("nan"), tf.float64))
+
+
 class _Numbers:
     """A numeric column as float64 values plus a mask of usable (present, finite) rows.
 
-    NULL, NaN, ±Infinity and magnitudes beyond float32's range are all "missing":
-    statistics skip them and imputation replaces them.
+    NULL, NaN, ±Infinity, magnitudes beyond float32's range and infinite dates and
+    timestamps are all "missing": statistics skip them and imputation replaces them.
     """
 
-    def __init__(self, x):
+    def __init__(self, x, kind: Kind | None = None):
         nan = tf.constant(float("nan"), tf.float64)
         if isinstance(x, tf.SparseTensor):
-            x = tf.SparseTensor(x.indices, tf.cast(x.values, tf.float64), x.dense_shape)
+            x = tf.SparseTensor(x.indices, _as_float64(x.values, kind), x.dense_shape)
             self.value = _dense(x, nan)
         else:
-            self.value = tf.cast(x, tf.float64)
+            self.value = _as_float64(x, kind)
         self.present = tf.logical_and(
             tf.math.is_finite(self.value), tf.abs(self.value) <= FLOAT32_MAX
         )
@@ -127,17 +152,19 @@ class _Numbers:
             self._mean = _finite_or(tft.mean(self.values), 0.0)
         return self._mean
 
-    def filled(self, feature: Feature) -> tf.Tensor:
-        """[batch] float64 with missing values imputed as the feature asks."""
+    def fill_value(self, feature: Feature) -> tf.Tensor:
+        """The float64 scalar a missing value becomes, as the feature asks."""
         how = feature.imputation
         if how == "constant":
-            fill = tf.constant(float(feature.constant), tf.float64)
-        elif how == "median":
+            return tf.constant(float(feature.constant), tf.float64)
+        if how == "median":
             median = tft.quantiles(self.values, num_buckets=2, epsilon=0.001)
-            fill = _finite_or(tf.cast(tf.reshape(median, [-1])[0], tf.float64), 0.0)
-        else:  # "mean"; also for "drop", whose rows never reach the transform
-            fill = self.mean()
-        return tf.where(self.present, self.value, fill)
+            return _finite_or(tf.cast(tf.reshape(median, [-1])[0], tf.float64), 0.0)
+        return self.mean()  # "mean"; also "drop", whose rows never reach here
+
+    def filled(self, feature: Feature) -> tf.Tensor:
+        """[batch] float64 with missing values imputed as the feature asks."""
+        return tf.where(self.present, self.value, self.fill_value(feature))
 
 
 def _finite_or(value: tf.Tensor, default: float) -> tf.Tensor:
@@ -191,27 +218,35 @@ def _vocabulary(x, feature: Feature) -> tf.Tensor:
     return _dense(ids, tf.constant(0, tf.int64))
 
 
-def _passthrough(x, feature: Feature, kind: Kind) -> tf.Tensor:
+def _passthrough(x, feature: Feature, kind: Kind, numbers: _Numbers) -> tf.Tensor:
     if kind is Kind.BYTES:
         return _dense(x, tf.constant(feature.missing_token.encode()))
     if kind is Kind.FLOAT:
-        return tf.cast(_Numbers(x).filled(feature), tf.float32)
-    # Integers stay int64 end to end (float64 would round large keys).
-    if not isinstance(x, tf.SparseTensor):
-        return x
+        return tf.cast(numbers.filled(feature), tf.float32)
+    # Integers, dates and timestamps stay int64 end to end (float64 would round
+    # large keys); only the imputed value goes through float64.
+    if not isinstance(x, tf.SparseTensor) and kind not in TIME_KINDS:
+        return x  # NOT NULL integers: nothing is missing
+    value = _dense(x, tf.constant(0, tf.int64))
     if feature.imputation == "constant":
-        return _dense(x, tf.constant(int(feature.constant), tf.int64))
-    return _dense(x, tf.cast(tf.round(_Numbers(x).filled(feature)), tf.int64))
+        fill = tf.constant(round(float(feature.constant)), tf.int64)
+    else:
+        fill = tf.cast(tf.round(numbers.fill_value(feature)), tf.int64)
+    return tf.where(numbers.present, value, fill)
 
 
-def _time_part(x, feature: Feature, kind: Kind) -> tf.Tensor:
-    seconds = _dense(x, tf.constant(0, tf.int64))
-    if kind is Kind.DATE:
-        seconds = seconds * SECONDS_PER_DAY
+def _time_part(x, feature: Feature, kind: Kind, numbers: _Numbers) -> tf.Tensor:
+    units = _dense(x, tf.constant(0, tf.int64))
+    # The int64 extremes of ±infinity would overflow below: masked out first.
+    units = tf.where(numbers.present, units, tf.zeros_like(units))
+    seconds = units * SECONDS_PER_DAY if kind is Kind.DATE else units
     if feature.transform == "hour_of_day":
-        return tf.math.floormod(tf.math.floordiv(seconds, 3600), 24)
-    # day_of_week, Monday = 0; 1970-01-01 was a Thursday.
-    return tf.math.floormod(tf.math.floordiv(seconds, SECONDS_PER_DAY) + 3, 7)
+        part = tf.math.floormod(tf.math.floordiv(seconds, 3600), 24)
+        missing = MISSING_HOUR
+    else:  # day_of_week, Monday = 0; 1970-01-01 was a Thursday.
+        part = tf.math.floormod(tf.math.floordiv(seconds, SECONDS_PER_DAY) + 3, 7)
+        missing = MISSING_DAY
+    return tf.where(numbers.present, part, tf.constant(missing, tf.int64))
 
 
 _NUMERIC_TRANSFORMS = {
@@ -224,21 +259,25 @@ _NUMERIC_TRANSFORMS = {
 def _apply(feature: Feature, x, kind: Kind) -> dict[str, tf.Tensor]:
     """The feature's output(s): its value and, if asked, its is-missing indicator."""
     t = feature.transform
-    if t in _NUMERIC_TRANSFORMS:
-        numbers = _Numbers(x)
-        out = {feature.name: _NUMERIC_TRANSFORMS[t](numbers, feature)}
-        missing = numbers.missing()
-    else:
+    if kind is Kind.BYTES:
         if t == "vocabulary":
             value = _vocabulary(x, feature)
         elif t == "hash":
             value = tft.hash_strings(_strings(x, feature), feature.hash_buckets)
-        elif t == "passthrough":
-            value = _passthrough(x, feature, kind)
-        else:
-            value = _time_part(x, feature, kind)
+        else:  # passthrough
+            value = _passthrough(x, feature, kind, None)
         out = {feature.name: value}
         missing = 1 - tf.cast(_present_mask(x), tf.int64)
+    else:
+        numbers = _Numbers(x, kind)
+        if t in _NUMERIC_TRANSFORMS:
+            value = _NUMERIC_TRANSFORMS[t](numbers, feature)
+        elif t == "passthrough":
+            value = _passthrough(x, feature, kind, numbers)
+        else:  # hour_of_day, day_of_week
+            value = _time_part(x, feature, kind, numbers)
+        out = {feature.name: value}
+        missing = numbers.missing()
     if feature.indicator:
         out[feature.indicator_name] = missing
     return out

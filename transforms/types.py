@@ -15,7 +15,21 @@ Conversions happen in SQL (so the database does them once, exactly) and the COPY
 text is parsed by pyarrow with the Arrow types below, never guessed from values.
 `numeric` loses precision in float64 (and again in float32); `char(n)` loses its
 trailing blanks (`::text` semantics); timestamps are floored to whole seconds.
-Pure module: no database, no TensorFlow.
+
+`'infinity'` and `'-infinity'` dates and timestamps are read as the int64 extremes
+`POS_INFINITY` (2**63 - 1) and `NEG_INFINITY` (-2**63), which no finite date or
+timestamp reaches (the same values PostgreSQL stores for them): the raw data keeps
+them apart from NULL, and the built-in transforms treat them as missing, like a
+NaN float.
+
+Arrays must be one-dimensional. PostgreSQL does not enforce a column's declared
+dimensions and a `--query` column declares none, so two checks keep a
+multi-dimensional array from being flattened: a column declared with more than one
+dimension has no mapping (`kind_of` raises before the run, naming the cast), and the
+read expression of every array raises a database error naming the column when a
+value has more than one dimension (`read_error_message` extracts it). The lower
+bound of an array (`'[0:2]={…}'`) is not kept. Pure module: no database, no
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -31,8 +45,17 @@ __all__ = [
     "UnsupportedTypeError",
     "kind_of",
     "read_expression",
+    "read_error_message",
     "arrow_type",
+    "POS_INFINITY",
+    "NEG_INFINITY",
+    "TIME_KINDS",
 ]
+
+POS_INFINITY = 2**63 - 1  # 'infinity' as a date or timestamp (int64 max)
+NEG_INFINITY = -(2**63)  # '-infinity' (int64 min)
+# Prefix of the read errors raised in SQL (see `read_error_message`).
+READ_ERROR_MARKER = "sql2tfrecord read error: "
 
 
 class Kind(str, enum.Enum):
@@ -44,6 +67,8 @@ class Kind(str, enum.Enum):
     DATE = "date"
     TIMESTAMP = "timestamp"
 
+
+TIME_KINDS = frozenset({Kind.DATE, Kind.TIMESTAMP})
 
 _INT_TYPES = {"int2", "int4", "int8", "bool"}
 _FLOAT_TYPES = {"float4", "float8", "numeric"}
@@ -71,8 +96,11 @@ class Column:
         pg_type: base type name (`pg_type.typname` of the element for arrays;
             `enum` for enum types).
         display_type: the type as `format_type()` shows it, for messages.
-        is_array: a one-dimensional array of `pg_type`.
+        is_array: an array of `pg_type`.
         not_null: the catalog guarantees no NULLs (always False for queries).
+        ndims: the array dimensions the table declares (`pg_attribute.attndims`;
+            0 when none are declared, as for `--query` columns). Declared or not,
+            every value is checked to be one-dimensional as it is read.
     """
 
     name: str
@@ -80,6 +108,7 @@ class Column:
     display_type: str
     is_array: bool = False
     not_null: bool = False
+    ndims: int = 0
 
     @property
     def kind(self) -> Kind:
@@ -92,6 +121,12 @@ def kind_of(column: Column) -> Kind:
 
     The error names the column, its type and the cast to use in a `--query`.
     """
+    if column.is_array and column.ndims > 1:
+        raise UnsupportedTypeError(
+            f'column "{column.name}" of type {column.display_type} is declared with '
+            f"{column.ndims} dimensions; only one-dimensional arrays have a "
+            f"TensorFlow feature mapping: {_array_fix(column.name)}"
+        )
     if column.pg_type == "enum":
         return Kind.BYTES
     kind = _KIND_BY_TYPE.get(column.pg_type)
@@ -105,6 +140,30 @@ def kind_of(column: Column) -> Kind:
     return kind
 
 
+def _array_fix(name: str) -> str:
+    ref = _quoted(name)
+    return (
+        f"select it in --query flattened, ARRAY(SELECT unnest({ref})) AS {ref}, "
+        f"or as JSON text, array_to_json({ref})::text AS {ref}"
+    )
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _time_expression(ref: str, finite: str) -> str:
+    """`finite` for finite values, the int64 extremes for ±infinity, NULL for NULL."""
+    return (
+        f"CASE WHEN {ref} = 'infinity' THEN '{POS_INFINITY}'::int8 "
+        f"WHEN {ref} = '-infinity' THEN '{NEG_INFINITY}'::int8 ELSE {finite} END"
+    )
+
+
 def _scalar_expression(ref: str, column: Column) -> str:
     kind = kind_of(column)
     if column.pg_type == "bool":
@@ -116,8 +175,8 @@ def _scalar_expression(ref: str, column: Column) -> str:
     if kind is Kind.BYTES:
         return f"{ref}::text"
     if kind is Kind.DATE:
-        return f"({ref} - DATE '1970-01-01')::int8"
-    return f"floor(extract(epoch FROM {ref}))::int8"
+        return _time_expression(ref, f"({ref} - DATE '1970-01-01')::int8")
+    return _time_expression(ref, f"floor(extract(epoch FROM {ref}))::int8")
 
 
 def read_expression(quoted_name: str, column: Column) -> str:
@@ -128,16 +187,44 @@ def read_expression(quoted_name: str, column: Column) -> str:
         column: the catalog description.
 
     Scalars come out as plain COPY CSV values; arrays as a JSON array text
-    (`array_to_json`), NULL arrays as NULL.
+    (`array_to_json`), NULL arrays as NULL. An array value with more than one
+    dimension raises a database error whose message names the column (see
+    `read_error_message`); the message is built with `concat` (a stable function),
+    so the planner never folds the error branch into a constant and raises it for
+    a row that does not take it.
     """
     if not column.is_array:
         return _scalar_expression(quoted_name, column)
     element = _scalar_expression("e", column)
+    message = (
+        f'{READ_ERROR_MARKER}column "{column.name}" holds a %s-dimensional array '
+        f"value; only one-dimensional arrays are read (PostgreSQL does not enforce "
+        f"declared dimensions): {_array_fix(column.name)}"
+    )
+    before, after = message.split("%s")
+    error = (
+        f"CAST(concat({_literal(before)}, array_ndims({quoted_name}), "
+        f"{_literal(after)}) AS int4)::text"
+    )
     return (
-        f"CASE WHEN {quoted_name} IS NULL THEN NULL ELSE "
+        f"CASE WHEN {quoted_name} IS NULL THEN NULL "
+        f"WHEN array_ndims({quoted_name}) > 1 THEN {error} ELSE "
         f"array_to_json(ARRAY(SELECT {element} FROM unnest({quoted_name}) AS e))::text "
         f"END"
     )
+
+
+def read_error_message(text: str) -> str | None:
+    """The message of a read error raised by a read expression, else None.
+
+    The database reports it as the text of a failed integer cast
+    (`invalid input syntax for type integer: "<message>"`).
+    """
+    start = text.find(READ_ERROR_MARKER)
+    if start < 0:
+        return None
+    message = text[start + len(READ_ERROR_MARKER) :].splitlines()[0]
+    return message[:-1] if message.endswith('"') else message
 
 
 _ARROW_BY_KIND = {
