@@ -17,7 +17,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import METRICS_NAMESPACE, output
+from pipeline import METRICS_NAMESPACE, output, publish
 from pipeline.assign import (
     SPLIT_COLUMN,
     AssignSplit,
@@ -63,6 +63,9 @@ class Job:
     temp_dir: str
     primary_key: tuple[str, ...] = ()
     snapshot_info: dict | None = None  # of the --input_parquet snapshot
+    # Where the run builds --output_dir / --raw_parquet_dir (see pipeline.publish).
+    output: publish.Publication | None = None
+    raw_parquet: publish.Publication | None = None
 
     @property
     def label(self) -> str:
@@ -154,12 +157,20 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         from pipeline.jdbc_io import check_jdbc_available
 
         check_jdbc_available()
-    output.prepare_output_dir(config.output_dir, config.overwrite)
+    publish.check_disjoint(
+        {
+            "--output_dir": config.output_dir,
+            "--raw_parquet_dir": config.raw_parquet_dir,
+            "--input_parquet": config.input_parquet,
+        }
+    )
+    target = publish.plan_publication(config.output_dir, config.overwrite)
+    raw_parquet = None
     if config.raw_parquet_dir:
-        output.prepare_output_dir(
-            config.raw_parquet_dir, config.overwrite, flag="--raw_parquet_dir"
+        raw_parquet = publish.plan_publication(
+            config.raw_parquet_dir, config.overwrite, "parquet", "--raw_parquet_dir"
         )
-    temp_dir = temp_location or output.join(config.output_dir, ".tmp")
+    temp_dir = temp_location or output.join(target.staging, ".tmp")
     return Job(
         config,
         source,
@@ -170,6 +181,8 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         temp_dir,
         tuple(primary_key),
         snapshot_info,
+        target,
+        raw_parquet,
     )
 
 
@@ -268,7 +281,7 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         from pipeline.parquet_io import WriteRawParquet
 
         _ = raw | "LandParquet" >> WriteRawParquet(
-            config.raw_parquet_dir, raw_arrow_schema(job.plan)
+            _built(job, "raw_parquet"), raw_arrow_schema(job.plan)
         )
     assign_args = (
         job.plan.columns,
@@ -307,11 +320,19 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         for name in config.splits.names:
             step = name[:1].upper() + name[1:]
             routed[name] | f"Write{step}" >> WriteExamples(
-                config.output_dir, name, config.num_shards
+                _built(job, "output"), name, config.num_shards
             )
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
-            config.output_dir
+            _built(job, "output")
         )
+
+
+def _built(job: Job, which: str) -> str:
+    """Where the run writes an output: its staging directory (see pipeline.publish)."""
+    target = getattr(job, which)
+    if target is not None:
+        return target.staging
+    return job.config.output_dir if which == "output" else job.config.raw_parquet_dir
 
 
 def _counters(result) -> dict[str, int]:
@@ -326,13 +347,41 @@ def _counters(result) -> dict[str, int]:
 
 
 def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
-    """Runs the pipeline and publishes the manifest; returns the manifest."""
+    """Runs the pipeline in staging directories and publishes them; returns the manifest.
+
+    The outputs are swapped into place only once the job succeeded, the raw Parquet
+    snapshot first (the manifest names it); on any failure, an interrupt included,
+    the staging directories are removed and the previous outputs stay as they were.
+    """
+    targets = [t for t in (job.raw_parquet, job.output) if t is not None]
+    for target in targets:
+        publish.begin(target)
+    try:
+        manifest = _run_staged(job, beam_options)
+        for target in targets:
+            publish.publish(target)
+    except BaseException:
+        for target in targets:
+            publish.abandon(target)
+        raise
+    _LOGGER.info(
+        "Wrote %s: %s rows in %.1f s",
+        job.config.output_dir,
+        {k: v["rows"] for k, v in manifest["splits"].items()},
+        manifest["elapsed_seconds"],
+    )
+    return manifest
+
+
+def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
+    """Runs the pipeline into the staging directories, manifest last."""
     import tensorflow_transform as tft
     from tensorflow_transform.tf_metadata import metadata_io
 
     from transforms.schema import raw_metadata
 
     config = job.config
+    built = _built(job, "output")
     started = time.time()
     use_snapshot = (
         config.snapshot and config.reader == "native" and not config.input_parquet
@@ -341,9 +390,9 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     if snapshot is not None:
         snapshot.__enter__()
     try:
-        # Written once the snapshot exists (tests use its appearance as that signal).
+        # Written once the snapshot exists (tests wait for it in the staging dir).
         metadata_io.write_metadata(
-            raw_metadata(job.plan.columns), output.join(config.output_dir, "metadata")
+            raw_metadata(job.plan.columns), output.join(built, "metadata")
         )
         from pipeline import beam_speedups
         from pipeline.runner import pipeline_runner
@@ -371,12 +420,12 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     if reread:
         _check_reread(counts, config.splits.names)
 
-    tft_output = tft.TFTransformOutput(config.output_dir)
+    tft_output = tft.TFTransformOutput(built)
     transformed = tft_output.transformed_feature_spec()
     if config.label not in transformed:
         raise ConfigError(
             f"--label: {config.label!r} is not among the transformed features "
-            f"{sorted(transformed)}; the output has no manifest"
+            f"{sorted(transformed)}; nothing was published"
         )
     vocabularies = {}
     if job.features is not None:
@@ -388,7 +437,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
                 }
     splits = {}
     for name, weight in config.splits.splits:
-        pattern = output.join(config.output_dir, name, f"part-*{SHARD_SUFFIX}")
+        pattern = output.join(built, name, f"part-*{SHARD_SUFFIX}")
         from apache_beam.io.filesystems import FileSystems
 
         files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
@@ -439,7 +488,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         from pipeline.parquet_io import write_snapshot_info
 
         write_snapshot_info(
-            config.raw_parquet_dir,
+            _built(job, "raw_parquet"),
             {
                 "columns": [dataclasses.asdict(c) for c in job.plan.columns],
                 "split_key": job.split_key,
@@ -460,13 +509,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             "rows": job.snapshot_info["rows"],
         }
     _cleanup_temp(job)
-    output.write_manifest(config.output_dir, manifest)
-    _LOGGER.info(
-        "Wrote %s: %s rows in %.1f s",
-        config.output_dir,
-        {k: v["rows"] for k, v in splits.items()},
-        elapsed,
-    )
+    output.write_manifest(built, manifest)
     return manifest
 
 
@@ -492,6 +535,6 @@ def _by_column(counts: dict[str, int], prefix: str) -> dict[str, int]:
 def _cleanup_temp(job: Job) -> None:
     from apache_beam.io.filesystems import FileSystems
 
-    default_temp = output.join(job.config.output_dir, ".tmp")
+    default_temp = output.join(_built(job, "output"), ".tmp")
     if job.temp_dir == default_temp and FileSystems.exists(default_temp):
         FileSystems.delete([default_temp])

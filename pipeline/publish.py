@@ -1,0 +1,480 @@
+"""Publishing an output: build it beside the target, swap it in once the job succeeded.
+
+A run never writes into `--output_dir` or `--raw_parquet_dir` itself. It builds
+everything in a staging directory beside the target,
+`<parent>/.<name>.sql2tfrecord-staging-<run>`, whose first file is the marker
+`.sql2tfrecord` (format, kind, run id, host, pid), and swaps it into place at the end:
+
+* Local filesystem: `renameat2(RENAME_EXCHANGE)` swaps the two directories in one
+  step (Linux: ext4, xfs, btrfs, tmpfs); where it is missing, two renames, old ->
+  `.<name>.sql2tfrecord-old-<run>` and staging -> target. A crash between those two
+  leaves no directory at the target, the complete old output in the `-old-`
+  directory and the complete new one in staging; the next run for that target puts
+  the old one back. The replaced output is deleted last.
+* gs://, s3:// and other object stores (no directory rename): the old manifest is
+  deleted first, then the old files, then every new file is moved, the manifest
+  last. A crash during these seconds leaves a target without a manifest
+  (incomplete, never complete-looking); a crash before them, the old output.
+
+Only a directory that carries our marker or manifest and holds nothing but what a
+run writes is ever replaced, and only with `--overwrite`; anything else is refused,
+naming one file that is not ours. A failed run deletes its staging directory; one
+left by a killed process (same host, pid gone) is deleted by the next run for the
+same target. All paths go through Beam's `FileSystems` except local renames.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.output import MANIFEST, OutputError, OutputExistsError, join
+
+__all__ = [
+    "MARKER",
+    "Publication",
+    "DirState",
+    "plan_publication",
+    "check_disjoint",
+    "inspect_dir",
+    "check_target",
+    "begin",
+    "publish",
+    "abandon",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+MARKER = ".sql2tfrecord"
+FORMAT = "sql2tfrecord/1"
+_LEFTOVER = re.compile(r"\.sql2tfrecord-(staging|old)-[0-9a-f]{12}$")
+
+_SPLIT = r"[A-Za-z_][A-Za-z0-9_-]*"
+_HEX = r"[0-9a-f]{32}"
+# What a run writes, as paths relative to the output (files, then directories).
+_LAYOUT = {
+    "tfrecord": (
+        MANIFEST,
+        re.compile(
+            "|".join(
+                [
+                    re.escape(MARKER),
+                    re.escape(MANIFEST),
+                    rf"\.manifest\.json\.{_HEX}\.tmp",
+                    r"(metadata|transformed_metadata)/(schema\.pbtxt|asset_map)",
+                    r"transform_fn/(saved_model\.pb|fingerprint\.pb"
+                    r"|variables/variables\.(index|data-\d{5}-of-\d{5})"
+                    r"|assets/[^/]+|assets\.extra/[^/]+)",
+                    rf"{_SPLIT}/part-\d{{5}}-of-\d{{5}}\.tfrecord\.gz",
+                    rf"{_SPLIT}/\.incomplete/{_HEX}\.tfrecord\.gz",
+                    r"\.tmp/.+",  # tf.Transform's temp dir (without --temp_location)
+                ]
+            )
+        ),
+        re.compile(
+            r"metadata|transformed_metadata|transform_fn"
+            r"|transform_fn/(variables|assets|assets\.extra)"
+            rf"|{_SPLIT}|{_SPLIT}/\.incomplete|\.tmp(/.+)?"
+        ),
+    ),
+    "parquet": (
+        "_snapshot.json",
+        re.compile(
+            rf"{re.escape(MARKER)}|_snapshot\.json|\._snapshot\.json\.{_HEX}\.tmp"
+            rf"|part-\d{{5}}-of-\d{{5}}\.parquet|\.incomplete/{_HEX}\.parquet"
+        ),
+        re.compile(r"\.incomplete"),
+    ),
+}
+
+
+_FIXED = {"metadata", "transformed_metadata", "transform_fn", ".tmp", ".incomplete"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Publication:
+    """Where a run builds one output (`staging`) and where it publishes it (`final`).
+
+    `final` is the target with symbolic links resolved (local paths): a link to a
+    directory keeps pointing at the output.
+    """
+
+    path: str  # as the user typed it, for messages
+    final: str
+    staging: str
+    run_id: str
+    kind: str  # "tfrecord" or "parquet"
+    flag: str
+    overwrite: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DirState:
+    """What an existing directory holds, judged against a run's layout."""
+
+    exists: bool
+    entries: tuple[str, ...] = ()  # relative paths, sorted
+    foreign: str | None = None  # the first entry a run does not write
+    ours: bool = False  # carries our marker or the completion file
+    complete: bool = False  # carries the completion file (manifest)
+
+    @property
+    def empty(self) -> bool:
+        """Whether the directory is missing or holds nothing."""
+        return not self.entries
+
+
+def _local(path: str) -> bool:
+    return "://" not in path
+
+
+def _split_path(final: str) -> tuple[str, str]:
+    if _local(final):
+        return os.path.split(final)
+    scheme, rest = final.split("://", 1)
+    if "/" not in rest.strip("/"):
+        return "", ""
+    parent, base = rest.rstrip("/").rsplit("/", 1)
+    return f"{scheme}://{parent}", base
+
+
+def _normalized(path: str) -> str:
+    return os.path.realpath(path) if _local(path) else path.rstrip("/")
+
+
+def check_disjoint(paths: dict[str, str]) -> None:
+    """Refuses two of `--output_dir`, `--raw_parquet_dir`, `--input_parquet` that
+    are the same directory or nested, and any path inside a staging area."""
+    items = [(flag, path, _normalized(path)) for flag, path in paths.items() if path]
+    for flag, path, norm in items:
+        for part in norm.split("/"):
+            if _LEFTOVER.search(part):
+                raise OutputError(
+                    f"{flag} {path} is inside {part}, a staging area of sql2tfrecord; "
+                    "choose another directory"
+                )
+    for i, (flag_a, path_a, a) in enumerate(items):
+        for flag_b, path_b, b in items[i + 1 :]:
+            if a == b:
+                raise OutputError(
+                    f"{flag_a} and {flag_b} are the same directory ({path_a}); use "
+                    "separate directories"
+                )
+            for (fo, po, o), (fi, pi, n) in (
+                ((flag_a, path_a, a), (flag_b, path_b, b)),
+                ((flag_b, path_b, b), (flag_a, path_a, a)),
+            ):
+                if n.startswith(o.rstrip("/") + "/"):
+                    raise OutputError(
+                        f"{fi} {pi} is inside {fo} {po}; use separate directories"
+                    )
+
+
+def inspect_dir(path: str, kind: str) -> DirState:
+    """Lists `path` (never following links) and judges it against `kind`'s layout.
+
+    Locally the walk stops at the first entry a run does not write (a directory of
+    another layout is not entered), so `--output_dir ~` costs one listing.
+    """
+    done, files, dirs = _LAYOUT[kind]
+    entries: list[str] = []
+    foreign = None
+    if _local(path):
+        if not os.path.lexists(path):
+            return DirState(False)
+        if not os.path.isdir(path):
+            return DirState(True, (".",), foreign=".")
+        for root, dirnames, filenames in os.walk(path):
+            rel_root = os.path.relpath(root, path)
+            prefix = "" if rel_root == "." else f"{rel_root}/"
+            descend = []
+            for name in sorted(filenames) + sorted(dirnames):
+                rel, full = prefix + name, os.path.join(root, name)
+                if os.path.islink(full):
+                    foreign = f"{rel} (a symbolic link)"
+                elif name in dirnames:
+                    empty = not os.listdir(full)
+                    # An empty top-level directory named like a split is not ours.
+                    if dirs.fullmatch(rel) and not empty:
+                        descend.append(name)
+                        continue
+                    if dirs.fullmatch(rel) and ("/" in rel or rel in _FIXED):
+                        entries.append(rel)
+                        continue
+                    foreign = f"{rel}/"
+                elif not files.fullmatch(rel):
+                    foreign = rel
+                else:
+                    entries.append(rel)
+                    continue
+                entries.append(foreign)
+                break
+            if foreign is not None:
+                break
+            dirnames[:] = descend
+    else:
+        if not FileSystems.exists(path):
+            return DirState(False)
+        prefix = path.rstrip("/") + "/"
+        match = FileSystems.match([prefix + "**"])
+        for meta in match[0].metadata_list if match else []:
+            rel = meta.path[len(prefix) :] if meta.path.startswith(prefix) else ""
+            if rel and not rel.endswith("/"):  # skip directory placeholders
+                entries.append(rel)
+        entries.sort()
+        foreign = next((rel for rel in entries if not files.fullmatch(rel)), None)
+    names = set(entries)
+    return DirState(
+        True,
+        tuple(entries),
+        foreign,
+        ours=MARKER in names or done in names,
+        complete=done in names,
+    )
+
+
+def check_target(path: str, state: DirState, overwrite: bool, flag: str) -> None:
+    """Raises unless the target may receive a new output: missing, empty, or (with
+    `overwrite`) an output of ours that holds nothing else."""
+    if state.empty:
+        return
+    if state.foreign == ".":
+        raise OutputError(f"{flag} {path} is a file, not a directory")
+    if state.foreign is not None:
+        action = "refusing to --overwrite it" if overwrite else "use a new or empty one"
+        raise OutputError(
+            f"{flag} {path} holds {state.foreign}, which sql2tfrecord did not write; "
+            f"{action}"
+        )
+    if not state.ours:
+        raise OutputError(
+            f"{flag} {path} holds {state.entries[0]} but no {MARKER} or {MANIFEST}: "
+            "not an sql2tfrecord output; delete it yourself or use a new directory"
+        )
+    if not overwrite:
+        what = "a complete output" if state.complete else "an incomplete output"
+        raise OutputExistsError(f"{flag} {path} holds {what}; pass --overwrite to replace it")
+
+
+def plan_publication(
+    path: str, overwrite: bool, kind: str = "tfrecord", flag: str = "--output_dir"
+) -> Publication:
+    """Checks the target before anything runs; cleans leftovers of killed runs.
+
+    Raises:
+        OutputError: the target holds something we did not write, or cannot be
+            built beside (a bucket root, an unwritable parent, a mount point).
+        OutputExistsError: it holds our output and `overwrite` is false.
+    """
+    final = _normalized(path)
+    parent, base = _split_path(final)
+    if not base:
+        raise OutputError(
+            f"{flag} {path} is a filesystem or bucket root; the output is built "
+            "beside the target and swapped in, so name a directory below it"
+        )
+    run_id = uuid.uuid4().hex[:12]
+    staging = join(parent, f".{base}.sql2tfrecord-staging-{run_id}")
+    if _local(final):
+        _check_local_parent(path, final, parent, flag)
+        _clean_leftovers(parent, base, kind)
+    check_target(path, inspect_dir(final, kind), overwrite, flag)
+    return Publication(path, final, staging, run_id, kind, flag, overwrite)
+
+
+def _check_local_parent(path: str, final: str, parent: str, flag: str) -> None:
+    try:
+        os.makedirs(parent, exist_ok=True)
+        probe = os.path.join(parent, f".sql2tfrecord-write-test-{uuid.uuid4().hex}")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise OutputError(f"{flag} {path} is not writable: {err.strerror or err}") from err
+    if os.path.isdir(final) and os.stat(final).st_dev != os.stat(parent).st_dev:
+        raise OutputError(
+            f"{flag} {path} is a mount point; the output is built beside it and "
+            "swapped in, so name a directory below it"
+        )
+
+
+def _read_marker(directory: str) -> dict | None:
+    try:
+        with open(os.path.join(directory, MARKER), encoding="utf-8") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("format") == FORMAT else None
+
+
+def _dead(marker: dict | None) -> bool:
+    """Whether the process that wrote `marker` is provably gone (same host only)."""
+    if not marker or marker.get("host") != socket.gethostname():
+        return False
+    pid = marker.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _rmtree(path: str) -> None:
+    """Deletes a tree; what vanished meanwhile (a concurrent clean-up) is fine."""
+
+    def onerror(func, target, exc_info):
+        if not issubclass(exc_info[0], FileNotFoundError):
+            raise exc_info[1]
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+def _clean_leftovers(parent: str, base: str, kind: str) -> None:
+    """Removes staging dirs of killed runs for this target; restores an old output
+    that a run killed mid-swap had moved aside."""
+    prefix = f".{base}.sql2tfrecord-"
+    final = os.path.join(parent, base)
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix) or not _LEFTOVER.search(name):
+            continue
+        role, run = name[len(prefix) :].split("-", 1)
+        full = os.path.join(parent, name)
+        if os.path.islink(full) or not os.path.isdir(full):
+            continue
+        state = inspect_dir(full, kind)
+        if state.foreign is not None or not state.ours:
+            _LOGGER.warning("Leaving %s alone: it holds %s", full, state.foreign)
+            continue
+        if role == "staging":
+            if _dead(_read_marker(full)):
+                _LOGGER.info("Removing %s, left by a killed run", full)
+                _rmtree(full)
+            continue
+        staging = os.path.join(parent, f"{prefix}staging-{run}")
+        owner = _read_marker(staging)
+        if owner is not None and owner.get("run_id") == run and not _dead(owner):
+            continue  # that run is swapping right now
+        if os.path.lexists(final):
+            _LOGGER.info("Removing %s, an output replaced by a killed run", full)
+            _rmtree(full)
+        else:
+            _LOGGER.warning("Restoring %s: a run was killed while replacing it", final)
+            os.rename(full, final)
+
+
+def begin(pub: Publication) -> None:
+    """Creates the staging directory with the marker as its first file."""
+    marker = {
+        "format": FORMAT,
+        "kind": pub.kind,
+        "run_id": pub.run_id,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if _local(pub.staging):
+        os.makedirs(pub.staging)
+    with FileSystems.create(join(pub.staging, MARKER)) as f:
+        f.write(json.dumps(marker, indent=2, sort_keys=True).encode())
+
+
+def abandon(pub: Publication) -> None:
+    """Deletes the staging directory of a failed run (never raises)."""
+    try:
+        if _local(pub.staging):
+            if os.path.isdir(pub.staging) and _read_marker(pub.staging):
+                _rmtree(pub.staging)
+        elif FileSystems.exists(pub.staging):
+            FileSystems.delete([pub.staging])
+    except Exception as err:  # noqa: BLE001 - the run's own error matters more
+        _LOGGER.warning("Could not remove %s: %s", pub.staging, err)
+
+
+def publish(pub: Publication) -> None:
+    """Swaps the finished staging directory into place (see the module docstring).
+
+    The target is checked again first: something written there during the run is
+    never replaced unless it is ours and `--overwrite` was given.
+    """
+    state = inspect_dir(pub.final, pub.kind)
+    check_target(pub.path, state, pub.overwrite, pub.flag)
+    if _local(pub.final):
+        _swap_local(pub, state)
+    else:
+        _swap_files(pub, state)
+    _LOGGER.info("Published %s", pub.path)
+
+
+def _swap_local(pub: Publication, state: DirState) -> None:
+    parent, base = os.path.split(pub.final)
+    old = os.path.join(parent, f".{base}.sql2tfrecord-old-{pub.run_id}")
+    if not state.exists:
+        os.rename(pub.staging, pub.final)
+        return
+    if state.empty and not os.path.islink(pub.final):
+        # Keep the user's (empty) directory itself: move the contents, manifest last.
+        done = _LAYOUT[pub.kind][0]
+        names = sorted(os.listdir(pub.staging), key=lambda n: (n == done, n))
+        for name in names:
+            os.rename(os.path.join(pub.staging, name), os.path.join(pub.final, name))
+        os.rmdir(pub.staging)
+        return
+    if _exchange(pub.staging, pub.final):
+        os.rename(pub.staging, old)  # now the replaced output
+    else:
+        os.rename(pub.final, old)
+        os.rename(pub.staging, pub.final)
+    _rmtree(old)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swaps two paths with renameat2(RENAME_EXCHANGE); False if missing."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange):
+        err = ctypes.get_errno()
+        if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+            return False
+        raise OSError(err, os.strerror(err), b)
+    return True
+
+
+def _swap_files(pub: Publication, state: DirState) -> None:
+    """File by file, for filesystems without directory rename: the old manifest goes
+    first, the new one last."""
+    done = _LAYOUT[pub.kind][0]
+    if state.complete:
+        FileSystems.delete([join(pub.final, done)])
+    old = [join(pub.final, rel) for rel in state.entries if rel != done]
+    if old:
+        FileSystems.delete(old)
+    new = inspect_dir(pub.staging, pub.kind).entries
+    ordered = sorted(new, key=lambda rel: (rel == done, rel == MARKER, rel))
+    for rel in ordered:
+        if _local(pub.final):  # only in tests: object stores have no directories
+            os.makedirs(os.path.dirname(join(pub.final, rel)), exist_ok=True)
+        FileSystems.rename([join(pub.staging, rel)], [join(pub.final, rel)])
+    if FileSystems.exists(pub.staging):
+        FileSystems.delete([pub.staging])
