@@ -154,6 +154,17 @@ def test_plan_refuses_a_parquet_snapshot_as_output_and_the_reverse(tmp_path):
         publish.plan_publication(str(output), True, "parquet", "--raw_parquet_dir")
 
 
+def test_raw_parquet_dir_overwrite_replaces_only_a_snapshot(tmp_path):
+    snapshot = tmp_path / "raw"
+    put(snapshot, {".sql2tfrecord": "{}", "_snapshot.json": "{}",
+                   "part-00000-of-00002.parquet": "p", "part-00001-of-00002.parquet": "q",
+                   f".incomplete/{'a' * 32}.parquet": "partial"})  # fmt: skip
+    assert publish.plan_publication(str(snapshot), True, "parquet", "--raw_parquet_dir")
+    put(snapshot, {"part-00000.csv": "mine"})
+    with pytest.raises(OutputError, match="raw holds part-00000.csv, which"):
+        publish.plan_publication(str(snapshot), True, "parquet", "--raw_parquet_dir")
+
+
 def test_plan_follows_a_link_to_a_foreign_directory_and_refuses(tmp_path):
     put(tmp_path / "real", {"thesis.tex": "years of work"})
     os.symlink(tmp_path / "real", tmp_path / "link")
