@@ -224,15 +224,11 @@ def inspect_dir(path: str, kind: str) -> DirState:
                 break
             dirnames[:] = descend
     else:
-        if not FileSystems.exists(path):
-            return DirState(False)
+        # An object store has no directories: a prefix without objects is missing.
         prefix = path.rstrip("/") + "/"
-        match = FileSystems.match([prefix + "**"])
-        for meta in match[0].metadata_list if match else []:
-            rel = meta.path[len(prefix) :] if meta.path.startswith(prefix) else ""
-            if rel and not rel.endswith("/"):  # skip directory placeholders
-                entries.append(rel)
-        entries.sort()
+        entries = sorted(p[len(prefix) :] for p in _objects(path))
+        if not entries:
+            return DirState(False)
         foreign = next((rel for rel in entries if not files.fullmatch(rel)), None)
     names = set(entries)
     return DirState(
@@ -242,6 +238,15 @@ def inspect_dir(path: str, kind: str) -> DirState:
         ours=MARKER in names or done in names,
         complete=done in names,
     )
+
+
+def _objects(path: str) -> list[str]:
+    """The objects below a prefix of an object store (directory placeholders left
+    out)."""
+    prefix = path.rstrip("/") + "/"
+    match = FileSystems.match([prefix + "**"])
+    found = [m.path for m in match[0].metadata_list] if match else []
+    return [p for p in found if p.startswith(prefix) and not p.endswith("/")]
 
 
 def check_target(path: str, state: DirState, overwrite: bool, flag: str) -> None:
@@ -403,8 +408,8 @@ def abandon(pub: Publication) -> None:
         if _local(pub.staging):
             if os.path.isdir(pub.staging) and _read_marker(pub.staging):
                 _rmtree(pub.staging)
-        elif FileSystems.exists(pub.staging):
-            FileSystems.delete([pub.staging])
+        else:
+            _delete_objects(_objects(pub.staging))
     except Exception as err:  # noqa: BLE001 - the run's own error matters more
         _LOGGER.warning("Could not remove %s: %s", pub.staging, err)
 
@@ -467,14 +472,14 @@ def _swap_files(pub: Publication, state: DirState) -> None:
     done = _LAYOUT[pub.kind][0]
     if state.complete:
         FileSystems.delete([join(pub.final, done)])
-    old = [join(pub.final, rel) for rel in state.entries if rel != done]
-    if old:
-        FileSystems.delete(old)
-    new = inspect_dir(pub.staging, pub.kind).entries
-    ordered = sorted(new, key=lambda rel: (rel == done, rel == MARKER, rel))
-    for rel in ordered:
-        if _local(pub.final):  # only in tests: object stores have no directories
+    _delete_objects([join(pub.final, rel) for rel in state.entries if rel != done])
+    new = [p[len(pub.staging.rstrip("/")) + 1 :] for p in _objects(pub.staging)]
+    for rel in sorted(new, key=lambda rel: (rel == done, rel == MARKER, rel)):
+        if "://" not in pub.final:  # tests run this on local disk: make the dirs
             os.makedirs(os.path.dirname(join(pub.final, rel)), exist_ok=True)
         FileSystems.rename([join(pub.staging, rel)], [join(pub.final, rel)])
-    if FileSystems.exists(pub.staging):
-        FileSystems.delete([pub.staging])
+
+
+def _delete_objects(paths: list[str]) -> None:
+    if paths:
+        FileSystems.delete(paths)

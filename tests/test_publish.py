@@ -233,18 +233,39 @@ def _staged(target, shards=1, tag="new", overwrite=True):
     return pub, tree(pub.staging)
 
 
-@pytest.mark.parametrize("mode", ["exchange", "two_renames", "file_by_file"])
+@pytest.mark.parametrize("mode", ["exchange", "two_renames"])
 def test_publish_replaces_the_old_output_whole(tmp_path, monkeypatch, mode):
     out = tmp_path / "out"
     fake_output(out, shards=3, tag="old")
     pub, expected = _staged(out, shards=1)
     if mode == "two_renames":
         monkeypatch.setattr(publish, "_exchange", lambda a, b: False)
-    if mode == "file_by_file":  # what gs:// and s3:// get
-        monkeypatch.setattr(publish, "_swap_local", publish._swap_files)
     publish.publish(pub)
     assert tree(out) == expected  # no stale shard of the old run's three
     assert os.listdir(tmp_path) == ["out"]  # no staging, no -old- left
+
+
+def test_object_store_path_publishes_file_by_file_and_abandons(tmp_path, monkeypatch):
+    # gs:// and s3:// have no directories: run that code path on local disk.
+    monkeypatch.setattr(publish, "_local", lambda path: False)
+    out = tmp_path / "out"
+    fake_output(out, shards=3, tag="old")
+
+    def staged(run_id):
+        pub = publish.Publication(str(out), str(out), f"{tmp_path}/.out.s-{run_id}",
+                                  run_id, "tfrecord", "--output_dir", True)  # fmt: skip
+        publish.begin(pub)
+        fake_output(pub.staging, 1, "new")
+        return pub, tree(pub.staging)
+
+    failed, _ = staged("a" * 12)
+    publish.abandon(failed)
+    assert publish.inspect_dir(failed.staging, "tfrecord") == publish.DirState(False)
+    pub, expected = staged("b" * 12)
+    publish.publish(pub)
+    files = {k: v for k, v in tree(out).items() if v != "dir"}
+    assert files == {k: v for k, v in expected.items() if v != "dir"}
+    assert not publish._objects(pub.staging)
 
 
 def test_publish_into_an_empty_directory_keeps_it(tmp_path):
