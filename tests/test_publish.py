@@ -366,8 +366,10 @@ ROWS = 3000
 @pytest.fixture(scope="module")
 def publish_table(make_table):
     return make_table(
-        "CREATE TABLE {table} (id int PRIMARY KEY, x float8 NOT NULL, y int NOT NULL)",
-        f"INSERT INTO {{table}} SELECT g, g * 0.5, g % 2 FROM generate_series(1, {ROWS}) g",
+        "CREATE TABLE {table} (id int PRIMARY KEY, x float8 NOT NULL, "
+        "cat text NOT NULL, y int NOT NULL)",
+        "INSERT INTO {table} SELECT g, g * 0.5, 'c' || (g % 3), g % 2 "
+        f"FROM generate_series(1, {ROWS}) g",
     )
 
 
@@ -467,9 +469,25 @@ def test_a_killed_rerun_keeps_the_old_output_and_the_next_run_replaces_it(
     assert {s: v["rows"] for s, v in manifest["splits"].items()} == expected
     assert {s: _examples(out, s) for s in expected} == expected
     marker = json.loads((out / ".sql2tfrecord").read_text())
-    assert marker["run_id"] != json.loads((first_output / ".sql2tfrecord").read_text())[
-        "run_id"
-    ]
+    first = json.loads((first_output / ".sql2tfrecord").read_text())
+    assert marker["run_id"] != first["run_id"]
+    _check_transform_graph_loads_from(out)
+
+
+def _check_transform_graph_loads_from(out):
+    """The moved transform_fn loads with its vocabulary asset from the final path."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    output = tft.TFTransformOutput(str(out))
+    assert output.vocabulary_file_by_name("cat").startswith(str(out) + "/")
+    vocabulary = [t.decode() for t in output.vocabulary_by_name("cat")]
+    assert sorted(vocabulary) == ["c0", "c1", "c2"]
+    tokens = [*vocabulary, "never-seen"]
+    raw = {"id": tf.constant([1] * 4, tf.int64), "x": tf.constant([1.0] * 4),
+           "cat": tf.constant(tokens), "y": tf.constant([0] * 4, tf.int64)}  # fmt: skip
+    ids = output.transform_features_layer()(raw)["cat"].numpy().tolist()
+    assert ids[:3] == [0, 1, 2] and ids[3] >= 3
 
 
 def test_cli_refuses_a_working_tree_as_output(
