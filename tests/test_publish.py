@@ -419,12 +419,24 @@ def test_first_output_is_complete_and_marked(database_url, publish_table, first_
     assert os.listdir(first_output.parent) == ["out"]
 
 
-@pytest.mark.parametrize("fault", ["exception_in_pipeline", "interrupt_before_swap"])
+@pytest.mark.parametrize(
+    "fault", ["database_gone", "exception_in_pipeline", "interrupt_before_swap"]
+)
 def test_a_rerun_failing_late_keeps_the_old_output(
     database_url, publish_table, first_output, tmp_path, monkeypatch, capsys, fault
 ):
     out, before = _copy(first_output, tmp_path)
-    if fault == "exception_in_pipeline":
+    extra = []
+    if fault == "database_gone":  # after the checks, when the snapshot is taken
+        from pipeline.connection import DatabaseError
+
+        def gone(self):
+            raise DatabaseError("server closed the connection unexpectedly (injected)")
+
+        monkeypatch.setattr("pipeline.source.ExportedSnapshot.__enter__", gone)
+        extra = ["--raw_parquet_dir", str(tmp_path / "raw")]
+        code = 1
+    elif fault == "exception_in_pipeline":
 
         def boom(self, batch):
             raise OSError("No space left on device (injected)")
@@ -440,9 +452,11 @@ def test_a_rerun_failing_late_keeps_the_old_output(
         code = 130
     capsys.readouterr()
     argv = _argv(database_url, publish_table, out, "--overwrite", "--num_shards", "1")
-    assert main(argv) == code
+    assert main(argv + extra) == code
     assert tree(out) == before
-    assert os.listdir(tmp_path) == ["out"]  # the run removed its staging dir
+    assert os.listdir(tmp_path) == ["out"]  # the run removed its staging dirs
+    if fault == "database_gone":
+        assert capsys.readouterr().err.count("\n") == 1  # one line
     expected = _expected_rows(database_url, publish_table)
     assert {s: _examples(out, s) for s in expected} == expected
 
