@@ -90,6 +90,20 @@ def _split_key(config: JobConfig, plan: ReadPlan, primary_key: list[str]) -> str
 
 def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
     """Plans the read and the features; raises one-line errors before anything runs."""
+    # The outputs first: a mistyped --output_dir is refused before any connection.
+    publish.check_disjoint(
+        {
+            "--output_dir": config.output_dir,
+            "--raw_parquet_dir": config.raw_parquet_dir,
+            "--input_parquet": config.input_parquet,
+        }
+    )
+    target = publish.plan_publication(config.output_dir, config.overwrite)
+    raw_parquet = None
+    if config.raw_parquet_dir:
+        raw_parquet = publish.plan_publication(
+            config.raw_parquet_dir, config.overwrite, "parquet", "--raw_parquet_dir"
+        )
     source = SourceSpec(
         dsn=Dsn(config.db_url, statement_timeout_ms=config.statement_timeout_ms),
         table=config.table,
@@ -157,19 +171,6 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         from pipeline.jdbc_io import check_jdbc_available
 
         check_jdbc_available()
-    publish.check_disjoint(
-        {
-            "--output_dir": config.output_dir,
-            "--raw_parquet_dir": config.raw_parquet_dir,
-            "--input_parquet": config.input_parquet,
-        }
-    )
-    target = publish.plan_publication(config.output_dir, config.overwrite)
-    raw_parquet = None
-    if config.raw_parquet_dir:
-        raw_parquet = publish.plan_publication(
-            config.raw_parquet_dir, config.overwrite, "parquet", "--raw_parquet_dir"
-        )
     temp_dir = temp_location or output.join(target.staging, ".tmp")
     return Job(
         config,
@@ -347,7 +348,7 @@ def _counters(result) -> dict[str, int]:
 
 
 def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
-    """Runs the pipeline in staging directories and publishes them; returns the manifest.
+    """Runs the pipeline in staging directories, then publishes; returns the manifest.
 
     The outputs are swapped into place only once the job succeeded, the raw Parquet
     snapshot first (the manifest names it); on any failure, an interrupt included,

@@ -265,11 +265,13 @@ def check_target(path: str, state: DirState, overwrite: bool, flag: str) -> None
     if not state.ours:
         raise OutputError(
             f"{flag} {path} holds {state.entries[0]} but no {MARKER} or {MANIFEST}: "
-            "not an sql2tfrecord output; delete it yourself or use a new directory"
+            "not an sql2tfrecord output; use a new or empty directory"
         )
     if not overwrite:
         what = "a complete output" if state.complete else "an incomplete output"
-        raise OutputExistsError(f"{flag} {path} holds {what}; pass --overwrite to replace it")
+        raise OutputExistsError(
+            f"{flag} {path} holds {what}; pass --overwrite to replace it"
+        )
 
 
 def plan_publication(
@@ -306,7 +308,8 @@ def _check_local_parent(path: str, final: str, parent: str, flag: str) -> None:
             pass
         os.remove(probe)
     except OSError as err:
-        raise OutputError(f"{flag} {path} is not writable: {err.strerror or err}") from err
+        reason = err.strerror or err
+        raise OutputError(f"{flag} {path} is not writable: {reason}") from err
     if os.path.isdir(final) and os.stat(final).st_dev != os.stat(parent).st_dev:
         raise OutputError(
             f"{flag} {path} is a mount point; the output is built beside it and "
@@ -320,7 +323,9 @@ def _read_marker(directory: str) -> dict | None:
             marker = json.load(f)
     except (OSError, ValueError):
         return None
-    return marker if isinstance(marker, dict) and marker.get("format") == FORMAT else None
+    if isinstance(marker, dict) and marker.get("format") == FORMAT:
+        return marker
+    return None
 
 
 def _dead(marker: dict | None) -> bool:
@@ -367,7 +372,8 @@ def _clean_leftovers(parent: str, base: str, kind: str) -> None:
             continue
         state = inspect_dir(full, kind)
         if state.foreign is not None or not state.ours:
-            _LOGGER.warning("Leaving %s alone: it holds %s", full, state.foreign)
+            why = state.foreign or f"no {MARKER}"
+            _LOGGER.warning("Leaving %s alone: it holds %s", full, why)
             continue
         if role == "staging":
             if _dead(_read_marker(full)):

@@ -99,6 +99,7 @@ def wait_for_staging(output_dir, proc, timeout: float = 120.0):
             if (staging / "metadata" / "schema.pbtxt").exists():
                 return staging
         if proc.poll() is not None:
-            raise AssertionError(f"the run ended (exit {proc.returncode}) before starting")
+            code = proc.returncode
+            raise AssertionError(f"the run ended (exit {code}) before starting")
         time.sleep(0.02)
     raise AssertionError(f"no run building {out} started within {timeout} s")

@@ -136,7 +136,8 @@ def test_plan_refuses_a_target_holding_what_we_did_not_write(tmp_path, case, ove
 
 def test_plan_refuses_our_file_names_without_marker_or_manifest(tmp_path):
     out = tmp_path / "out"
-    put(out, {"metadata/schema.pbtxt": "s", "train/part-00000-of-00001.tfrecord.gz": "x"})
+    put(out, {"metadata/schema.pbtxt": "s",
+              "train/part-00000-of-00001.tfrecord.gz": "x"})  # fmt: skip
     before = tree(tmp_path)
     with pytest.raises(OutputError, match="holds metadata/schema.pbtxt but no "):
         publish.plan_publication(str(out), True)
@@ -157,7 +158,8 @@ def test_plan_refuses_a_parquet_snapshot_as_output_and_the_reverse(tmp_path):
 def test_raw_parquet_dir_overwrite_replaces_only_a_snapshot(tmp_path):
     snapshot = tmp_path / "raw"
     put(snapshot, {".sql2tfrecord": "{}", "_snapshot.json": "{}",
-                   "part-00000-of-00002.parquet": "p", "part-00001-of-00002.parquet": "q",
+                   "part-00000-of-00002.parquet": "p",
+                   "part-00001-of-00002.parquet": "q",
                    f".incomplete/{'a' * 32}.parquet": "partial"})  # fmt: skip
     assert publish.plan_publication(str(snapshot), True, "parquet", "--raw_parquet_dir")
     put(snapshot, {"part-00000.csv": "mine"})
@@ -467,8 +469,9 @@ def test_a_killed_rerun_keeps_the_old_output_and_the_next_run_replaces_it(
     out, before = _copy(first_output, tmp_path)
     argv = [sys.executable, "-m", "pipeline",
             *_argv(database_url, publish_table, out, "--overwrite")]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
     staging = wait_for_staging(out, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -518,4 +521,8 @@ def test_cli_refuses_a_working_tree_as_output(
             "did not write; " + ("refusing to --overwrite it" if extra else
                                  "use a new or empty one")
         )  # fmt: skip
+    # Refused before any connection: also with a database that cannot be reached.
+    unreachable = "postgresql://nobody@127.0.0.1:1/none"
+    assert main(_argv(unreachable, publish_table, ".", "--overwrite")) == 1
+    assert "holds README.md, which" in capsys.readouterr().err
     assert tree(tmp_path) == before
