@@ -17,7 +17,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import METRICS_NAMESPACE, output, publish
+from pipeline import METRICS_NAMESPACE, output, ownership, publish
 from pipeline.assign import (
     SPLIT_COLUMN,
     AssignSplit,
@@ -91,7 +91,7 @@ def _split_key(config: JobConfig, plan: ReadPlan, primary_key: list[str]) -> str
 def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
     """Plans the read and the features; raises one-line errors before anything runs."""
     # The outputs first: a mistyped --output_dir is refused before any connection.
-    publish.check_disjoint(
+    ownership.check_disjoint(
         {
             "--output_dir": config.output_dir,
             "--raw_parquet_dir": config.raw_parquet_dir,
@@ -355,9 +355,9 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     the staging directories are removed and the previous outputs stay as they were.
     """
     targets = [t for t in (job.raw_parquet, job.output) if t is not None]
-    for target in targets:
-        publish.begin(target)
     try:
+        for target in targets:
+            publish.begin(target)
         manifest = _run_staged(job, beam_options)
         for target in targets:
             publish.publish(target)

@@ -16,9 +16,9 @@ everything in a staging directory beside the target,
   last. A crash during these seconds leaves a target without a manifest
   (incomplete, never complete-looking); a crash before them, the old output.
 
-Only a directory that carries our marker or manifest and holds nothing but what a
-run writes is ever replaced, and only with `--overwrite`; anything else is refused,
-naming one file that is not ours. A failed run deletes its staging directory; one
+Only an output of ours is ever replaced, and only with `--overwrite`
+(`pipeline.ownership` decides what is ours); the target is checked before the run
+and again just before the swap. A failed run deletes its staging directory; one
 left by a killed process (same host, pid gone) is deleted by the next run for the
 same target. All paths go through Beam's `FileSystems` except local renames.
 """
@@ -39,68 +39,19 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.output import MANIFEST, OutputError, OutputExistsError, join
+from pipeline import ownership
+from pipeline.output import OutputError, join
+from pipeline.ownership import FORMAT, MARKER, DirState, check_target, inspect_dir
 
 __all__ = [
-    "MARKER",
     "Publication",
-    "DirState",
     "plan_publication",
-    "check_disjoint",
-    "inspect_dir",
-    "check_target",
     "begin",
     "publish",
     "abandon",
 ]
 
 _LOGGER = logging.getLogger(__name__)
-
-MARKER = ".sql2tfrecord"
-FORMAT = "sql2tfrecord/1"
-_LEFTOVER = re.compile(r"\.sql2tfrecord-(staging|old)-[0-9a-f]{12}$")
-
-_SPLIT = r"[A-Za-z_][A-Za-z0-9_-]*"
-_HEX = r"[0-9a-f]{32}"
-# What a run writes, as paths relative to the output (files, then directories).
-_LAYOUT = {
-    "tfrecord": (
-        MANIFEST,
-        re.compile(
-            "|".join(
-                [
-                    re.escape(MARKER),
-                    re.escape(MANIFEST),
-                    rf"\.manifest\.json\.{_HEX}\.tmp",
-                    r"(metadata|transformed_metadata)/(schema\.pbtxt|asset_map)",
-                    r"transform_fn/(saved_model\.pb|fingerprint\.pb"
-                    r"|variables/variables\.(index|data-\d{5}-of-\d{5})"
-                    r"|assets/[^/]+|assets\.extra/[^/]+)",
-                    rf"{_SPLIT}/part-\d{{5}}-of-\d{{5}}\.tfrecord\.gz",
-                    rf"{_SPLIT}/\.incomplete/{_HEX}\.tfrecord\.gz",
-                    r"\.tmp/.+",  # tf.Transform's temp dir (without --temp_location)
-                ]
-            )
-        ),
-        re.compile(
-            r"metadata|transformed_metadata|transform_fn"
-            r"|transform_fn/(variables|assets|assets\.extra)"
-            rf"|{_SPLIT}|{_SPLIT}/\.incomplete|\.tmp(/.+)?"
-        ),
-    ),
-    "parquet": (
-        "_snapshot.json",
-        re.compile(
-            rf"{re.escape(MARKER)}|_snapshot\.json|\._snapshot\.json\.{_HEX}\.tmp"
-            rf"|part-\d{{5}}-of-\d{{5}}\.parquet|\.incomplete/{_HEX}\.parquet"
-        ),
-        re.compile(r"\.incomplete"),
-    ),
-}
-
-
-_FIXED = {"metadata", "transformed_metadata", "transform_fn", ".tmp", ".incomplete"}
-
 
 @dataclasses.dataclass(frozen=True)
 class Publication:
@@ -119,159 +70,14 @@ class Publication:
     overwrite: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class DirState:
-    """What an existing directory holds, judged against a run's layout."""
-
-    exists: bool
-    entries: tuple[str, ...] = ()  # relative paths, sorted
-    foreign: str | None = None  # the first entry a run does not write
-    ours: bool = False  # carries our marker or the completion file
-    complete: bool = False  # carries the completion file (manifest)
-
-    @property
-    def empty(self) -> bool:
-        """Whether the directory is missing or holds nothing."""
-        return not self.entries
-
-
-def _local(path: str) -> bool:
-    return "://" not in path
-
-
 def _split_path(final: str) -> tuple[str, str]:
-    if _local(final):
+    if ownership.is_local(final):
         return os.path.split(final)
     scheme, rest = final.split("://", 1)
     if "/" not in rest.strip("/"):
         return "", ""
     parent, base = rest.rstrip("/").rsplit("/", 1)
     return f"{scheme}://{parent}", base
-
-
-def _normalized(path: str) -> str:
-    return os.path.realpath(path) if _local(path) else path.rstrip("/")
-
-
-def check_disjoint(paths: dict[str, str]) -> None:
-    """Refuses two of `--output_dir`, `--raw_parquet_dir`, `--input_parquet` that
-    are the same directory or nested, and any path inside a staging area."""
-    items = [(flag, path, _normalized(path)) for flag, path in paths.items() if path]
-    for flag, path, norm in items:
-        for part in norm.split("/"):
-            if _LEFTOVER.search(part):
-                raise OutputError(
-                    f"{flag} {path} is inside {part}, a staging area of sql2tfrecord; "
-                    "choose another directory"
-                )
-    for i, (flag_a, path_a, a) in enumerate(items):
-        for flag_b, path_b, b in items[i + 1 :]:
-            if a == b:
-                raise OutputError(
-                    f"{flag_a} and {flag_b} are the same directory ({path_a}); use "
-                    "separate directories"
-                )
-            for (fo, po, o), (fi, pi, n) in (
-                ((flag_a, path_a, a), (flag_b, path_b, b)),
-                ((flag_b, path_b, b), (flag_a, path_a, a)),
-            ):
-                if n.startswith(o.rstrip("/") + "/"):
-                    raise OutputError(
-                        f"{fi} {pi} is inside {fo} {po}; use separate directories"
-                    )
-
-
-def inspect_dir(path: str, kind: str) -> DirState:
-    """Lists `path` (never following links) and judges it against `kind`'s layout.
-
-    Locally the walk stops at the first entry a run does not write (a directory of
-    another layout is not entered), so `--output_dir ~` costs one listing.
-    """
-    done, files, dirs = _LAYOUT[kind]
-    entries: list[str] = []
-    foreign = None
-    if _local(path):
-        if not os.path.lexists(path):
-            return DirState(False)
-        if not os.path.isdir(path):
-            return DirState(True, (".",), foreign=".")
-        for root, dirnames, filenames in os.walk(path):
-            rel_root = os.path.relpath(root, path)
-            prefix = "" if rel_root == "." else f"{rel_root}/"
-            descend = []
-            for name in sorted(filenames) + sorted(dirnames):
-                rel, full = prefix + name, os.path.join(root, name)
-                if os.path.islink(full):
-                    foreign = f"{rel} (a symbolic link)"
-                elif name in dirnames:
-                    empty = not os.listdir(full)
-                    # An empty top-level directory named like a split is not ours.
-                    if dirs.fullmatch(rel) and not empty:
-                        descend.append(name)
-                        continue
-                    if dirs.fullmatch(rel) and ("/" in rel or rel in _FIXED):
-                        entries.append(rel)
-                        continue
-                    foreign = f"{rel}/"
-                elif not files.fullmatch(rel):
-                    foreign = rel
-                else:
-                    entries.append(rel)
-                    continue
-                entries.append(foreign)
-                break
-            if foreign is not None:
-                break
-            dirnames[:] = descend
-    else:
-        # An object store has no directories: a prefix without objects is missing.
-        prefix = path.rstrip("/") + "/"
-        entries = sorted(p[len(prefix) :] for p in _objects(path))
-        if not entries:
-            return DirState(False)
-        foreign = next((rel for rel in entries if not files.fullmatch(rel)), None)
-    names = set(entries)
-    return DirState(
-        True,
-        tuple(entries),
-        foreign,
-        ours=MARKER in names or done in names,
-        complete=done in names,
-    )
-
-
-def _objects(path: str) -> list[str]:
-    """The objects below a prefix of an object store (directory placeholders left
-    out)."""
-    prefix = path.rstrip("/") + "/"
-    match = FileSystems.match([prefix + "**"])
-    found = [m.path for m in match[0].metadata_list] if match else []
-    return [p for p in found if p.startswith(prefix) and not p.endswith("/")]
-
-
-def check_target(path: str, state: DirState, overwrite: bool, flag: str) -> None:
-    """Raises unless the target may receive a new output: missing, empty, or (with
-    `overwrite`) an output of ours that holds nothing else."""
-    if state.empty:
-        return
-    if state.foreign == ".":
-        raise OutputError(f"{flag} {path} is a file, not a directory")
-    if state.foreign is not None:
-        action = "refusing to --overwrite it" if overwrite else "use a new or empty one"
-        raise OutputError(
-            f"{flag} {path} holds {state.foreign}, which sql2tfrecord did not write; "
-            f"{action}"
-        )
-    if not state.ours:
-        raise OutputError(
-            f"{flag} {path} holds {state.entries[0]} but no {MARKER} or {MANIFEST}: "
-            "not an sql2tfrecord output; use a new or empty directory"
-        )
-    if not overwrite:
-        what = "a complete output" if state.complete else "an incomplete output"
-        raise OutputExistsError(
-            f"{flag} {path} holds {what}; pass --overwrite to replace it"
-        )
 
 
 def plan_publication(
@@ -284,7 +90,7 @@ def plan_publication(
             built beside (a bucket root, an unwritable parent, a mount point).
         OutputExistsError: it holds our output and `overwrite` is false.
     """
-    final = _normalized(path)
+    final = ownership.normalized(path)
     parent, base = _split_path(final)
     if not base:
         raise OutputError(
@@ -293,7 +99,7 @@ def plan_publication(
         )
     run_id = uuid.uuid4().hex[:12]
     staging = join(parent, f".{base}.sql2tfrecord-staging-{run_id}")
-    if _local(final):
+    if ownership.is_local(final):
         _check_local_parent(path, final, parent, flag)
         _clean_leftovers(parent, base, kind)
     check_target(path, inspect_dir(final, kind), overwrite, flag)
@@ -364,7 +170,7 @@ def _clean_leftovers(parent: str, base: str, kind: str) -> None:
     except OSError:
         return
     for name in names:
-        if not name.startswith(prefix) or not _LEFTOVER.search(name):
+        if not name.startswith(prefix) or not ownership.LEFTOVER.search(name):
             continue
         role, run = name[len(prefix) :].split("-", 1)
         full = os.path.join(parent, name)
@@ -402,20 +208,26 @@ def begin(pub: Publication) -> None:
         "pid": os.getpid(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if _local(pub.staging):
-        os.makedirs(pub.staging)
-    with FileSystems.create(join(pub.staging, MARKER)) as f:
-        f.write(json.dumps(marker, indent=2, sort_keys=True).encode())
+    try:
+        if ownership.is_local(pub.staging):
+            os.makedirs(pub.staging)
+        with FileSystems.create(join(pub.staging, MARKER)) as f:
+            f.write(json.dumps(marker, indent=2, sort_keys=True).encode())
+    except OSError as err:
+        raise OutputError(
+            f"{pub.flag} {pub.path}: cannot create {pub.staging} to build the "
+            f"output in: {err.strerror or err}"
+        ) from err
 
 
 def abandon(pub: Publication) -> None:
     """Deletes the staging directory of a failed run (never raises)."""
     try:
-        if _local(pub.staging):
+        if ownership.is_local(pub.staging):
             if os.path.isdir(pub.staging) and _read_marker(pub.staging):
                 _rmtree(pub.staging)
         else:
-            _delete_objects(_objects(pub.staging))
+            _delete_objects(ownership.objects_below(pub.staging))
     except Exception as err:  # noqa: BLE001 - the run's own error matters more
         _LOGGER.warning("Could not remove %s: %s", pub.staging, err)
 
@@ -428,10 +240,16 @@ def publish(pub: Publication) -> None:
     """
     state = inspect_dir(pub.final, pub.kind)
     check_target(pub.path, state, pub.overwrite, pub.flag)
-    if _local(pub.final):
-        _swap_local(pub, state)
-    else:
-        _swap_files(pub, state)
+    try:
+        if ownership.is_local(pub.final):
+            _swap_local(pub, state)
+        else:
+            _swap_files(pub, state)
+    except OSError as err:
+        raise OutputError(
+            f"{pub.flag} {pub.path}: the new output could not be swapped in: "
+            f"{err.strerror or err}"
+        ) from err
     _LOGGER.info("Published %s", pub.path)
 
 
@@ -443,7 +261,7 @@ def _swap_local(pub: Publication, state: DirState) -> None:
         return
     if state.empty and not os.path.islink(pub.final):
         # Keep the user's (empty) directory itself: move the contents, manifest last.
-        done = _LAYOUT[pub.kind][0]
+        done = ownership.completion_file(pub.kind)
         names = sorted(os.listdir(pub.staging), key=lambda n: (n == done, n))
         for name in names:
             os.rename(os.path.join(pub.staging, name), os.path.join(pub.final, name))
@@ -453,7 +271,11 @@ def _swap_local(pub: Publication, state: DirState) -> None:
         os.rename(pub.staging, old)  # now the replaced output
     else:
         os.rename(pub.final, old)
-        os.rename(pub.staging, pub.final)
+        try:
+            os.rename(pub.staging, pub.final)
+        except OSError:
+            os.rename(old, pub.final)  # put the old output back
+            raise
     _rmtree(old)
 
 
@@ -475,11 +297,12 @@ def _exchange(a: str, b: str) -> bool:
 def _swap_files(pub: Publication, state: DirState) -> None:
     """File by file, for filesystems without directory rename: the old manifest goes
     first, the new one last."""
-    done = _LAYOUT[pub.kind][0]
+    done = ownership.completion_file(pub.kind)
     if state.complete:
         FileSystems.delete([join(pub.final, done)])
     _delete_objects([join(pub.final, rel) for rel in state.entries if rel != done])
-    new = [p[len(pub.staging.rstrip("/")) + 1 :] for p in _objects(pub.staging)]
+    cut = len(pub.staging.rstrip("/")) + 1
+    new = [path[cut:] for path in ownership.objects_below(pub.staging)]
     for rel in sorted(new, key=lambda rel: (rel == done, rel == MARKER, rel)):
         if "://" not in pub.final:  # tests run this on local disk: make the dirs
             os.makedirs(os.path.dirname(join(pub.final, rel)), exist_ok=True)

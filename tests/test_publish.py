@@ -18,7 +18,7 @@ import sys
 import pytest
 
 import trainer
-from pipeline import publish, write
+from pipeline import ownership, publish, write
 from pipeline.__main__ import main
 from pipeline.output import OutputError, OutputExistsError
 from tests.conftest import query, reference_split, wait_for_staging
@@ -218,9 +218,9 @@ def test_disjoint_refuses_same_nested_and_staging_paths(tmp_path):
     ]  # fmt: skip
     for paths, expected in cases:
         with pytest.raises(OutputError, match=expected):
-            publish.check_disjoint(paths)
-    publish.check_disjoint({"--output_dir": a, "--raw_parquet_dir": a + "x"})
-    publish.check_disjoint({"--output_dir": a, "--raw_parquet_dir": None})
+            ownership.check_disjoint(paths)
+    ownership.check_disjoint({"--output_dir": a, "--raw_parquet_dir": a + "x"})
+    ownership.check_disjoint({"--output_dir": a, "--raw_parquet_dir": None})
 
 
 # -- the swap -----------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_publish_replaces_the_old_output_whole(tmp_path, monkeypatch, mode):
 
 def test_object_store_path_publishes_file_by_file_and_abandons(tmp_path, monkeypatch):
     # gs:// and s3:// have no directories: run that code path on local disk.
-    monkeypatch.setattr(publish, "_local", lambda path: False)
+    monkeypatch.setattr(ownership, "is_local", lambda path: False)
     out = tmp_path / "out"
     fake_output(out, shards=3, tag="old")
 
@@ -262,12 +262,34 @@ def test_object_store_path_publishes_file_by_file_and_abandons(tmp_path, monkeyp
 
     failed, _ = staged("a" * 12)
     publish.abandon(failed)
-    assert publish.inspect_dir(failed.staging, "tfrecord") == publish.DirState(False)
+    assert ownership.inspect_dir(failed.staging, "tfrecord") == ownership.DirState(False)
     pub, expected = staged("b" * 12)
     publish.publish(pub)
     files = {k: v for k, v in tree(out).items() if v != "dir"}
     assert files == {k: v for k, v in expected.items() if v != "dir"}
-    assert not publish._objects(pub.staging)
+    assert not ownership.objects_below(pub.staging)
+
+
+def test_a_failed_second_rename_puts_the_old_output_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    fake_output(out)
+    before = tree(out)
+    pub, _ = _staged(out)
+    monkeypatch.setattr(publish, "_exchange", lambda a, b: False)
+    rename = os.rename
+
+    def failing(src, dst):
+        if str(src) == pub.staging:
+            raise OSError(18, "Invalid cross-device link")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing)
+    with pytest.raises(OutputError, match="could not be swapped in: Invalid cross"):
+        publish.publish(pub)
+    monkeypatch.undo()
+    assert tree(out) == before
+    publish.abandon(pub)
+    assert os.listdir(tmp_path) == ["out"]
 
 
 def test_publish_into_an_empty_directory_keeps_it(tmp_path):
