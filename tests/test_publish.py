@@ -262,7 +262,8 @@ def test_object_store_path_publishes_file_by_file_and_abandons(tmp_path, monkeyp
 
     failed, _ = staged("a" * 12)
     publish.abandon(failed)
-    assert ownership.inspect_dir(failed.staging, "tfrecord") == ownership.DirState(False)
+    state = ownership.inspect_dir(failed.staging, "tfrecord")
+    assert state == ownership.DirState(False)
     pub, expected = staged("b" * 12)
     publish.publish(pub)
     files = {k: v for k, v in tree(out).items() if v != "dir"}
