@@ -259,7 +259,7 @@ def _swap_local(pub: Publication, state: DirState) -> None:
     if not state.exists:
         os.rename(pub.staging, pub.final)
         return
-    if state.empty and not os.path.islink(pub.final):
+    if state.empty:
         # Keep the user's (empty) directory itself: move the contents, manifest last.
         done = ownership.completion_file(pub.kind)
         names = sorted(os.listdir(pub.staging), key=lambda n: (n == done, n))
@@ -276,6 +276,10 @@ def _swap_local(pub: Publication, state: DirState) -> None:
         except OSError:
             os.rename(old, pub.final)  # put the old output back
             raise
+    moved = inspect_dir(old, pub.kind)
+    if moved.foreign is not None:  # written there between the check and the swap
+        _LOGGER.warning("Kept %s: it holds %s, not ours", old, moved.foreign)
+        return
     _rmtree(old)
 
 

@@ -326,6 +326,24 @@ def test_publish_checks_the_target_again_and_abandon_cleans_up(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
+def test_a_file_written_during_the_swap_is_kept(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    fake_output(out)
+    pub, expected = _staged(out)
+    exchange = publish._exchange
+
+    def racing(a, b):  # someone writes into the target after the last check
+        put(out, {"late.txt": "precious"})
+        return exchange(a, b)
+
+    monkeypatch.setattr(publish, "_exchange", racing)
+    publish.publish(pub)
+    assert tree(out) == expected
+    (kept,) = [n for n in os.listdir(tmp_path) if n != "out"]
+    assert ".out.sql2tfrecord-old-" in kept
+    assert (tmp_path / kept / "late.txt").read_text() == "precious"
+
+
 def test_publish_without_overwrite_refuses_an_output_that_appeared(tmp_path):
     out = tmp_path / "out"
     pub, _ = _staged(out, overwrite=False)
