@@ -176,15 +176,17 @@ def _clean_leftovers(parent: str, base: str, kind: str) -> None:
         full = os.path.join(parent, name)
         if os.path.islink(full) or not os.path.isdir(full):
             continue
+        if role == "staging":
+            # Ours by its name and the marker written first; it holds whatever a
+            # run writes midway (tf.Transform's temp files too).
+            if _dead(_read_marker(full)):
+                _LOGGER.info("Removing %s, left by a killed run", full)
+                _rmtree(full)
+            continue
         state = inspect_dir(full, kind)
         if state.foreign is not None or not state.ours:
             why = state.foreign or f"no {MARKER}"
             _LOGGER.warning("Leaving %s alone: it holds %s", full, why)
-            continue
-        if role == "staging":
-            if _dead(_read_marker(full)):
-                _LOGGER.info("Removing %s, left by a killed run", full)
-                _rmtree(full)
             continue
         staging = os.path.join(parent, f"{prefix}staging-{run}")
         owner = _read_marker(staging)

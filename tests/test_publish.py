@@ -377,11 +377,13 @@ def test_leftover_staging_is_removed_only_when_provably_dead(tmp_path):
     alive = _leftover(tmp_path, "out", "staging", "b" * 12, os.getppid())
     remote = _leftover(tmp_path, "out", "staging", "c" * 12, _dead_pid(), "other-host")
     other = _leftover(tmp_path, "other", "staging", "d" * 12, _dead_pid())
-    foreign = _leftover(tmp_path, "out", "staging", "e" * 12, _dead_pid())
-    put(foreign, {"mine.txt": "x"})
+    midway = _leftover(tmp_path, "out", "staging", "e" * 12, _dead_pid())
+    put(midway, {f"transform_tmp/{'9' * 32}/saved_model.pb": "x"})  # killed midway
+    unmarked = _leftover(tmp_path, "out", "staging", "f" * 12, _dead_pid())
+    os.remove(unmarked / ".sql2tfrecord")
     publish.plan_publication(str(tmp_path / "out"), False)
-    assert not dead.exists()
-    assert alive.exists() and remote.exists() and other.exists() and foreign.exists()
+    assert not dead.exists() and not midway.exists()
+    assert alive.exists() and remote.exists() and other.exists() and unmarked.exists()
 
 
 def test_a_run_killed_between_the_two_renames_is_recovered(tmp_path):
