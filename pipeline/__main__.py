@@ -107,7 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         job = prepare_job(config, temp_location)
         manifest = run_job(job, beam_options)
     except KeyboardInterrupt:
-        print("sql2tfrecord: interrupted; the output has no manifest", file=sys.stderr)
+        print(
+            "sql2tfrecord: interrupted; nothing was published (a previous output "
+            "is unchanged)",
+            file=sys.stderr,
+        )
         return 130
     except Exception as err:  # noqa: BLE001 - the one place errors become exit codes
         message = _user_error(err)

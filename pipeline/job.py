@@ -19,7 +19,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import METRICS_NAMESPACE, degenerate, output
+from pipeline import METRICS_NAMESPACE, degenerate, output, ownership, publish
 from pipeline.assign import (
     SPLIT_COLUMN,
     AssignSplit,
@@ -74,6 +74,9 @@ class Job:
     snapshot: ExportedSnapshot | None = dataclasses.field(
         default=None, repr=False, compare=False
     )
+    # Where the run builds --output_dir / --raw_parquet_dir (see pipeline.publish).
+    output: publish.Publication | None = None
+    raw_parquet: publish.Publication | None = None
 
     def close(self) -> None:
         """Releases the snapshot and its locks (run_job does; for unrun jobs)."""
@@ -106,9 +109,24 @@ def _split_key(config: JobConfig, plan: ReadPlan, primary_key: list[str]) -> str
 def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
     """Plans the read and the features; raises one-line errors before anything runs.
 
-    Locks and the snapshot come first, the plan is made inside them (see
-    `snapshot`); the returned job holds them until `run_job` (or `Job.close`).
+    The outputs are checked first, before any connection; then locks and the
+    snapshot come, and the plan is made inside them (see `snapshot`); the returned
+    job holds them until `run_job` (or `Job.close`).
     """
+    # The outputs first: a mistyped --output_dir is refused before any connection.
+    ownership.check_disjoint(
+        {
+            "--output_dir": config.output_dir,
+            "--raw_parquet_dir": config.raw_parquet_dir,
+            "--input_parquet": config.input_parquet,
+        }
+    )
+    target = publish.plan_publication(config.output_dir, config.overwrite)
+    raw_parquet = None
+    if config.raw_parquet_dir:
+        raw_parquet = publish.plan_publication(
+            config.raw_parquet_dir, config.overwrite, "parquet", "--raw_parquet_dir"
+        )
     source = SourceSpec(
         dsn=Dsn(
             config.db_url,
@@ -123,7 +141,9 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         shared = config.snapshot and config.reader == "native"
         snapshot = ExportedSnapshot(source, export=shared).__enter__()
     try:
-        job = _prepare_job(config, temp_location, source, snapshot)
+        job = _prepare_job(
+            config, temp_location, source, snapshot, target, raw_parquet
+        )
     except BaseException:
         if snapshot is not None:
             snapshot.close()
@@ -134,7 +154,7 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
     return job
 
 
-def _prepare_job(config, temp_location, source, snapshot) -> Job:
+def _prepare_job(config, temp_location, source, snapshot, target, raw_parquet) -> Job:
     snapshot_info = None
     if config.input_parquet:
         from pipeline.parquet_io import read_snapshot_info
@@ -193,12 +213,7 @@ def _prepare_job(config, temp_location, source, snapshot) -> Job:
         from pipeline.jdbc_io import check_jdbc_available
 
         check_jdbc_available()
-    output.prepare_output_dir(config.output_dir, config.overwrite)
-    if config.raw_parquet_dir:
-        output.prepare_output_dir(
-            config.raw_parquet_dir, config.overwrite, flag="--raw_parquet_dir"
-        )
-    temp_dir = temp_location or output.join(config.output_dir, ".tmp")
+    temp_dir = temp_location or output.join(target.staging, ".tmp")
     keys = features.names if features else feature_names(c.name for c in all_columns)
     return Job(
         config,
@@ -212,6 +227,8 @@ def _prepare_job(config, temp_location, source, snapshot) -> Job:
         snapshot_info,
         dict(keys),
         snapshot,
+        target,
+        raw_parquet,
     )
 
 
@@ -305,7 +322,7 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         from pipeline.parquet_io import WriteRawParquet
 
         _ = raw | "LandParquet" >> WriteRawParquet(
-            config.raw_parquet_dir, raw_arrow_schema(job.plan)
+            _built(job, "raw_parquet"), raw_arrow_schema(job.plan)
         )
     assign_args = (
         job.plan.columns,
@@ -347,10 +364,10 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         for name in config.splits.names:
             step = name[:1].upper() + name[1:]
             routed[name] | f"Write{step}" >> WriteExamples(
-                config.output_dir, name, config.num_shards
+                _built(job, "output"), name, config.num_shards
             )
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(
-            config.output_dir
+            _built(job, "output")
         )
 
 
@@ -362,6 +379,14 @@ def _text_label_key(job: Job) -> str | None:
     if any(c.name == label and c.kind is Kind.BYTES for c in job.plan.columns):
         return job.features.label_key
     return None
+
+
+def _built(job: Job, which: str) -> str:
+    """Where the run writes an output: its staging directory (see pipeline.publish)."""
+    target = getattr(job, which)
+    if target is not None:
+        return target.staging
+    return job.config.output_dir if which == "output" else job.config.raw_parquet_dir
 
 
 def _counters(result) -> dict[str, int]:
@@ -376,13 +401,41 @@ def _counters(result) -> dict[str, int]:
 
 
 def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
-    """Runs the pipeline and publishes the manifest; returns the manifest."""
+    """Runs the pipeline in staging directories, then publishes; returns the manifest.
+
+    The outputs are swapped into place only once the job succeeded, the raw Parquet
+    snapshot first (the manifest names it); on any failure, an interrupt included,
+    the staging directories are removed and the previous outputs stay as they were.
+    """
+    targets = [t for t in (job.raw_parquet, job.output) if t is not None]
+    try:
+        for target in targets:
+            publish.begin(target)
+        manifest = _run_staged(job, beam_options)
+        for target in targets:
+            publish.publish(target)
+    except BaseException:
+        for target in targets:
+            publish.abandon(target)
+        raise
+    _LOGGER.info(
+        "Wrote %s: %s rows in %.1f s",
+        job.config.output_dir,
+        {k: v["rows"] for k, v in manifest["splits"].items()},
+        manifest["elapsed_seconds"],
+    )
+    return manifest
+
+
+def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
+    """Runs the pipeline into the staging directories, manifest last."""
     import tensorflow_transform as tft
     from tensorflow_transform.tf_metadata import metadata_io
 
     from transforms.schema import raw_metadata
 
     config = job.config
+    built = _built(job, "output")
     started = time.time()
     use_snapshot = (
         config.snapshot and config.reader == "native" and not config.input_parquet
@@ -391,10 +444,10 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     try:
         if snapshot is None and use_snapshot:  # a Job made without prepare_job
             snapshot = ExportedSnapshot(job.source).__enter__()
-        # Written once the snapshot exists (tests use its appearance as that signal).
+        # Written once the snapshot exists (tests wait for it in the staging dir).
         metadata_io.write_metadata(
             raw_metadata(job.plan.columns, job.names),
-            output.join(config.output_dir, "metadata"),
+            output.join(built, "metadata"),
         )
         from pipeline import beam_speedups
         from pipeline.runner import pipeline_runner
@@ -436,12 +489,12 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             warnings,
         )
 
-    tft_output = tft.TFTransformOutput(config.output_dir)
+    tft_output = tft.TFTransformOutput(built)
     transformed = tft_output.transformed_feature_spec()
     if label_key not in transformed:
         raise ConfigError(
             f"--label: {label_key!r} is not among the transformed features "
-            f"{sorted(transformed)}; the output has no manifest"
+            f"{sorted(transformed)}; nothing was published"
         )
     vocabularies = {}
     if job.features is not None:
@@ -454,7 +507,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
                 }
     splits = {}
     for name, weight in config.splits.splits:
-        pattern = output.join(config.output_dir, name, f"part-*{SHARD_SUFFIX}")
+        pattern = output.join(built, name, f"part-*{SHARD_SUFFIX}")
         from apache_beam.io.filesystems import FileSystems
 
         files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
@@ -518,7 +571,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         from pipeline.parquet_io import write_snapshot_info
 
         write_snapshot_info(
-            config.raw_parquet_dir,
+            _built(job, "raw_parquet"),
             {
                 "columns": [dataclasses.asdict(c) for c in job.plan.columns],
                 "split_key": job.split_key,
@@ -539,13 +592,7 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             "rows": job.snapshot_info["rows"],
         }
     _cleanup_temp(job)
-    output.write_manifest(config.output_dir, manifest)
-    _LOGGER.info(
-        "Wrote %s: %s rows in %.1f s",
-        config.output_dir,
-        {k: v["rows"] for k, v in splits.items()},
-        elapsed,
-    )
+    output.write_manifest(built, manifest)
     return manifest
 
 
@@ -584,6 +631,6 @@ def _by_column(counts: dict[str, int], prefix: str) -> dict[str, int]:
 def _cleanup_temp(job: Job) -> None:
     from apache_beam.io.filesystems import FileSystems
 
-    default_temp = output.join(job.config.output_dir, ".tmp")
+    default_temp = output.join(_built(job, "output"), ".tmp")
     if job.temp_dir == default_temp and FileSystems.exists(default_temp):
         FileSystems.delete([default_temp])

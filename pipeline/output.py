@@ -1,8 +1,9 @@
-"""The output directory: refusing to clobber, clearing, and the manifest written last.
+"""Files of an output: shards published by rename, JSON files, the manifest.
 
 All paths go through Beam's `FileSystems`, so local paths, `gs://` and `s3://` work.
 `manifest.json` is published last by write-to-temp-then-rename: its presence means
-the output is complete. A run removes any old manifest before writing anything.
+the output is complete. Where an output is built and how it replaces an old one:
+`pipeline.publish`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ __all__ = [
     "OutputExistsError",
     "publish_shards",
     "write_json",
-    "prepare_output_dir",
     "write_manifest",
     "read_manifest",
     "join",
@@ -47,45 +47,6 @@ def join(base: str, *parts: str) -> str:
         if "://" in base
         else posixpath.join(base, *parts)
     )
-
-
-def _is_nonempty_dir(path: str) -> bool:
-    if not FileSystems.exists(path):
-        return False
-    match = FileSystems.match([join(path, "**")], limits=[1])
-    return bool(match and match[0].metadata_list)
-
-
-def prepare_output_dir(path: str, overwrite: bool, flag: str = "--output_dir") -> None:
-    """Refuses a non-empty output without --overwrite; with it, deletes the old output.
-
-    The old manifest is deleted first, so an interrupted clean-up never leaves an
-    output that looks complete.
-    """
-    if _is_nonempty_dir(path):
-        if not overwrite:
-            complete = FileSystems.exists(join(path, MANIFEST))
-            state = "holds a complete output" if complete else "is not empty"
-            raise OutputExistsError(
-                f"{flag} {path} {state}; pass --overwrite to replace it"
-            )
-        _LOGGER.info("Removing the existing output %s (--overwrite)", path)
-        if FileSystems.exists(join(path, MANIFEST)):
-            FileSystems.delete([join(path, MANIFEST)])
-        FileSystems.delete([path])
-    if "://" not in path:
-        import os
-
-        try:
-            os.makedirs(path, exist_ok=True)
-            probe = os.path.join(path, f".write-test-{uuid.uuid4().hex}")
-            with open(probe, "wb"):
-                pass
-            os.remove(probe)
-        except OSError as err:
-            raise OutputError(
-                f"{flag} {path} is not writable: {err.strerror or err}"
-            ) from err
 
 
 def publish_shards(

@@ -79,3 +79,27 @@ def splitmix64_reference(x: int) -> int:
 def reference_split(row_id: int) -> str:
     """The default train=80,eval=20 split of an integer key, computed independently."""
     return "train" if splitmix64_reference(row_id) % 100 < 80 else "eval"
+
+
+def wait_for_staging(output_dir, proc, timeout: float = 120.0):
+    """Waits until a run (`proc`, a Popen) building `output_dir` has started.
+
+    Its signal: the raw schema `metadata/schema.pbtxt` in the run's staging directory
+    beside the target (written once the plan is made and the snapshot exported,
+    before any partition is read). Returns the staging directory; fails if the run
+    ends first or the deadline passes.
+    """
+    import time
+    from pathlib import Path
+
+    out = Path(output_dir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for staging in out.parent.glob(f".{out.name}.sql2tfrecord-staging-*"):
+            if (staging / "metadata" / "schema.pbtxt").exists():
+                return staging
+        if proc.poll() is not None:
+            code = proc.returncode
+            raise AssertionError(f"the run ended (exit {code}) before starting")
+        time.sleep(0.02)
+    raise AssertionError(f"no run building {out} started within {timeout} s")

@@ -14,7 +14,7 @@ from pipeline.__main__ import main
 from pipeline.connection import Dsn
 from pipeline.postgres_io import PartitionReader
 from pipeline.source import SourceSpec, plan_read
-from tests.conftest import query
+from tests.conftest import query, wait_for_staging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -193,23 +193,21 @@ def test_killed_mid_run_leaves_no_manifest_and_a_rerun_is_exact(database_url, ma
     env = {**os.environ, "PYTHONPATH": ROOT}
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (out / "metadata").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    staging = wait_for_staging(out, proc)
     time.sleep(2.0)  # well inside the run: reading, analyzing or writing
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert not (out / "manifest.json").exists()
-    # The incomplete output is refused without --overwrite, and replaced with it.
-    refused = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert refused.returncode == 1 and "--overwrite" in refused.stderr
-    done = subprocess.run(argv + ["--overwrite"], cwd=ROOT, env=env, capture_output=True, text=True)
+    # Nothing was published: the run built beside the target, which never appeared.
+    assert not out.exists() and staging.exists()
+    # A rerun needs no --overwrite, removes the killed run's staging dir, is exact.
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     import json
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert sum(s["rows"] for s in manifest["splits"].values()) == 200000
-    assert not any(name.startswith(".") for name in os.listdir(out))
+    assert [n for n in os.listdir(out) if n.startswith(".")] == [".sql2tfrecord"]
+    assert os.listdir(tmp_path) == ["out"]
 
 
 @pytest.mark.parametrize("thread", [False, True])

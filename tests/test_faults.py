@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import psycopg2
 import pytest
@@ -17,6 +16,7 @@ import tensorflow_transform as tft
 import trainer
 from localdev.embedded_postgres import EmbeddedPostgres
 from pipeline.__main__ import main
+from tests.conftest import wait_for_staging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,18 +66,17 @@ def test_database_restarted_mid_run_fails_cleanly_and_rerun_succeeds(tmp_path):
         env = {**os.environ, "PYTHONPATH": ROOT}
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        # metadata/ is written once the plan is made and the snapshot exported,
-        # seconds before the first partition is read.
-        while not (out / "metadata").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # The staging dir's metadata/ is written once the plan is made and the
+        # snapshot exported, seconds before the first partition is read.
+        wait_for_staging(out, proc)
         server.restart()
         _, stderr = proc.communicate(timeout=300)
         errors = [line for line in stderr.splitlines() if line.startswith("sql2tfrecord:")]
         assert proc.returncode == 1, stderr[-2000:]
         assert len(errors) == 1 and "partition" in errors[0]
-        assert not (out / "manifest.json").exists()
-        rerun = subprocess.run(argv + ["--overwrite"], cwd=ROOT, env=env,
+        assert not out.exists()  # nothing published, no staging dir left
+        assert os.listdir(tmp_path) == []
+        rerun = subprocess.run(argv, cwd=ROOT, env=env,
                                capture_output=True, text=True, timeout=300)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         manifest = json.loads((out / "manifest.json").read_text())

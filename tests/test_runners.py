@@ -199,6 +199,8 @@ def test_parquet_snapshot_reproduces_the_database_run(
                       "--raw_parquet_dir", str(parquet))) == 0
     files = sorted(os.listdir(parquet))
     assert "_snapshot.json" in files and any(f.endswith(".parquet") for f in files)
+    # Both were built beside their targets and swapped in: no staging dir is left.
+    assert sorted(os.listdir(tmp_path)) == ["db", "raw"] and ".sql2tfrecord" in files
     import pyarrow.parquet as pq
 
     table = pq.read_table([str(parquet / f) for f in files if f.endswith(".parquet")])
