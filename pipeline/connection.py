@@ -182,7 +182,8 @@ def _secrets(params: dict[str, str]) -> list[str]:
     found = set()
     for value in values:
         found.add(value)
-        found.update(value.split())  # `options` words, echoed one by one
+        for word in value.split():  # the server echoes `-c name=value` values
+            found.update((word, word.partition("=")[2]))
     return sorted((v for v in found if len(v) >= 3), key=len, reverse=True)
 
 
