@@ -28,7 +28,14 @@ import signal
 import sys
 import threading
 
-__all__ = ["Interrupted", "interrupted_signal", "one_line", "report_interrupt", "session"]
+__all__ = [
+    "Interrupted",
+    "interrupted_signal",
+    "mute_beam_worker_prints",
+    "one_line",
+    "report_interrupt",
+    "session",
+]
 
 PREFIX = "sql2tfrecord: error:"
 UNWIND_SECONDS = 10.0
