@@ -109,6 +109,7 @@ def _run(argv: list[str], verbose: bool) -> int:
 
     if not verbose:
         console.mute_beam_worker_prints()
+        beam_args = [*beam_args, "--beam_plugin=pipeline.quiet_worker"]
     # Construction-time type checking of our fixed graph costs ~1 s per run
     # and finds nothing the test suite does not; Beam has no flag to turn it
     # back on, `--no_pipeline_type_check` being its only form.

@@ -494,3 +494,43 @@ def test_incomplete_input_parquet_is_one_line_naming_the_file(
     if name not in ("no_info", "row_count"):
         assert target in lines[0]
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_console_drops_foreign_tracebacks_keeps_warnings_and_our_records():
+    import logging
+
+    from pipeline.console import _NoForeignTracebacks, one_line
+
+    def record(name, level, exc=False, msg="m"):
+        exc_info = None
+        if exc:
+            try:
+                raise ValueError("x")
+            except ValueError:
+                exc_info = sys.exc_info()
+        return logging.LogRecord(name, level, __file__, 1, msg, None, exc_info)
+
+    keep = _NoForeignTracebacks().filter
+    assert not keep(record("apache_beam.runners.common", logging.ERROR, exc=True))
+    assert not keep(record("apache_beam.runners.worker.sdk_worker", logging.ERROR,
+                           msg="Error processing instruction 7. Original traceback is\n"
+                               "Traceback (most recent call last):\n  ..."))
+    assert keep(record("apache_beam.io", logging.WARNING, exc=True))  # warnings stay
+    assert keep(record("tensorflow", logging.ERROR))  # an error without traceback
+    assert keep(record("pipeline.job", logging.ERROR, exc=True))  # ours
+    assert one_line("partition p0 of (SELECT a,\n  b\tFROM t) failed [while running "
+                    "'Read/ReadPartition']") == "partition p0 of (SELECT a, b FROM t) failed"
+
+
+def test_quiet_worker_plugin_mutes_the_sdk_harness_traceback_print():
+    program = (
+        "import sys\n"
+        "import pipeline.quiet_worker\n"
+        "from apache_beam.runners.worker import sdk_worker\n"
+        "sdk_worker.print('Traceback (most recent call last): ...', file=sys.stderr)\n"
+        "sdk_worker.print('to stdout')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True,
+                          text=True, cwd=ROOT, env=_job_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "to stdout\n" and "Traceback" not in proc.stderr
