@@ -307,21 +307,26 @@ def test_failure_inside_the_job_is_one_line_without_tracebacks(database_url, sma
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
-def test_sigint_while_reading_exits_130_with_one_line(database_url, tmp_path):
+@pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
+def test_ctrl_c_while_reading_exits_130_with_one_line(database_url, tmp_path, mode):
+    # Ctrl-C signals the whole process group: the launcher and, with
+    # multi_processing, its worker processes (which then printed tracebacks).
     marker = "s2t_sigint_" + os.urandom(4).hex()
+    extra = [] if mode == "in_memory" else [
+        "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     # The COPY sleeps on the server: the job is reading when the signal lands,
     # its main thread waiting on the COPY's producer thread.
     query_text = f"SELECT 1 AS id, 1 AS y, '{marker}' AS m FROM pg_sleep(60)"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "--db_url", database_url, "--query",
          query_text, "--split_key", "id", "--label", "y", "--output_dir",
-         str(tmp_path / "o")],
+         str(tmp_path / "o"), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env=_job_env(),
+        env=_job_env(), start_new_session=True,
     )
     try:
         _wait_for_copy(database_url, proc, marker)
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
