@@ -69,17 +69,22 @@ def _is_url(value: str) -> bool:
     return value.lstrip().lower().startswith(_URL_SCHEMES)
 
 
-def _misread_url(value: str) -> bool:
-    """Whether libpq would read part of a URL's userinfo as host, port or dbname.
+def _misread_url(value: str, params: dict[str, str]) -> bool:
+    """Whether libpq read part of a URL's user or password as host, port or dbname.
 
-    libpq ends the userinfo at the first `@` or `/`: an unencoded `@` in the
-    password leaves the rest in the host, an unencoded `/` makes the user the host,
-    the password the port and the rest the database name. A valid URL has at most
-    one `@` before the query string, and none after the first `/` of the path.
+    libpq ends the userinfo at the first `@`, unless a `/` comes first: an
+    unencoded `@` in the password leaves the rest of it in the host name, an
+    unencoded `/` makes the user the host, the password the port and the rest the
+    database name. So after the userinfo no `@` may come before the query string,
+    and a port must be a number.
     """
-    rest = value.lstrip().split("://", 1)[1].split("?", 1)[0]
-    authority, _, path = rest.partition("/")
-    return authority.count("@") > 1 or "@" in path
+    rest = value.strip().split("://", 1)[1]
+    ends = [i for i in (rest.find("@"), rest.find("/")) if i >= 0]
+    if ends and rest[min(ends)] == "@":
+        rest = rest[min(ends) + 1 :]
+    if "@" in rest.split("?", 1)[0]:
+        return True
+    return not all(p.isdigit() for p in params.get("port", "0").split(",") if p)
 
 
 def check_dsn(value: str, source: str = "`--db_url`") -> dict[str, str]:
@@ -101,7 +106,7 @@ def check_dsn(value: str, source: str = "`--db_url`") -> dict[str, str]:
             f"{source} is not a valid libpq connection string ({problem}; the text is "
             f"not shown, it may hold a password): {_FIX_HINT}"
         ) from None
-    if _is_url(value) and _misread_url(value):
+    if _is_url(value) and _misread_url(value, params):
         raise DsnSyntaxError(
             f"{source} is a URL with an unencoded '@' or '/' before the host or in "
             f"the database name, which libpq would misread (the text is not shown, "

@@ -185,6 +185,9 @@ MALFORMED = [
     ("postgresql://alice:Qz7Kx9%zzpw@127.0.0.1/db", "Qz7Kx9%zzpw"),
     ("postgresql://alice@127.0.0.1/db?password=Qz7Kx9&pw=x&y", "Qz7Kx9&pw"),
     ("postgresql://alice:Qz7Kü9@wörd@127.0.0.1/db", "Qz7Kü9@wörd"),
+    ("postgresql://alice:Qz7?Kx9@wörd@127.0.0.1/db", "Qz7?Kx9@wörd"),
+    ("postgresql://alice:Qz7Kx9/wörd@127.0.0.1/db", "Qz7Kx9/wörd"),
+    ("postgresql://alice:8812/Qz7Kx9@127.0.0.1/db", "8812/Qz7Kx9"),
 ]
 
 
@@ -222,10 +225,16 @@ def test_unencoded_at_or_slash_in_a_url_password_would_leak_into_host_or_dbname(
     assert parsed["host"] == "ter2pw@127.0.0.1"
     parsed = psycopg2.extensions.parse_dsn("postgresql://alice:Hun/ter2pw@127.0.0.1/db")
     assert parsed["port"] == "Hun" and parsed["dbname"] == "ter2pw@127.0.0.1/db"
-    # Encoded, both are fine and the URL is accepted.
+    # Encoded, both are fine and the URL is accepted; so are `?`, `#` and `:`,
+    # which libpq reads as part of the password, and an encoded `@` in a dbname.
     assert check_dsn("postgresql://alice:Hun%40ter2%2Fpw@127.0.0.1/db")["password"] == (
         "Hun@ter2/pw"
     )
+    for password in ("a?b", "a#b", "a:b", "a%3F"):
+        assert check_dsn(f"postgresql://alice:{password}@h:5432/db")["host"] == "h"
+    assert check_dsn("postgresql://h/a%40b")["dbname"] == "a@b"
+    assert check_dsn("postgresql://alice@h/db?password=a@b")["password"] == "a@b"
+    assert check_dsn("postgresql://h1:5432,h2:5433/db")["port"] == "5432,5433"
 
 
 def test_secrets_in_options_and_query_parameters_are_masked_and_scrubbed(database_url):
