@@ -36,25 +36,25 @@ APPLICATION_NAME = "sql2tfrecord"
 SECRET_KEYS = ("password", "sslpassword", "options")
 _MASK = "***"
 _URL_SCHEMES = ("postgresql://", "postgres://")
+_NOT_SHOWN = "its text is not shown, as it may hold a password"
 _FIX_HINT = (
     "in a URL, percent-encode special characters of the user and password "
     "(@ as %40, / as %2F, : as %3A, space as %20, % as %25); in key=value form, "
     "quote a value holding spaces or quotes (password='a b\\'c')"
 )
-# libpq's parse errors, by their fixed leading words: the rest quotes the input.
-_LIBPQ_PROBLEMS = (
-    "invalid connection option",
-    'missing "=" after',
-    "unterminated quoted string",
-    "invalid percent-encoded token",
-    "forbidden value %00 in percent-encoded value",
-    "invalid URI query parameter",
-    'extra key/value separator "=" in URI query parameter',
-    'missing key/value separator "=" in URI query parameter',
-    "unexpected character",
-    "end of string reached when looking for matching",
-    "invalid integer value",
-)
+# libpq's parse errors, by their fixed leading words (the rest quotes the input),
+# and what we say instead.
+_LIBPQ_PROBLEMS = {
+    "invalid connection option": "an unknown key (an unquoted space in a value?)",
+    'missing "=" after': 'a word without "=" (an unquoted space in a value?)',
+    "unterminated quoted string": "an unterminated quoted value",
+    "invalid percent-encoded token": "an invalid %-escape",
+    "forbidden value %00": "an encoded NUL (%00)",
+    "invalid URI query parameter": "an unknown URL query parameter",
+    "key/value separator": "a URL query parameter without one '=' (an unencoded &?)",
+    "unexpected character": "an unexpected character in the host",
+    "end of string reached when looking for matching": "an unclosed '[' in the host",
+}
 
 
 class DatabaseError(RuntimeError):
@@ -101,16 +101,18 @@ def check_dsn(value: str, source: str = "`--db_url`") -> dict[str, str]:
         params = psycopg2.extensions.parse_dsn(value)
     except psycopg2.Error as err:
         text = str(err)
-        problem = next((p for p in _LIBPQ_PROBLEMS if p in text), "cannot be parsed")
+        problem = next(
+            (said for words, said in _LIBPQ_PROBLEMS.items() if words in text),
+            "it does not parse",
+        )
         raise DsnSyntaxError(
-            f"{source} is not a valid libpq connection string ({problem}; the text is "
-            f"not shown, it may hold a password): {_FIX_HINT}"
+            f"{source} is not a valid libpq connection string: {problem}; "
+            f"{_NOT_SHOWN}; {_FIX_HINT}"
         ) from None
     if _is_url(value) and _misread_url(value, params):
         raise DsnSyntaxError(
-            f"{source} is a URL with an unencoded '@' or '/' before the host or in "
-            f"the database name, which libpq would misread (the text is not shown, "
-            f"it may hold a password): {_FIX_HINT}"
+            f"{source} is a URL with an unencoded '@' or '/' in the user, password "
+            f"or database name, which libpq would misread; {_NOT_SHOWN}; {_FIX_HINT}"
         )
     return params
 
