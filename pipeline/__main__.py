@@ -1,7 +1,8 @@
 """`python -m pipeline`: the command line (see README and DESIGN.md for the flags).
 
-Exit codes: 0 success, 2 bad flags, 1 any other failure. A user-facing failure is
-one line on stderr (`sql2tfrecord: error: …`); tracebacks only with --verbose.
+Exit codes: 0 success, 2 bad flags, 130 on SIGINT, 143 on SIGTERM, 1 any other
+failure. Every failure is one line on stderr (`sql2tfrecord: error: …`, see
+`pipeline.console`); tracebacks only with --verbose.
 
 The command exits through `exit_now`: the atexit handlers run as usual, then the
 process ends without Python's interpreter teardown, which with TensorFlow, Beam and
@@ -20,24 +21,23 @@ __all__ = ["main"]
 _LOGGER = logging.getLogger("pipeline")
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _user_error(err: BaseException) -> str | None:
-    """The message of an expected (user-facing) failure, else None."""
-    from pipeline.connection import DatabaseError
+    """The one-line message of an expected (user-facing) failure, else None."""
+    from pipeline.connection import DatabaseError, DsnSyntaxError
+    from pipeline.console import one_line
     from pipeline.degenerate import EmptySplitError
     from pipeline.jdbc_io import JdbcUnavailableError
     from pipeline.output import OutputError
+    from pipeline.parquet_io import SnapshotError
     from pipeline.postgres_io import PartitionReadError
     from pipeline.query_guard import QueryRefusedError
     from transforms.features import ConfigError
     from transforms.types import UnsupportedTypeError
+    from transforms.user_module import UserModuleError
 
     expected = (
         DatabaseError,
+        DsnSyntaxError,
         JdbcUnavailableError,
         OutputError,
         ConfigError,
@@ -45,80 +45,93 @@ def _user_error(err: BaseException) -> str | None:
         PartitionReadError,
         QueryRefusedError,
         EmptySplitError,
+        SnapshotError,
+        UserModuleError,
     )
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, expected):
-            return _one_line(err)
-        # Beam wraps worker exceptions; look for ours in the chain and the message.
-        for cls in (PartitionReadError, DatabaseError):
+            return one_line(str(err)) or type(err).__name__
+        # Runners with a gRPC worker return the worker's traceback as text: find
+        # ours in it (the message is the rest of that line).
+        text = str(err)
+        for cls in expected:
             marker = f"{cls.__name__}: "
-            text = str(err)
             if marker in text:
-                return text.split(marker, 1)[1].strip().splitlines()[0]
+                return one_line(text.split(marker, 1)[1].strip().splitlines()[0])
         err = err.__cause__ or err.__context__
     return None
 
 
+def _failure_line(err: BaseException, verbose: bool) -> str:
+    from pipeline.console import one_line
+
+    message = _user_error(err)
+    if message is not None:
+        return message
+    first = one_line(str(err).strip().splitlines()[0]) if str(err).strip() else ""
+    text = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return text if verbose else f"{text} (rerun with --verbose for the traceback)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the job; returns the process exit code."""
-    from pipeline.options import UsageError, parse_args
+    from pipeline import console
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     verbose = "--verbose" in argv
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not verbose:
-        for noisy in ("apache_beam", "tensorflow", "absl", "tensorflow_transform"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    with console.session(verbose):
+        try:
+            return _run(argv, verbose)
+        except KeyboardInterrupt:
+            return console.report_interrupt()
+        except Exception as err:  # noqa: BLE001 - where errors become exit codes
+            if console.interrupted_signal() is not None:
+                return console.report_interrupt()  # Beam re-raised it as another type
+            if verbose:
+                _LOGGER.exception("sql2tfrecord failed")
+            print(f"{console.PREFIX} {_failure_line(err, verbose)}", file=sys.stderr)
+            return 1
+
+
+def _run(argv: list[str], verbose: bool) -> int:
+    from pipeline import console
+    from pipeline.options import UsageError, parse_args
+
     try:
         config, beam_args = parse_args(argv)
     except UsageError as err:
-        print(f"sql2tfrecord: error: {err}", file=sys.stderr)
+        print(f"{console.PREFIX} {err}", file=sys.stderr)
         return 2
-    try:
-        from apache_beam.options.pipeline_options import (
-            GoogleCloudOptions,
-            PipelineOptions,
-        )
+    from apache_beam.options.pipeline_options import (
+        GoogleCloudOptions,
+        PipelineOptions,
+    )
 
-        from pipeline.job import prepare_job, run_job
+    from pipeline.job import prepare_job, run_job
 
-        # Construction-time type checking of our fixed graph costs ~1 s per run
-        # and finds nothing the test suite does not; Beam has no flag to turn it
-        # back on, `--no_pipeline_type_check` being its only form.
-        beam_options = PipelineOptions(
-            beam_args, save_main_session=False, pipeline_type_check=False
-        )
-        cloud = beam_options.view_as(GoogleCloudOptions)
-        if config.snapshot and cloud.template_location:
-            print(
-                "sql2tfrecord: error: --template_location: a template runs after this "
-                "launcher exits, so no launcher can hold the shared snapshot; pass "
-                "--no_snapshot",
-                file=sys.stderr,
-            )
-            return 2
-        temp_location = cloud.temp_location
-        job = prepare_job(config, temp_location)
-        manifest = run_job(job, beam_options)
-    except KeyboardInterrupt:
+    if not verbose:
+        console.mute_beam_worker_prints()
+        beam_args = [*beam_args, "--beam_plugin=pipeline.quiet_worker"]
+    # Construction-time type checking of our fixed graph costs ~1 s per run
+    # and finds nothing the test suite does not; Beam has no flag to turn it
+    # back on, `--no_pipeline_type_check` being its only form.
+    beam_options = PipelineOptions(
+        beam_args, save_main_session=False, pipeline_type_check=False
+    )
+    cloud = beam_options.view_as(GoogleCloudOptions)
+    if config.snapshot and cloud.template_location:
         print(
-            "sql2tfrecord: interrupted; nothing was published (a previous output "
-            "is unchanged)",
+            f"{console.PREFIX} --template_location: a template runs after this "
+            "launcher exits, so no launcher can hold the shared snapshot; pass "
+            "--no_snapshot",
             file=sys.stderr,
         )
-        return 130
-    except Exception as err:  # noqa: BLE001 - the one place errors become exit codes
-        message = _user_error(err)
-        if verbose or message is None:
-            _LOGGER.exception("sql2tfrecord failed")
-        print(f"sql2tfrecord: error: {message or _one_line(err)}", file=sys.stderr)
-        return 1
+        return 2
+    temp_location = cloud.temp_location
+    job = prepare_job(config, temp_location)
+    manifest = run_job(job, beam_options)
     rows = {name: split["rows"] for name, split in manifest["splits"].items()}
     warnings = "".join(f"; warning: {w}" for w in manifest.get("warnings") or ())
     print(
@@ -131,12 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def exit_now(code: int) -> None:
     """Ends the process with `code` after the atexit handlers, skipping teardown.
 
-    Falls back to a normal exit while a non-daemon thread still runs.
+    Falls back to a normal exit while a non-daemon thread still runs, unless the
+    run was interrupted: an abandoned job's threads must not hold the process.
     """
     import atexit
     import threading
 
-    if any(
+    from pipeline.console import interrupted_signal
+
+    if interrupted_signal() is None and any(
         t is not threading.main_thread() and not t.daemon for t in threading.enumerate()
     ):
         sys.exit(code)

@@ -187,6 +187,10 @@ def _prepare_job(config, temp_location, source, snapshot, target, raw_parquet) -
             f"--split_key: column {split_key!r} not found; have {sorted(names)}"
         )
     if config.preprocessing_module:
+        from transforms.user_module import load_preprocessing_fn
+
+        # Import errors show before anything runs (the import is cached).
+        load_preprocessing_fn(config.preprocessing_module, config.label)
         # A user module names its transformed label with --label; when that is also
         # a raw column, rows where it is NULL are dropped (as with built-in features).
         features = None
@@ -260,7 +264,7 @@ def _preprocessing_fn(job: Job) -> Callable:
     if job.features is None:
         from transforms.user_module import load_preprocessing_fn
 
-        return load_preprocessing_fn(job.config.preprocessing_module)
+        return load_preprocessing_fn(job.config.preprocessing_module, job.label)
     from transforms.preprocessing import build_preprocessing_fn
 
     return build_preprocessing_fn(job.features, job.plan.columns)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.connection import DEFAULT_LOCK_TIMEOUT_MS
+from pipeline.connection import DEFAULT_LOCK_TIMEOUT_MS, DsnSyntaxError, check_dsn
 from pipeline.query_guard import QueryRefusedError, check_query
 from pipeline.split import SplitSpec, parse_splits
 
@@ -68,7 +68,21 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     add = parser.add_argument
-    add("--db_url", default=None, help="libpq URL or DSN (default: $DATABASE_URL)")
+    add(
+        "--db_url",
+        default=None,
+        help="libpq URL or key=value DSN (default: $DATABASE_URL). A password "
+        "typed here is visible to other users of the machine in the process list "
+        "(ps); keep it out with PGPASSWORD, ~/.pgpass, $DATABASE_URL or "
+        "--db_url_file. In a URL percent-encode special characters of the password "
+        "(@ as %%40, / as %%2F); in key=value form quote values with spaces",
+    )
+    add(
+        "--db_url_file",
+        default=None,
+        help="read the libpq URL or DSN from this file (its first line), which "
+        "keeps the password out of the process list; instead of --db_url",
+    )
     add("--table", help="table to read (name as stored, or schema.table)")
     add(
         "--query",
@@ -149,6 +163,32 @@ def _beam_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _db_url(args: argparse.Namespace, problems: list[str]) -> tuple[str, str]:
+    """The connection string and how it was given (for errors; never its text)."""
+    if args.db_url is not None and args.db_url_file is not None:
+        problems.append("give at most one of `--db_url` and `--db_url_file`")
+        return "", ""
+    if args.db_url_file is not None:
+        path = args.db_url_file
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as err:
+            problems.append(f"`--db_url_file` {path}: cannot read it: {err.strerror}")
+            return "", ""
+        except UnicodeDecodeError:
+            problems.append(f"`--db_url_file` {path}: not UTF-8 text")
+            return "", ""
+        value = lines[0].strip() if lines else ""
+        if not value:
+            problems.append(f"`--db_url_file` {path}: the first line is empty")
+            return "", ""
+        return value, f"the first line of `--db_url_file` {path}"
+    if args.db_url is not None:
+        return args.db_url, "`--db_url`"
+    return os.environ.get("DATABASE_URL", ""), "$DATABASE_URL"
+
+
 def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
     """Splits argv into our validated JobConfig and the Beam flags.
 
@@ -162,7 +202,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
     unknown_flags = [a for a in unknown if a.startswith("-")]
     if unknown_flags:
         problems.append(f"unknown flag(s): {' '.join(unknown_flags)}")
-    db_url = args.db_url if args.db_url is not None else os.environ.get("DATABASE_URL")
+    db_url, db_url_source = _db_url(args, problems)
     if args.input_parquet:
         if args.table is not None or args.query is not None:
             problems.append("`--input_parquet` replaces `--table`/`--query`; give one")
@@ -171,8 +211,13 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
                 "give at most one of `--input_parquet` and `--raw_parquet_dir`"
             )
     else:
-        if not db_url:
+        if not db_url and db_url_source:
             problems.append("`--db_url` is required (or set DATABASE_URL)")
+        elif db_url:
+            try:
+                check_dsn(db_url, db_url_source)
+            except DsnSyntaxError as err:
+                problems.append(str(err))
         if (args.table is None) == (args.query is None):
             problems.append("give exactly one of `--table` and `--query`")
     if not args.label:

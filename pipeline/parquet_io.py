@@ -11,6 +11,7 @@ let `--input_parquet` rerun the transform stage without touching the database.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import METRICS_NAMESPACE, arrow_coder
 from pipeline.output import join, publish_shards, write_json
-from transforms.types import Column
+from transforms.types import Column, arrow_type
 
 __all__ = [
     "WriteRawParquet",
@@ -35,10 +36,16 @@ __all__ = [
     "write_snapshot_info",
     "read_snapshot_info",
     "SNAPSHOT_INFO",
+    "SnapshotError",
 ]
 
 SNAPSHOT_INFO = "_snapshot.json"
 _TEMP_DIR = ".incomplete"
+_SHARD = re.compile(r"part-(\d{5})-of-(\d{5})\.parquet$")
+
+
+class SnapshotError(ValueError):
+    """An `--input_parquet` snapshot that is incomplete or corrupt; names the file."""
 
 
 class _WriteParquetFn(beam.DoFn):
@@ -126,14 +133,77 @@ def write_snapshot_info(directory: str, info: dict[str, Any]) -> None:
 
 
 def read_snapshot_info(directory: str) -> tuple[dict[str, Any], list[Column]]:
-    """The snapshot's info and its catalog columns; ValueError if incomplete."""
+    """The snapshot's info and its catalog columns, after checking every shard.
+
+    Checks, before the pipeline runs: `_snapshot.json` is there and readable; the
+    shards `part-SSSSS-of-NNNNN.parquet` are all there; each one's footer reads
+    (a truncated file has none) and its schema has the snapshot's columns and types;
+    their row counts add up to the snapshot's.
+
+    Raises:
+        SnapshotError: naming the file and what is wrong with it.
+    """
+    flag = "--input_parquet"
     path = join(directory, SNAPSHOT_INFO)
     if not FileSystems.exists(path):
-        raise ValueError(
-            f"--input_parquet: {directory} has no {SNAPSHOT_INFO}: not a complete "
+        raise SnapshotError(
+            f"{flag}: {directory} has no {SNAPSHOT_INFO}: not a complete "
             "snapshot written with --raw_parquet_dir"
         )
-    with FileSystems.open(path) as f:
-        info = json.loads(f.read().decode())
-    columns = [Column(**c) for c in info["columns"]]
+    try:
+        with FileSystems.open(path) as f:
+            info = json.loads(f.read().decode())
+        columns = [Column(**c) for c in info["columns"]]
+        _ = info["rows"], info["split_key"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise SnapshotError(
+            f"{flag}: {path} is not a snapshot description written with "
+            f"--raw_parquet_dir ({type(err).__name__})"
+        ) from err
+    _check_shards(directory, columns, int(info["rows"]))
     return info, columns
+
+
+def _check_shards(directory: str, columns: list[Column], rows: int) -> None:
+    flag = "--input_parquet"
+    pattern = join(directory, "part-*.parquet")
+    paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    totals = {int(m.group(2)) for m in map(_SHARD.search, paths) if m}
+    if len(totals) > 1 or any(not _SHARD.search(p) for p in paths):
+        raise SnapshotError(f"{flag}: {directory} mixes shards of different writes")
+    total = totals.pop() if totals else 0
+    for i in range(total):
+        name = f"part-{i:05d}-of-{total:05d}.parquet"
+        if join(directory, name) not in paths:
+            raise SnapshotError(f"{flag}: shard {join(directory, name)} is missing")
+    expected = {c.name: arrow_type(c) for c in columns}
+    found = 0
+    for shard in paths:
+        try:
+            with FileSystems.open(
+                shard, compression_type=CompressionTypes.UNCOMPRESSED
+            ) as f:
+                metadata = pq.ParquetFile(f).metadata
+                schema = metadata.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as err:
+            raise SnapshotError(
+                f"{flag}: shard {shard} is unreadable (truncated or corrupt: "
+                f"{' '.join(str(err).split())[:200]})"
+            ) from err
+        for name, kind in expected.items():
+            index = schema.get_field_index(name)
+            if index < 0:
+                raise SnapshotError(
+                    f"{flag}: shard {shard} has no column {name!r} of the snapshot"
+                )
+            if schema.field(index).type != kind:
+                raise SnapshotError(
+                    f"{flag}: shard {shard}: column {name!r} is "
+                    f"{schema.field(index).type}, the snapshot says {kind}"
+                )
+        found += metadata.num_rows
+    if found != rows:
+        raise SnapshotError(
+            f"{flag}: the shards of {directory} hold {found} rows, "
+            f"{SNAPSHOT_INFO} says {rows}"
+        )

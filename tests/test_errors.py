@@ -4,8 +4,11 @@ Each test here backs a row of the README's "When things go wrong" table.
 """
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import psycopg2
 import pytest
@@ -31,6 +34,23 @@ def small_table(make_table):
         "CREATE TABLE {table} (id int PRIMARY KEY, v double precision, y int)",
         "INSERT INTO {table} SELECT g, g, g % 2 FROM generate_series(1, 50) g",
     )
+
+
+def _wait_for_copy(database_url, proc, marker, timeout=180):
+    """Waits until the job's COPY mentioning `marker` runs on the server."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = query(
+            database_url,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+            "'sql2tfrecord' AND query ILIKE 'COPY%%' AND position(%s in query) > 0",
+            (marker,),
+        )
+        if rows[0][0]:
+            return
+        assert proc.poll() is None, "the job ended before its COPY was seen"
+        assert time.monotonic() < deadline, "no COPY within the deadline"
+        time.sleep(0.02)  # a poll on the condition above, not a timed wait
 
 
 def _checksum(database_url, table):
@@ -180,7 +200,6 @@ def test_unwritable_output_dir_is_one_line(capsys, database_url, small_table, tm
 
 def test_killed_mid_run_leaves_no_manifest_and_a_rerun_is_exact(database_url, make_table, tmp_path):
     import signal
-    import time
 
     table = make_table(
         "CREATE TABLE {table} (id int PRIMARY KEY, x float8, c text, y int NOT NULL)",
@@ -194,7 +213,8 @@ def test_killed_mid_run_leaves_no_manifest_and_a_rerun_is_exact(database_url, ma
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     staging = wait_for_staging(out, proc)
-    time.sleep(2.0)  # well inside the run: reading, analyzing or writing
+    # Well inside the run: once the job's COPY of this table is on the server.
+    _wait_for_copy(database_url, proc, table)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     # Nothing was published: the run built beside the target, which never appeared.
@@ -212,16 +232,303 @@ def test_killed_mid_run_leaves_no_manifest_and_a_rerun_is_exact(database_url, ma
 
 @pytest.mark.parametrize("thread", [False, True])
 def test_cli_exit_runs_atexit_handlers_flushes_and_keeps_the_code(thread):
-    # `python -m pipeline` ends through exit_now (no interpreter teardown).
+    # `python -m pipeline` ends through exit_now (no interpreter teardown). A
+    # running non-daemon thread is waited for: it is released only by the
+    # `finally` that a normal exit runs and os._exit would skip.
     program = (
-        "import atexit, sys, threading, time\n"
+        "import atexit, sys, threading\n"
         "from pipeline.__main__ import exit_now\n"
         "atexit.register(lambda: print('handler ran'))\n"
-        f"if {thread}: threading.Thread(target=time.sleep, args=(0.5,)).start()\n"
-        "print('buffered', end=''); sys.stderr.write('err-buffered')\n"
-        "exit_now(3)\n"
+        "started, release = threading.Event(), threading.Event()\n"
+        "def work():\n"
+        "    started.set(); release.wait(); print('thread finished', end=' ')\n"
+        f"if {thread}: threading.Thread(target=work).start(); started.wait()\n"
+        "print('buffered', end=' '); sys.stderr.write('err-buffered')\n"
+        "try:\n"
+        "    exit_now(3)\n"
+        "finally:\n"
+        "    release.set()\n"
     )
     proc = subprocess.run([sys.executable, "-c", program], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 3
-    assert proc.stdout == "bufferedhandler ran\n" and proc.stderr == "err-buffered"
+    expected = "buffered thread finished handler ran\n" if thread else (
+        "buffered handler ran\n"
+    )
+    assert proc.stdout == expected and proc.stderr == "err-buffered"
+
+
+# --- One line per failure: inside the job, on signals, bad modules, bad snapshots.
+
+
+def _job_env():
+    return {**os.environ, "PYTHONPATH": ROOT}
+
+
+def _with_password(url: str, password: str) -> str:
+    scheme, rest = url.split("://", 1)
+    user, host = rest.split("@", 1) if "@" in rest else ("postgres", rest)
+    return f"{scheme}://{user.split(':')[0]}:{password}@{host}"
+
+
+def test_failure_inside_the_job_is_one_line_without_tracebacks(database_url, small_table, tmp_path):
+    # A cast error the database raises mid-COPY, in a partition DoFn of the job:
+    # before, 66 lines (Beam's ERROR log with three chained tracebacks, the
+    # message again with " [while running 'Read/ReadPartition']").
+    url = _with_password(database_url, "Pw7Secret9x")  # trust auth: any password
+    marker = "oops_" + os.urandom(4).hex()
+    query_text = (
+        f"SELECT id, v,\n  (CASE WHEN id = 40 THEN '{marker}' ELSE '1' END)::int AS bad,"
+        f"\n  y FROM \"{small_table}\""
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--db_url", url, "--query", query_text,
+         "--split_key", "id", "--label", "y", "--output_dir", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=ROOT, env=_job_env(), timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("sql2tfrecord:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    (line,) = lines
+    assert line.startswith("sql2tfrecord: error: partition ")
+    assert f'invalid input syntax for type integer: "{marker}"' in line
+    assert small_table in line  # the relation read (here the query text, one line)
+    assert proc.stderr.count("invalid input syntax") == 1, proc.stderr[-3000:]  # once
+    for noise in ("Traceback", "while running", "Pw7Secret9x"):
+        assert noise not in proc.stderr, noise
+    assert not re.search(r"^\S+ \S+ ERROR ", proc.stderr, re.M)  # no ERROR log records
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
+def test_ctrl_c_while_reading_exits_130_with_one_line(database_url, tmp_path, mode):
+    # Ctrl-C signals the whole process group: the launcher and, with
+    # multi_processing, its worker processes (which then printed tracebacks).
+    marker = "s2t_sigint_" + os.urandom(4).hex()
+    extra = [] if mode == "in_memory" else [
+        "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    # The COPY sleeps on the server: the job is reading when the signal lands,
+    # its main thread waiting on the COPY's producer thread.
+    query_text = f"SELECT 1 AS id, 1 AS y, '{marker}' AS m FROM pg_sleep(60)"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--db_url", database_url, "--query",
+         query_text, "--split_key", "id", "--label", "y", "--output_dir",
+         str(tmp_path / "o"), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=_job_env(), start_new_session=True,
+    )
+    try:
+        _wait_for_copy(database_url, proc, marker)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        query(database_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+              "WHERE position(%s in query) > 0 AND pid <> pg_backend_pid()", (marker,))
+    assert proc.returncode == 130, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("sql2tfrecord:")]
+    assert lines == ["sql2tfrecord: interrupted (SIGINT); nothing was published (a previous output is unchanged)"]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_tensorflow_import_exits_with_one_line(tmp_path, signum, code):
+    # A thread sends the signal once TensorFlow's import has begun (the module is
+    # in sys.modules from the start of its import, which takes seconds).
+    program = (
+        "import os, sys, threading, time\n"
+        "import pipeline.job\n"
+        "def prepare(*args, **kwargs):\n"
+        "    def send():\n"
+        "        while 'tensorflow' not in sys.modules:\n"
+        "            time.sleep(0.001)\n"
+        f"        os.kill(os.getpid(), {int(signum)})\n"
+        "    threading.Thread(target=send, daemon=True).start()\n"
+        "    import tensorflow_transform\n"
+        "    import tensorflow\n"
+        "    tensorflow.function(lambda x: x + 1)(tensorflow.constant(1))\n"
+        "    threading.Event().wait(60)\n"
+        "    raise SystemExit('the signal never came')\n"
+        "pipeline.job.prepare_job = prepare\n"
+        "from pipeline.__main__ import main, exit_now\n"
+        f"exit_now(main(['--input_parquet', {str(tmp_path)!r}, '--label', 'y',"
+        f" '--output_dir', {str(tmp_path / 'o')!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True,
+                          text=True, cwd=ROOT, env=_job_env(), timeout=180)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("sql2tfrecord:")]
+    name = signal.Signals(signum).name
+    assert lines == [f"sql2tfrecord: interrupted ({name}); nothing was published (a previous output is unchanged)"]
+    assert "Traceback" not in proc.stderr
+
+
+BAD_MODULES = [
+    ("syntax", "def preprocessing_fn(inputs)\n    return inputs\n",
+     "importing {path} failed (line 1): SyntaxError"),
+    ("no_fn", "PREPROCESSING = 1\n", "{path} defines no preprocessing_fn"),
+    ("import_raises", "x = 1\nimport no_such_module_s2t\n",
+     "importing {path} failed (line 2): ModuleNotFoundError"),
+    ("fn_raises", "def preprocessing_fn(inputs):\n    return {'y': inputs['nope_s2t']}\n",
+     "preprocessing_fn in {path} raised (line 2): KeyError: 'nope_s2t'"),
+    ("not_a_dict", "def preprocessing_fn(inputs):\n    return [inputs['v']]\n",
+     "preprocessing_fn in {path} must return a dict of tensors, returned list"),
+    ("drops_label", "def preprocessing_fn(inputs):\n    return {'v2': inputs['v']}\n",
+     "preprocessing_fn in {path} returns no 'y' (the --label); it returns ['v2']"),
+]
+
+
+@pytest.mark.parametrize("name, source, expected", BAD_MODULES, ids=[m[0] for m in BAD_MODULES])
+def test_bad_preprocessing_module_is_one_line_naming_the_file(
+    capsys, database_url, small_table, tmp_path, name, source, expected
+):
+    path = tmp_path / f"module_{name}.py"
+    path.write_text(source)
+    code, lines = _run(capsys, "--db_url", database_url, "--table", small_table,
+                       "--label", "y", "--preprocessing_module", str(path),
+                       "--output_dir", str(tmp_path / "o"))
+    assert code == 1 and len(lines) == 1
+    prefix = "sql2tfrecord: error: --preprocessing_module: "
+    assert lines[0].startswith(prefix + expected.format(path=path)), lines[0]
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_bad_preprocessing_module_from_the_command_line_has_no_traceback(
+    database_url, small_table, tmp_path
+):
+    path = tmp_path / "raises.py"
+    path.write_text("def preprocessing_fn(inputs):\n    raise ValueError('no_s2t')\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--db_url", database_url, "--table",
+         small_table, "--label", "y", "--preprocessing_module", str(path),
+         "--output_dir", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=ROOT, env=_job_env(), timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and proc.stderr.count("no_s2t") == 1
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("sql2tfrecord:")]
+    assert str(path) in line and "ValueError: no_s2t" in line
+
+
+def _snapshot(directory, rows=(30, 20)):
+    """A --raw_parquet_dir snapshot made by hand: two shards and _snapshot.json."""
+    import dataclasses
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from transforms.types import Column, arrow_type
+
+    columns = [Column("id", "int4", "integer", not_null=True),
+               Column("v", "float8", "double precision"), Column("y", "int4", "integer")]
+    schema = pa.schema([pa.field(c.name, arrow_type(c)) for c in columns])
+    directory.mkdir()
+    start = 0
+    for i, n in enumerate(rows):
+        ids = list(range(start, start + n))
+        start += n
+        table = pa.table({"id": ids, "v": [float(x) for x in ids], "y": [x % 2 for x in ids]},
+                         schema=schema)
+        pq.write_table(table, directory / f"part-{i:05d}-of-{len(rows):05d}.parquet")
+    info = {"columns": [dataclasses.asdict(c) for c in columns], "split_key": "id",
+            "primary_key": ["id"], "source": {}, "snapshot_id": None, "rows": sum(rows),
+            "created_at": "2026-01-01T00:00:00Z"}
+    (directory / "_snapshot.json").write_text(json.dumps(info))
+    return directory
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _retype(path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    table = table.set_column(1, "v", pa.array([str(x) for x in table["v"].to_pylist()]))
+    pq.write_table(table, path)
+
+
+def _set_rows(path):
+    import json
+
+    info = json.loads(path.read_text())
+    path.write_text(json.dumps({**info, "rows": info["rows"] + 1}))
+
+
+BAD_SNAPSHOTS = [
+    ("no_info", "_snapshot.json", lambda p: p.unlink(), "has no _snapshot.json"),
+    ("bad_info", "_snapshot.json", lambda p: p.write_text("{not json"),
+     "is not a snapshot description"),
+    ("truncated", "part-00001-of-00002.parquet", _truncate, "is unreadable (truncated"),
+    ("missing_shard", "part-00001-of-00002.parquet", lambda p: p.unlink(), "is missing"),
+    ("retyped", "part-00000-of-00002.parquet", _retype,
+     "column 'v' is string, the snapshot says double"),
+    ("row_count", "_snapshot.json", _set_rows, "hold 50 rows, _snapshot.json says 51"),
+]
+
+
+@pytest.mark.parametrize("name, target, damage, expected", BAD_SNAPSHOTS,
+                         ids=[s[0] for s in BAD_SNAPSHOTS])
+def test_incomplete_input_parquet_is_one_line_naming_the_file(
+    capsys, tmp_path, name, target, damage, expected
+):
+    from pipeline.parquet_io import read_snapshot_info
+
+    good = _snapshot(tmp_path / "good")
+    info, columns = read_snapshot_info(str(good))  # the undamaged one passes
+    assert info["rows"] == 50 and [c.name for c in columns] == ["id", "v", "y"]
+    snapshot = _snapshot(tmp_path / "snap")
+    damage(snapshot / target)
+    code, lines = _run(capsys, "--input_parquet", str(snapshot), "--label", "y",
+                       "--output_dir", str(tmp_path / "o"))
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("sql2tfrecord: error: --input_parquet: ")
+    assert expected in lines[0] and str(snapshot) in lines[0]
+    if name not in ("no_info", "row_count"):
+        assert target in lines[0]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_console_drops_foreign_tracebacks_keeps_warnings_and_our_records():
+    import logging
+
+    from pipeline.console import _NoForeignTracebacks, one_line
+
+    def record(name, level, exc=False, msg="m"):
+        exc_info = None
+        if exc:
+            try:
+                raise ValueError("x")
+            except ValueError:
+                exc_info = sys.exc_info()
+        return logging.LogRecord(name, level, __file__, 1, msg, None, exc_info)
+
+    keep = _NoForeignTracebacks().filter
+    assert not keep(record("apache_beam.runners.common", logging.ERROR, exc=True))
+    assert not keep(record("apache_beam.runners.worker.sdk_worker", logging.ERROR,
+                           msg="Error processing instruction 7. Original traceback is\n"
+                               "Traceback (most recent call last):\n  ..."))
+    assert keep(record("apache_beam.io", logging.WARNING, exc=True))  # warnings stay
+    assert keep(record("tensorflow", logging.ERROR))  # an error without traceback
+    assert keep(record("pipeline.job", logging.ERROR, exc=True))  # ours
+    assert one_line("partition p0 of (SELECT a,\n  b\tFROM t) failed [while running "
+                    "'Read/ReadPartition']") == "partition p0 of (SELECT a, b FROM t) failed"
+
+
+def test_quiet_worker_plugin_mutes_the_sdk_harness_traceback_print():
+    program = (
+        "import sys\n"
+        "import pipeline.quiet_worker\n"
+        "from apache_beam.runners.worker import sdk_worker\n"
+        "sdk_worker.print('Traceback (most recent call last): ...', file=sys.stderr)\n"
+        "sdk_worker.print('to stdout')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True,
+                          text=True, cwd=ROOT, env=_job_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "to stdout\n" and "Traceback" not in proc.stderr

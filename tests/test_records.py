@@ -36,12 +36,19 @@ def _reference(batch: pa.RecordBatch) -> list[tf.train.Example]:
     ]
 
 
-@settings(max_examples=60, deadline=None)
+# Column names as a database can hold them: valid UTF-8 (no lone surrogates, which
+# no encoding can store) and no NUL (PostgreSQL names cannot hold one, and tfx-bsl
+# cuts names there).
+COLUMN_NAME = st.text(
+    st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=25
+)
+
+
+@settings(max_examples=60)
 @given(
     rows=st.integers(min_value=1, max_value=40),
-    # No NUL: PostgreSQL names cannot hold one, and tfx-bsl cuts names there.
     names=st.lists(
-        st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=25),
+        COLUMN_NAME,
         min_size=1,
         max_size=6,
         unique=True,
@@ -62,6 +69,11 @@ def test_dense_encoding_equals_tfx_bsl(rows, names, data):
     batch = pa.RecordBatch.from_arrays(columns, names=names)
     assert records.dense_layout_supported(batch)
     assert _examples(records.encode_framed(batch)) == _reference(batch)
+
+
+@given(COLUMN_NAME)
+def test_generated_column_names_are_storable_utf8(name):
+    assert name.encode("utf-8").decode("utf-8") == name and "\x00" not in name
 
 
 def test_dense_encoding_of_extreme_and_special_values():
