@@ -322,12 +322,12 @@ def _quantile_bounds(conn, relation: str, key: str, n: int) -> list:
         return []
     fractions = [i / n for i in range(1, n)]
     with conn.cursor() as cur:
+        # No query parameters: a `%` in a --query's text must stay a `%`.
         cur.execute(
             sql.SQL(
-                "SELECT percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY {k}) "
+                "SELECT percentile_disc({f}::float8[]) WITHIN GROUP (ORDER BY {k}) "
                 "FROM {r} AS src WHERE {k} IS NOT NULL"
-            ).format(k=sql.SQL(key), r=sql.SQL(relation)),
-            (fractions,),
+            ).format(f=sql.Literal(fractions), k=sql.SQL(key), r=sql.SQL(relation))
         )
         row = cur.fetchone()
     return list(row[0] or [])

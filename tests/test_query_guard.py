@@ -116,6 +116,25 @@ def test_query_ending_in_a_comment_is_read(database_url, make_table):
     assert rows == sorted(query(database_url, f'SELECT id, v FROM "{table}" WHERE mod(id, 2) = 0'))
 
 
+def test_query_with_percent_signs_is_partitioned_and_read(database_url, make_table):
+    """`%` in a --query is SQL (modulo, LIKE), never a parameter placeholder."""
+    table = make_table(
+        "CREATE TABLE {table} (id int PRIMARY KEY, v text)",
+        "INSERT INTO {table} SELECT g, 'v%' || g FROM generate_series(1, 400) g",
+    )
+    text = f"SELECT id, v FROM \"{table}\" WHERE id % 3 <> 0 AND v LIKE 'v\\%%'"
+    source = SourceSpec(Dsn(database_url), query=text)
+    plan = plan_read(source, ["id", "v"], num_partitions=4, partition_column="id")
+    assert len(plan.partitions) == 5  # 4 key ranges + the NULL partition
+    reader = PartitionReader(source, plan, None)
+    try:
+        ids = sorted(i for p in plan.partitions for b in reader.read(p)
+                     for i in b.column(0).to_pylist())
+    finally:
+        reader.close()
+    assert ids == [i for i in range(1, 401) if i % 3 != 0]
+
+
 def _checksum(url, table):
     return query(url, f'SELECT count(*), md5(string_agg(t::text, \',\' ORDER BY id)) '
                       f'FROM "{table}" t')
