@@ -33,7 +33,7 @@ from pipeline.postgres_io import ReadFromPostgres
 from pipeline.snapshot import ExportedSnapshot
 from pipeline.source import ReadPlan, SourceSpec, plan_read
 from pipeline.write import SHARD_SUFFIX, WriteExamples
-from transforms.types import Kind
+from transforms.types import Kind, conversion
 from transforms.features import ConfigError, FeatureConfig, infer_features, load_config
 from transforms.names import feature_names
 
@@ -528,7 +528,12 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             "table": config.table,
             "query": config.query,
             "columns": [
-                {"name": c.name, "type": c.display_type, "not_null": c.not_null}
+                {
+                    "name": c.name,
+                    "type": c.display_type,
+                    "not_null": c.not_null,
+                    "conversion": conversion(c),
+                }
                 for c in job.plan.columns
             ],
         },

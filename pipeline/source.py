@@ -64,8 +64,10 @@ class ReadPlan:
 
     @property
     def source_name(self) -> str:
-        """What is read, for one-line messages: the table, or `--query`."""
-        return str(self.table) if self.table is not None else "--query"
+        """What is read, for one-line messages: the table, or `--query` and its tables."""
+        if self.table is not None:
+            return str(self.table)
+        return f"--query (on {', '.join(self.locks)})" if self.locks else "--query"
 
     def column(self, name: str) -> Column:
         """The projected column called `name`."""

@@ -73,6 +73,8 @@ def make_table(database_url):
     conn = psycopg2.connect(database_url)
     conn.autocommit = True
     with conn.cursor() as cur:
+        # A job left holding its locks must fail the teardown, not hang it.
+        cur.execute("SET lock_timeout = '120s'")
         for name in created:
             cur.execute(f'DROP TABLE IF EXISTS "{name}" CASCADE')
     conn.close()

@@ -156,6 +156,7 @@ def test_every_transform_and_dofn_pickles_without_connections(
 ):
     config, beam_args = parse_args(_argv(database_url, runner_table, features_path, tmp_path / "o"))
     job = prepare_job(config)
+    job.close()  # the graph is only built, never run: release the locks now
     p = beam.Pipeline(argv=beam_args)
     build_pipeline(p, job, snapshot_id="00000003-00000002-1")
     seen = collections.Counter()

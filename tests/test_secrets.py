@@ -72,6 +72,7 @@ def test_display_data_of_the_graph_has_no_password(database_url, secret_table, t
     config, beam_args = parse_args(["--db_url", url, "--table", secret_table, "--label", "y",
                                     "--output_dir", str(tmp_path / "o")])
     job = prepare_job(config)
+    job.close()  # the graph is only built, never run: release the locks now
     assert SECRET not in repr(job) and SECRET not in repr(job.source)
     p = beam.Pipeline(argv=beam_args)
     build_pipeline(p, job, snapshot_id=None)

@@ -44,6 +44,7 @@ __all__ = [
     "Column",
     "UnsupportedTypeError",
     "kind_of",
+    "conversion",
     "read_expression",
     "read_error_message",
     "arrow_type",
@@ -170,6 +171,8 @@ def _scalar_expression(ref: str, column: Column) -> str:
         return f"{ref}::int4"
     if kind is Kind.INT:
         return ref
+    if column.pg_type == "numeric":
+        return _numeric_expression(ref)
     if kind is Kind.FLOAT:
         return f"{ref}::float8"
     if kind is Kind.BYTES:
@@ -177,6 +180,63 @@ def _scalar_expression(ref: str, column: Column) -> str:
     if kind is Kind.DATE:
         return _time_expression(ref, f"({ref} - DATE '1970-01-01')::int8")
     return _time_expression(ref, f"floor(extract(epoch FROM {ref}))::int8")
+
+
+# float8's largest finite value, and half its smallest subnormal: a numeric beyond
+# the first has no float8 (PostgreSQL's cast raises "out of range"), one below the
+# second rounds to zero (the cast raises too).
+_FLOAT8_MAX = "1.7976931348623157e308"
+_FLOAT8_HALF_MIN = "2.4703282292062328e-324"
+
+
+def _numeric_expression(ref: str) -> str:
+    """`numeric` as float8, total: never the cast's "out of range" error mid-read.
+
+    NaN stays NaN, ±Infinity (and magnitudes beyond float8) become ±Infinity — both
+    missing for the transforms, counted as non-finite — and magnitudes too small for
+    a float8 become ±0; every other value is the nearest float8 (PostgreSQL's cast).
+    """
+    return (
+        f"CASE WHEN {ref} = 'NaN'::numeric THEN 'NaN'::float8 "
+        f"WHEN abs({ref}) > {_FLOAT8_MAX} THEN CASE WHEN {ref} > 0 "
+        f"THEN 'Infinity'::float8 ELSE '-Infinity'::float8 END "
+        f"WHEN abs({ref}) < {_FLOAT8_HALF_MIN} THEN CASE WHEN {ref} < 0 "
+        f"THEN '-0'::float8 ELSE 0::float8 END "
+        f"ELSE {ref}::float8 END"
+    )
+
+
+_CONVERSIONS = {
+    "numeric": "read as the nearest float64 (precision beyond ~16 significant "
+    "digits is lost; beyond ±1.8e308 it is ±Infinity, i.e. missing; below 2.5e-324 "
+    "it is ±0), then float32 in features",
+    "float8": "float32 in features (float64 in the raw Arrow and Parquet)",
+    "int8": "float64 where a built-in transform scales it (exact beyond 2**53 only "
+    "in passthrough)",
+    "bool": "0/1",
+    "bpchar": "trailing blanks dropped (char(n) read as text)",
+    "timestamp": "seconds since 1970-01-01, floored; read as UTC; ±infinity read as "
+    "the int64 extremes (missing in features)",
+    "timestamptz": "seconds since 1970-01-01 UTC, floored; ±infinity read as the "
+    "int64 extremes (missing in features)",
+    "date": "days since 1970-01-01; ±infinity read as the int64 extremes (missing in "
+    "features)",
+    "uuid": "its text form",
+}
+
+
+def conversion(column: Column) -> str | None:
+    """How a column's values are changed on the way to a raw feature, or None.
+
+    Recorded per column in the manifest (`source.columns[].conversion`): every
+    value is exact or changed as this says.
+    """
+    note = _CONVERSIONS.get(column.pg_type)
+    if column.pg_type == "enum":
+        note = "its label"
+    if column.is_array:
+        return "; ".join(filter(None, [note, "NULL elements dropped in features"]))
+    return note
 
 
 def read_expression(quoted_name: str, column: Column) -> str:
