@@ -116,8 +116,7 @@ class _AssignSplitFn(beam.DoFn):
             c.name for c in columns if not c.not_null and c.name != label
         )
         self._float_label = any(
-            c.name == label and c.kind is Kind.FLOAT and not c.is_array
-            for c in columns
+            c.name == label and c.kind is Kind.FLOAT and not c.is_array for c in columns
         )
         self._dropped = Metrics.counter(namespace, "rows_dropped_null_label")
         self._dropped_non_finite = Metrics.counter(

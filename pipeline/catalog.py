@@ -116,7 +116,8 @@ def describe_table(conn, table: TableRef) -> list[Column]:
     """
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT a.attname, a.atttypid, a.attnotnull, a.attndims FROM pg_attribute a "
+            "SELECT a.attname, a.atttypid, a.attnotnull, a.attndims "
+            "FROM pg_attribute a "
             "WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
             "AND NOT a.attisdropped ORDER BY a.attnum",
             (table.identifier.as_string(conn),),

@@ -152,7 +152,8 @@ def report_interrupt() -> int:
             _state["reported"] = True
             name = signal.Signals(signum).name
             sys.stderr.write(
-                f"sql2tfrecord: interrupted ({name}); nothing was published (a previous output is unchanged)\n"
+                f"sql2tfrecord: interrupted ({name}); nothing was published "
+                "(a previous output is unchanged)\n"
             )
             sys.stderr.flush()
     return 128 + signum

@@ -33,9 +33,9 @@ from pipeline.postgres_io import ReadFromPostgres
 from pipeline.snapshot import ExportedSnapshot
 from pipeline.source import ReadPlan, SourceSpec, plan_read
 from pipeline.write import SHARD_SUFFIX, WriteExamples
-from transforms.types import Kind, conversion
 from transforms.features import ConfigError, FeatureConfig, infer_features, load_config
 from transforms.names import feature_names
+from transforms.types import Kind, conversion
 
 __all__ = ["Job", "prepare_job", "rereads", "build_pipeline", "run_job"]
 
@@ -141,9 +141,7 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         shared = config.snapshot and config.reader == "native"
         snapshot = ExportedSnapshot(source, export=shared).__enter__()
     try:
-        job = _prepare_job(
-            config, temp_location, source, snapshot, target, raw_parquet
-        )
+        job = _prepare_job(config, temp_location, source, snapshot, target, raw_parquet)
     except BaseException:
         if snapshot is not None:
             snapshot.close()
@@ -554,9 +552,7 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         "splits": splits,
         "rows_read": rows_read,
         "rows_dropped_null_label": counts.get("rows_dropped_null_label", 0),
-        "rows_dropped_non_finite_label": counts.get(
-            "rows_dropped_non_finite_label", 0
-        ),
+        "rows_dropped_non_finite_label": counts.get("rows_dropped_non_finite_label", 0),
         "rows_dropped_unseen_label": {
             name: counts.get(f"unseen_label:{name}", 0) for name in config.splits.names
         },
@@ -613,8 +609,7 @@ def _label_classes(job: Job, tft_output) -> list[str] | None:
     from transforms.preprocessing import unescape_token
 
     return [
-        unescape_token(t).decode("utf-8")
-        for t in tft_output.vocabulary_by_name(key)
+        unescape_token(t).decode("utf-8") for t in tft_output.vocabulary_by_name(key)
     ]
 
 

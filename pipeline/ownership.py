@@ -110,8 +110,11 @@ def normalized(path: str) -> str:
 
 
 def check_disjoint(paths: dict[str, str]) -> None:
-    """Refuses two of `--output_dir`, `--raw_parquet_dir`, `--input_parquet` that
-    are the same directory or nested, and any path inside a staging area."""
+    """Refuses output/input directories that are the same, nested, or staging.
+
+    Two of `--output_dir`, `--raw_parquet_dir`, `--input_parquet` may not be the
+    same directory or nested, and none may lie inside a staging area.
+    """
     items = [(flag, path, normalized(path)) for flag, path in paths.items() if path]
     for flag, path, norm in items:
         for part in norm.split("/"):
@@ -197,8 +200,7 @@ def inspect_dir(path: str, kind: str) -> DirState:
 
 
 def objects_below(path: str) -> list[str]:
-    """The objects below a prefix of an object store (directory placeholders left
-    out)."""
+    """The objects below a prefix of an object store (no directory placeholders)."""
     prefix = path.rstrip("/") + "/"
     match = FileSystems.match([prefix + "**"])
     found = [m.path for m in match[0].metadata_list] if match else []
@@ -206,8 +208,11 @@ def objects_below(path: str) -> list[str]:
 
 
 def check_target(path: str, state: DirState, overwrite: bool, flag: str) -> None:
-    """Raises unless the target may receive a new output: missing, empty, or (with
-    `overwrite`) an output of ours that holds nothing else."""
+    """Raises unless the target may receive a new output.
+
+    It may when missing, empty, or (with `overwrite`) an output of ours that holds
+    nothing else.
+    """
     if state.empty:
         return
     if state.foreign == ".":

@@ -241,8 +241,8 @@ class PartitionReader:
                     ) from err
                 if not lost or attempt >= self._max_retries:
                     raise PartitionReadError(
-                        f"partition {partition.label} of {self._plan.source_name} failed "
-                        f"after {emitted} rows: {_first_line(err)}"
+                        f"partition {partition.label} of {self._plan.source_name} "
+                        f"failed after {emitted} rows: {_first_line(err)}"
                     ) from err
                 attempt += 1
                 self.reconnects += 1

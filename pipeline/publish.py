@@ -31,7 +31,6 @@ import errno
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import time
@@ -52,6 +51,7 @@ __all__ = [
 ]
 
 _LOGGER = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class Publication:
@@ -161,8 +161,10 @@ def _rmtree(path: str) -> None:
 
 
 def _clean_leftovers(parent: str, base: str, kind: str) -> None:
-    """Removes staging dirs of killed runs for this target; restores an old output
-    that a run killed mid-swap had moved aside."""
+    """Removes killed runs' staging dirs; restores an old output moved aside.
+
+    Only for this target; the old output is one a run killed mid-swap had moved.
+    """
     prefix = f".{base}.sql2tfrecord-"
     final = os.path.join(parent, base)
     try:
@@ -301,8 +303,10 @@ def _exchange(a: str, b: str) -> bool:
 
 
 def _swap_files(pub: Publication, state: DirState) -> None:
-    """File by file, for filesystems without directory rename: the old manifest goes
-    first, the new one last."""
+    """File by file, for filesystems without directory rename.
+
+    The old manifest goes first, the new one last.
+    """
     done = ownership.completion_file(pub.kind)
     if state.complete:
         FileSystems.delete([join(pub.final, done)])

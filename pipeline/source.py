@@ -64,7 +64,7 @@ class ReadPlan:
 
     @property
     def source_name(self) -> str:
-        """What is read, for one-line messages: the table, or `--query` and its tables."""
+        """What is read, for messages: the table, or `--query` and its tables."""
         if self.table is not None:
             return str(self.table)
         return f"--query (on {', '.join(self.locks)})" if self.locks else "--query"
@@ -247,8 +247,11 @@ def _plan_blocks(conn, table, num_partitions):
         row_estimate,
         partitions,
         f"{_count(partitions)}: ctid block ranges of {pages} pages"
-        + ("" if _analysed(conn, table) else " (never analysed: rows estimated "
-           "from the size on disk)"),
+        + (
+            ""
+            if _analysed(conn, table)
+            else " (never analysed: rows estimated from the size on disk)"
+        ),
     )
 
 
