@@ -80,6 +80,16 @@ def make_table(database_url):
     conn.close()
 
 
+def execute(url: str, *statements: str) -> None:
+    """Runs statements in autocommit mode (tests only)."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    conn.close()
+
+
 def query(database_url: str, sql: str, params=()) -> list[tuple]:
     """Fetches all rows of a query (tests only)."""
     conn = psycopg2.connect(database_url)

@@ -16,18 +16,10 @@ import tensorflow_transform as tft
 import trainer
 from localdev.embedded_postgres import EmbeddedPostgres
 from pipeline.__main__ import main
+from tests.conftest import execute as _exec
 from tests.conftest import wait_for_staging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _exec(url: str, *statements: str) -> None:
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
-    conn.close()
 
 
 def _table(url: str, rows: int) -> None:

@@ -22,16 +22,8 @@ from pipeline.connection import DatabaseError, Dsn
 from pipeline.partition_reader import PartitionReader, PartitionReadError
 from pipeline.snapshot import ExportedSnapshot
 from pipeline.source import SourceSpec, plan_read
+from tests.conftest import execute as _exec
 from tests.conftest import query
-
-
-def _exec(url: str, *statements: str) -> None:
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
-    conn.close()
 
 
 def _wait_for(url: str, sql: str, params=(), what: str = "", timeout: float = 60) -> None:
