@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import psycopg2
 import pytest
 import tensorflow_transform as tft
 
