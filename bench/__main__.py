@@ -6,7 +6,12 @@ label), then runs every measurement `--runs` times, each in a fresh process, and
 prints medians with peak RSS and ratios against baselines measured in the same run.
 Uses `$DATABASE_URL`, or starts an embedded PostgreSQL.
 
-    python -m bench [--rows 1000000] [--runs 3] [--only e2e,source,reader] [--write]
+    python -m bench [--rows 1000000] [--runs 3] [--only e2e,source,reader,wide]
+                    [--write]
+
+`wide` runs the job on a 222-column table (200 float8 with 5% NULLs, 20 text of
+Zipf tokens, 20k rows) and on the 15-column sample table alternately, `--runs`
+pairs, and prints the median ratio and the seconds per extra column.
 """
 
 from __future__ import annotations
@@ -120,13 +125,15 @@ def main(argv=None) -> int:
         url = server.start()
     work = tempfile.mkdtemp(prefix="sql2tfrecord-bench-")
     small, large = 20_000, 4 * args.rows
-    tables = {
-        small: "bench_20k",
-        args.rows: f"bench_{args.rows}",
-        large: f"bench_{large}",
-    }
+    tables = {small: "bench_20k"}
+    if sections & {"e2e", "source", "reader"}:
+        tables.update({args.rows: f"bench_{args.rows}", large: f"bench_{large}"})
     lines = []
     try:
+        if "wide" in sections:
+            from bench.tasks import create_wide_table
+
+            create_wide_table(url, WIDE_TABLE, small)
         for rows, table in tables.items():
             started = time.perf_counter()
             create_sample_table(url, table, rows, seed=0)
@@ -148,7 +155,11 @@ def main(argv=None) -> int:
             )
             return r
 
-        mid, big = tables[args.rows], tables[large]
+        mid, big = tables.get(args.rows), tables.get(large)
+        if "wide" in sections:
+            print("running wide (alternating with the 15-column table) ...",
+                  file=sys.stderr)
+            results["wide"] = _wide_pairs(url, tables[small], work, args.runs)
         if "e2e" in sections or "source" in sections:
             for rows, table in ((args.rows, mid), (large, big)):
                 measure(
@@ -207,6 +218,38 @@ def main(argv=None) -> int:
     return 0
 
 
+WIDE_TABLE = "bench_wide_20k"
+# Columns: the wide table's id, label, 200 floats, 20 texts; the sample table's 15.
+WIDE_COLUMNS, NARROW_COLUMNS = 222, 15
+
+
+def _wide_pairs(url: str, narrow: str, work: str, runs: int) -> dict:
+    """Runs the job on the 15-column and the wide table alternately, `runs` pairs.
+
+    Returns the per-pair seconds and ratios; their medians are the headline (the
+    machine is shared, so only ratios measured side by side mean anything).
+    """
+    narrow_s, wide_s = [], []
+    for i in range(runs):
+        for table, walls in ((narrow, narrow_s), (WIDE_TABLE, wide_s)):
+            wall, _, _ = _run(_pipeline(url, table, os.path.join(work, f"wide_{table}")))
+            walls.append(wall)
+        print(
+            f"  pair {i + 1}: 15 columns {narrow_s[-1]:.1f} s, wide {wide_s[-1]:.1f} s"
+            f" ({wide_s[-1] / narrow_s[-1]:.2f}×)",
+            file=sys.stderr,
+        )
+    extra = WIDE_COLUMNS - NARROW_COLUMNS
+    return {
+        "narrow": narrow_s,
+        "wide": wide_s,
+        "ratio": statistics.median(w / n for w, n in zip(wide_s, narrow_s)),
+        "per_column": statistics.median(
+            (w - n) / extra for w, n in zip(wide_s, narrow_s)
+        ),
+    }
+
+
 def _fmt_rate(rows, seconds):
     return f"{rows / seconds:,.0f}" if seconds else "-"
 
@@ -237,6 +280,24 @@ def _report(results: dict, args) -> list[str]:
             return f"{results[a][key] / results[b][key]:.2f}× {b} ({key})"
         return ""
 
+    wide = results.get("wide")
+    if wide:
+        lines[2:2] = [
+            f"| pair (alternated in one run, {args.runs} pairs) | median ratio "
+            "| per pair | seconds per extra column |",
+            "|---|---:|---|---:|",
+            f"| {WIDE_COLUMNS}-column {WIDE_TABLE} ÷ the {NARROW_COLUMNS}-column "
+            f"20k-row table | {wide['ratio']:.2f}× | "
+            + ", ".join(f"{w / n:.2f}×" for w, n in zip(wide["wide"], wide["narrow"]))
+            + f" | {wide['per_column']:.3f} s |",
+            "",
+            "Seconds (context only): 15 columns "
+            + ", ".join(f"{x:.1f}" for x in wide["narrow"])
+            + "; wide "
+            + ", ".join(f"{x:.1f}" for x in wide["wide"])
+            + ".",
+            "",
+        ]
     rows_mid, rows_big = args.rows, 4 * args.rows
     for n in (rows_mid, rows_big):
         row(f"copy_null_{n}")
