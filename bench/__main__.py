@@ -32,6 +32,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(argv: list[str]) -> tuple[float, float, str]:
     """Runs a command; returns (wall seconds, its own peak RSS in MiB, stdout)."""
+    wall, _, rss, stdout = _run_usage(argv)
+    return wall, rss, stdout
+
+
+def _run_usage(argv: list[str]) -> tuple[float, float, float, str]:
+    """Runs a command; returns (wall s, CPU s (user + system), peak RSS MiB, stdout)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
@@ -44,7 +50,8 @@ def _run(argv: list[str]) -> tuple[float, float, str]:
         stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:5])} failed: {stderr[-1500:]}")
-    return wall, usage.ru_maxrss / 1024, stdout
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss / 1024, stdout
 
 
 def _median_runs(argv_fn, runs: int) -> dict:
@@ -229,14 +236,20 @@ def _wide_pairs(url: str, narrow: str, work: str, runs: int) -> dict:
     Returns the per-pair seconds and ratios; their medians are the headline (the
     machine is shared, so only ratios measured side by side mean anything).
     """
-    narrow_s, wide_s = [], []
+    narrow_s, wide_s, narrow_cpu, wide_cpu = [], [], [], []
     for i in range(runs):
-        for table, walls in ((narrow, narrow_s), (WIDE_TABLE, wide_s)):
-            wall, _, _ = _run(_pipeline(url, table, os.path.join(work, f"wide_{table}")))
+        for table, walls, cpus in (
+            (narrow, narrow_s, narrow_cpu),
+            (WIDE_TABLE, wide_s, wide_cpu),
+        ):
+            out = os.path.join(work, f"wide_{table}")
+            wall, cpu, _, _ = _run_usage(_pipeline(url, table, out))
             walls.append(wall)
+            cpus.append(cpu)
         print(
             f"  pair {i + 1}: 15 columns {narrow_s[-1]:.1f} s, wide {wide_s[-1]:.1f} s"
-            f" ({wide_s[-1] / narrow_s[-1]:.2f}×)",
+            f" ({wide_s[-1] / narrow_s[-1]:.2f}×; CPU {narrow_cpu[-1]:.1f} s, "
+            f"{wide_cpu[-1]:.1f} s)",
             file=sys.stderr,
         )
     extra = WIDE_COLUMNS - NARROW_COLUMNS
@@ -244,6 +257,7 @@ def _wide_pairs(url: str, narrow: str, work: str, runs: int) -> dict:
         "narrow": narrow_s,
         "wide": wide_s,
         "ratio": statistics.median(w / n for w, n in zip(wide_s, narrow_s)),
+        "cpu_ratio": statistics.median(w / n for w, n in zip(wide_cpu, narrow_cpu)),
         "per_column": statistics.median(
             (w - n) / extra for w, n in zip(wide_s, narrow_s)
         ),
@@ -284,12 +298,12 @@ def _report(results: dict, args) -> list[str]:
     if wide:
         lines[2:2] = [
             f"| pair (alternated in one run, {args.runs} pairs) | median ratio "
-            "| per pair | seconds per extra column |",
-            "|---|---:|---|---:|",
+            "| per pair | CPU-time ratio | seconds per extra column |",
+            "|---|---:|---|---:|---:|",
             f"| {WIDE_COLUMNS}-column {WIDE_TABLE} ÷ the {NARROW_COLUMNS}-column "
             f"20k-row table | {wide['ratio']:.2f}× | "
             + ", ".join(f"{w / n:.2f}×" for w, n in zip(wide["wide"], wide["narrow"]))
-            + f" | {wide['per_column']:.3f} s |",
+            + f" | {wide['cpu_ratio']:.2f}× | {wide['per_column']:.3f} s |",
             "",
             "Seconds (context only): 15 columns "
             + ", ".join(f"{x:.1f}" for x in wide["narrow"])

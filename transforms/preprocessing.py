@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from transforms.features import Feature, FeatureConfig
+from transforms.packed_analyzers import mean_and_var
 from transforms.types import Column, Kind
 
 __all__ = ["build_preprocessing_fn", "escape_token"]
@@ -86,6 +87,11 @@ class _Numbers:
         )
         self.values = tf.boolean_mask(self.value, self.present)  # for analyzers
         self._mean: tf.Tensor | None = None
+        self._var: tf.Tensor | None = None
+
+    def set_mean_and_var(self, mean: tf.Tensor, var: tf.Tensor) -> None:
+        """Uses `tft.mean`/`tft.var` of `values` computed elsewhere (packed)."""
+        self._mean, self._var = _finite_or(mean, 0.0), var
 
     def missing(self) -> tf.Tensor:
         """[batch] int64 indicator, 1 where the value is missing."""
@@ -96,6 +102,12 @@ class _Numbers:
         if self._mean is None:
             self._mean = _finite_or(tft.mean(self.values), 0.0)
         return self._mean
+
+    def var(self) -> tf.Tensor:
+        """Train variance of usable values; one analyzer unless set (packed)."""
+        if self._var is None:
+            self._var = tft.var(self.values)
+        return self._var
 
     def filled(self, feature: Feature) -> tf.Tensor:
         """[batch] float64 with missing values imputed as the feature asks."""
@@ -117,7 +129,7 @@ def _finite_or(value: tf.Tensor, default: float) -> tf.Tensor:
 
 def _zscore(numbers: _Numbers, feature: Feature) -> tf.Tensor:
     mean = numbers.mean()
-    std = _finite_or(tf.sqrt(tft.var(numbers.values)), 0.0)
+    std = _finite_or(tf.sqrt(numbers.var()), 0.0)
     scale = tf.where(std > 0, std, tf.constant(1.0, tf.float64))
     return tf.cast((numbers.filled(feature) - mean) / scale, tf.float32)
 
@@ -191,11 +203,13 @@ _NUMERIC_TRANSFORMS = {
 }
 
 
-def _apply(feature: Feature, x, kind: Kind) -> dict[str, tf.Tensor]:
+def _apply(
+    feature: Feature, x, kind: Kind, numbers: _Numbers | None = None
+) -> dict[str, tf.Tensor]:
     """The feature's output(s): its value and, if asked, its is-missing indicator."""
     t = feature.transform
     if t in _NUMERIC_TRANSFORMS:
-        numbers = _Numbers(x)
+        numbers = numbers or _Numbers(x)
         out = {feature.name: _NUMERIC_TRANSFORMS[t](numbers, feature)}
         missing = numbers.missing()
     else:
@@ -222,9 +236,23 @@ def build_preprocessing_fn(
 
     def preprocessing_fn(inputs):
         outputs = {}
+        # All z-scores' means and variances in one analyzer (bit-identical).
+        zscored = {
+            f.name: _Numbers(inputs[f.column])
+            for f in config.features
+            if f.transform == "zscore"
+        }
+        packed = mean_and_var([n.values for n in zscored.values()])
+        for numbers, (mean, var) in zip(zscored.values(), packed, strict=True):
+            numbers.set_mean_and_var(mean, var)
         for feature in config.features:
             outputs.update(
-                _apply(feature, inputs[feature.column], kinds[feature.column])
+                _apply(
+                    feature,
+                    inputs[feature.column],
+                    kinds[feature.column],
+                    zscored.get(feature.name),
+                )
             )
         label = config.label
         y = inputs[label.column]
