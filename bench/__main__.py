@@ -11,7 +11,8 @@ Uses `$DATABASE_URL`, or starts an embedded PostgreSQL.
 
 `wide` runs the job on a 222-column table (200 float8 with 5% NULLs, 20 text of
 Zipf tokens, 20k rows) and on the 15-column sample table alternately, `--runs`
-pairs, and prints the median ratio and the seconds per extra column.
+pairs, and prints the median ratio and the seconds per extra column;
+`--baseline CHECKOUT` runs the same pair from another checkout in every round.
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ def _run(argv: list[str]) -> tuple[float, float, str]:
     return wall, rss, stdout
 
 
-def _run_usage(argv: list[str]) -> tuple[float, float, float, str]:
-    """Runs a command; returns (wall s, CPU s (user + system), peak RSS MiB, stdout)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+def _run_usage(
+    argv: list[str], root: str = ROOT
+) -> tuple[float, float, float, str]:
+    """Runs a command in checkout `root`; returns (wall s, CPU s (user + system),
+    peak RSS MiB, stdout)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": root}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=ROOT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=root)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -118,6 +122,10 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", default="e2e,source,reader")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument(
+        "--baseline",
+        help="wide: also run this other checkout in every round (before/after)",
+    )
     args = parser.parse_args(argv)
     sections = set(args.only.split(","))
     sys.path.insert(0, ROOT)
@@ -166,7 +174,9 @@ def main(argv=None) -> int:
         if "wide" in sections:
             print("running wide (alternating with the 15-column table) ...",
                   file=sys.stderr)
-            results["wide"] = _wide_pairs(url, tables[small], work, args.runs)
+            results["wide"] = _wide_pairs(
+                url, tables[small], work, args.runs, args.baseline
+            )
         if "e2e" in sections or "source" in sections:
             for rows, table in ((args.rows, mid), (large, big)):
                 measure(
@@ -230,14 +240,31 @@ WIDE_TABLE = "bench_wide_20k"
 WIDE_COLUMNS, NARROW_COLUMNS = 222, 15
 
 
-def _wide_pairs(url: str, narrow: str, work: str, runs: int) -> dict:
+def _wide_pairs(
+    url: str, narrow: str, work: str, runs: int, baseline: str | None = None
+) -> dict:
     """Runs the job on the 15-column and the wide table alternately, `runs` pairs.
 
     Returns the per-pair seconds and ratios; their medians are the headline (the
-    machine is shared, so only ratios measured side by side mean anything).
+    machine is shared, so only ratios measured side by side mean anything). With
+    `baseline` (another checkout), each round first runs the same pair there, and
+    the result has the baseline's numbers under "baseline".
     """
+    if baseline:
+        base = {"narrow": [], "wide": [], "narrow_cpu": [], "wide_cpu": []}
     narrow_s, wide_s, narrow_cpu, wide_cpu = [], [], [], []
     for i in range(runs):
+        if baseline:
+            for kind, table in (("narrow", narrow), ("wide", WIDE_TABLE)):
+                out = os.path.join(work, f"baseline_{table}")
+                wall, cpu, _, _ = _run_usage(_pipeline(url, table, out), baseline)
+                base[kind].append(wall)
+                base[f"{kind}_cpu"].append(cpu)
+            print(
+                f"  baseline {i + 1}: {base['wide'][-1] / base['narrow'][-1]:.2f}×"
+                f" (CPU {base['wide_cpu'][-1] / base['narrow_cpu'][-1]:.2f}×)",
+                file=sys.stderr,
+            )
         for table, walls, cpus in (
             (narrow, narrow_s, narrow_cpu),
             (WIDE_TABLE, wide_s, wide_cpu),
@@ -253,7 +280,7 @@ def _wide_pairs(url: str, narrow: str, work: str, runs: int) -> dict:
             file=sys.stderr,
         )
     extra = WIDE_COLUMNS - NARROW_COLUMNS
-    return {
+    result = {
         "narrow": narrow_s,
         "wide": wide_s,
         "ratio": statistics.median(w / n for w, n in zip(wide_s, narrow_s)),
@@ -262,6 +289,19 @@ def _wide_pairs(url: str, narrow: str, work: str, runs: int) -> dict:
             (w - n) / extra for w, n in zip(wide_s, narrow_s)
         ),
     }
+    if baseline:
+        result["baseline"] = {
+            "ratio": statistics.median(
+                w / n for w, n in zip(base["wide"], base["narrow"])
+            ),
+            "cpu_ratio": statistics.median(
+                w / n for w, n in zip(base["wide_cpu"], base["narrow_cpu"])
+            ),
+            "wide_after_before": statistics.median(
+                a / b for a, b in zip(wide_s, base["wide"])
+            ),
+        }
+    return result
 
 
 def _fmt_rate(rows, seconds):
@@ -305,6 +345,17 @@ def _report(results: dict, args) -> list[str]:
             + ", ".join(f"{w / n:.2f}×" for w, n in zip(wide["wide"], wide["narrow"]))
             + f" | {wide['cpu_ratio']:.2f}× | {wide['per_column']:.3f} s |",
             "",
+            *(
+                [
+                    f"Baseline {args.baseline}, same rounds: "
+                    f"{wide['baseline']['ratio']:.2f}× (CPU "
+                    f"{wide['baseline']['cpu_ratio']:.2f}×); wide after ÷ before: "
+                    f"{wide['baseline']['wide_after_before']:.2f}×.",
+                    "",
+                ]
+                if "baseline" in wide
+                else []
+            ),
             "Seconds (context only): 15 columns "
             + ", ".join(f"{x:.1f}" for x in wide["narrow"])
             + "; wide "
