@@ -3,8 +3,9 @@
 `python -m bench.compare DIR_A DIR_B` prints the differences (none: exit 0).
 
 Examples are compared per split as multisets (shard layout and order may differ),
-first as serialized bytes; only if those differ, each example becomes a canonical tuple of (feature, kind, raw bytes of its values),
-floats by their bit patterns, so -0.0 ≠ 0.0 and a last-bit change is a difference.
+first as serialized bytes; only if those differ, each example becomes a canonical
+tuple of (feature, kind, raw bytes of its values), floats by their bit patterns,
+so -0.0 ≠ 0.0 and a last-bit change is a difference.
 The transform graph's assets (vocabularies), `transformed_metadata/` and
 `metadata/` are compared byte for byte. The saved graph itself is not: it may
 legitimately be built differently.

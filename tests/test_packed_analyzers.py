@@ -72,7 +72,8 @@ def test_packed_combiner_equals_one_scalar_combiner_per_column(seed):
     # Bundles of batches, merged in a shuffled order, as a runner may.
     order = np.array_split(rng.permutation(n_batches), 5)
     scalar = analyzers.WeightedMeanAndVarCombiner(np.float64, ())
-    mean, var = _packed(_PackedMeanAndVarCombiner(np.float64, (n_columns,)), batches, order)
+    packed = _PackedMeanAndVarCombiner(np.float64, (n_columns,))
+    mean, var = _packed(packed, batches, order)
     for column in range(n_columns):
         want_mean, want_var = _scalar(scalar, batches, column, order)
         assert _bits(mean[column]) == _bits(want_mean), column

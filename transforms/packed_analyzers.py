@@ -43,8 +43,9 @@ class _PackedMeanAndVarCombiner(analyzers.WeightedMeanAndVarCombiner):
 
     def _combine_mean_and_var_accumulators(self, a, b):
         accumulator = analyzers._WeightedMeanAndVarAccumulator  # noqa: SLF001
-        a = accumulator.make_nan_to_num(*a, compute_variance=True, compute_weighted=False)
-        b = accumulator.make_nan_to_num(*b, compute_variance=True, compute_weighted=False)
+        flags = {"compute_variance": True, "compute_weighted": False}
+        a = accumulator.make_nan_to_num(*a, **flags)
+        b = accumulator.make_nan_to_num(*b, **flags)
         shape = np.broadcast_shapes(*(np.shape(v) for v in (*a[:3], *b[:3])))
         a_count, a_mean, a_var, b_count, b_mean, b_var = (
             np.broadcast_to(v, shape) for v in (*a[:3], *b[:3])
