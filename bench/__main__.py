@@ -364,6 +364,7 @@ def _report(results: dict, args) -> list[str]:
             "",
         ]
     rows_mid, rows_big = args.rows, 4 * args.rows
+    table_end = len(lines)
     for n in (rows_mid, rows_big):
         row(f"copy_null_{n}")
         row(f"source_{n}", ratio(f"source_{n}", f"copy_null_{n}", "inner"))
@@ -417,6 +418,8 @@ def _report(results: dict, args) -> list[str]:
                 f"{md['cached_epoch_seconds']:.2f} | "
                 f"{md['rows'] / md['cached_epoch_seconds']:,.0f} | |"
             )
+    if set(results) <= {"wide"}:
+        del lines[table_end - 2 : table_end]  # --only wide: no empty table
     return lines
 
 
