@@ -6,7 +6,13 @@ label), then runs every measurement `--runs` times, each in a fresh process, and
 prints medians with peak RSS and ratios against baselines measured in the same run.
 Uses `$DATABASE_URL`, or starts an embedded PostgreSQL.
 
-    python -m bench [--rows 1000000] [--runs 3] [--only e2e,source,reader] [--write]
+    python -m bench [--rows 1000000] [--runs 3] [--only e2e,source,reader,wide]
+                    [--write]
+
+`wide` runs the job on a 222-column table (200 float8 with 5% NULLs, 20 text of
+Zipf tokens, 20k rows) and on the 15-column sample table alternately, `--runs`
+pairs, and prints the median ratio and the seconds per extra column;
+`--baseline CHECKOUT` runs the same pair from another checkout in every round.
 """
 
 from __future__ import annotations
@@ -27,10 +33,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(argv: list[str]) -> tuple[float, float, str]:
     """Runs a command; returns (wall seconds, its own peak RSS in MiB, stdout)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+    wall, _, rss, stdout = _run_usage(argv)
+    return wall, rss, stdout
+
+
+def _run_usage(
+    argv: list[str], root: str = ROOT
+) -> tuple[float, float, float, str]:
+    """Runs a command in checkout `root`; returns (wall s, CPU s (user + system),
+    peak RSS MiB, stdout)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": root}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=ROOT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=root)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -39,7 +54,8 @@ def _run(argv: list[str]) -> tuple[float, float, str]:
         stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:5])} failed: {stderr[-1500:]}")
-    return wall, usage.ru_maxrss / 1024, stdout
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss / 1024, stdout
 
 
 def _median_runs(argv_fn, runs: int) -> dict:
@@ -106,6 +122,10 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", default="e2e,source,reader")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument(
+        "--baseline",
+        help="wide: also run this other checkout in every round (before/after)",
+    )
     args = parser.parse_args(argv)
     sections = set(args.only.split(","))
     sys.path.insert(0, ROOT)
@@ -120,13 +140,15 @@ def main(argv=None) -> int:
         url = server.start()
     work = tempfile.mkdtemp(prefix="sql2tfrecord-bench-")
     small, large = 20_000, 4 * args.rows
-    tables = {
-        small: "bench_20k",
-        args.rows: f"bench_{args.rows}",
-        large: f"bench_{large}",
-    }
+    tables = {small: "bench_20k"}
+    if sections & {"e2e", "source", "reader"}:
+        tables.update({args.rows: f"bench_{args.rows}", large: f"bench_{large}"})
     lines = []
     try:
+        if "wide" in sections:
+            from bench.tasks import create_wide_table
+
+            create_wide_table(url, WIDE_TABLE, small)
         for rows, table in tables.items():
             started = time.perf_counter()
             create_sample_table(url, table, rows, seed=0)
@@ -148,7 +170,13 @@ def main(argv=None) -> int:
             )
             return r
 
-        mid, big = tables[args.rows], tables[large]
+        mid, big = tables.get(args.rows), tables.get(large)
+        if "wide" in sections:
+            print("running wide (alternating with the 15-column table) ...",
+                  file=sys.stderr)
+            results["wide"] = _wide_pairs(
+                url, tables[small], work, args.runs, args.baseline
+            )
         if "e2e" in sections or "source" in sections:
             for rows, table in ((args.rows, mid), (large, big)):
                 measure(
@@ -207,6 +235,75 @@ def main(argv=None) -> int:
     return 0
 
 
+WIDE_TABLE = "bench_wide_20k"
+# Columns: the wide table's id, label, 200 floats, 20 texts; the sample table's 15.
+WIDE_COLUMNS, NARROW_COLUMNS = 222, 15
+
+
+def _wide_pairs(
+    url: str, narrow: str, work: str, runs: int, baseline: str | None = None
+) -> dict:
+    """Runs the job on the 15-column and the wide table alternately, `runs` pairs.
+
+    Returns the per-pair seconds and ratios; their medians are the headline (the
+    machine is shared, so only ratios measured side by side mean anything). With
+    `baseline` (another checkout), each round first runs the same pair there, and
+    the result has the baseline's numbers under "baseline".
+    """
+    if baseline:
+        base = {"narrow": [], "wide": [], "narrow_cpu": [], "wide_cpu": []}
+    narrow_s, wide_s, narrow_cpu, wide_cpu = [], [], [], []
+    for i in range(runs):
+        if baseline:
+            for kind, table in (("narrow", narrow), ("wide", WIDE_TABLE)):
+                out = os.path.join(work, f"baseline_{table}")
+                wall, cpu, _, _ = _run_usage(_pipeline(url, table, out), baseline)
+                base[kind].append(wall)
+                base[f"{kind}_cpu"].append(cpu)
+            print(
+                f"  baseline {i + 1}: {base['wide'][-1] / base['narrow'][-1]:.2f}×"
+                f" (CPU {base['wide_cpu'][-1] / base['narrow_cpu'][-1]:.2f}×)",
+                file=sys.stderr,
+            )
+        for table, walls, cpus in (
+            (narrow, narrow_s, narrow_cpu),
+            (WIDE_TABLE, wide_s, wide_cpu),
+        ):
+            out = os.path.join(work, f"wide_{table}")
+            wall, cpu, _, _ = _run_usage(_pipeline(url, table, out))
+            walls.append(wall)
+            cpus.append(cpu)
+        print(
+            f"  pair {i + 1}: 15 columns {narrow_s[-1]:.1f} s, wide {wide_s[-1]:.1f} s"
+            f" ({wide_s[-1] / narrow_s[-1]:.2f}×; CPU {narrow_cpu[-1]:.1f} s, "
+            f"{wide_cpu[-1]:.1f} s)",
+            file=sys.stderr,
+        )
+    extra = WIDE_COLUMNS - NARROW_COLUMNS
+    result = {
+        "narrow": narrow_s,
+        "wide": wide_s,
+        "ratio": statistics.median(w / n for w, n in zip(wide_s, narrow_s)),
+        "cpu_ratio": statistics.median(w / n for w, n in zip(wide_cpu, narrow_cpu)),
+        "per_column": statistics.median(
+            (w - n) / extra for w, n in zip(wide_s, narrow_s)
+        ),
+    }
+    if baseline:
+        result["baseline"] = {
+            "ratio": statistics.median(
+                w / n for w, n in zip(base["wide"], base["narrow"])
+            ),
+            "cpu_ratio": statistics.median(
+                w / n for w, n in zip(base["wide_cpu"], base["narrow_cpu"])
+            ),
+            "wide_after_before": statistics.median(
+                a / b for a, b in zip(wide_s, base["wide"])
+            ),
+        }
+    return result
+
+
 def _fmt_rate(rows, seconds):
     return f"{rows / seconds:,.0f}" if seconds else "-"
 
@@ -237,7 +334,37 @@ def _report(results: dict, args) -> list[str]:
             return f"{results[a][key] / results[b][key]:.2f}× {b} ({key})"
         return ""
 
+    wide = results.get("wide")
+    if wide:
+        lines[2:2] = [
+            f"| pair (alternated in one run, {args.runs} pairs) | median ratio "
+            "| per pair | CPU-time ratio | seconds per extra column |",
+            "|---|---:|---|---:|---:|",
+            f"| {WIDE_COLUMNS}-column {WIDE_TABLE} ÷ the {NARROW_COLUMNS}-column "
+            f"20k-row table | {wide['ratio']:.2f}× | "
+            + ", ".join(f"{w / n:.2f}×" for w, n in zip(wide["wide"], wide["narrow"]))
+            + f" | {wide['cpu_ratio']:.2f}× | {wide['per_column']:.3f} s |",
+            "",
+            *(
+                [
+                    f"Baseline {args.baseline}, same rounds: "
+                    f"{wide['baseline']['ratio']:.2f}× (CPU "
+                    f"{wide['baseline']['cpu_ratio']:.2f}×); wide after ÷ before: "
+                    f"{wide['baseline']['wide_after_before']:.2f}×.",
+                    "",
+                ]
+                if "baseline" in wide
+                else []
+            ),
+            "Seconds (context only): 15 columns "
+            + ", ".join(f"{x:.1f}" for x in wide["narrow"])
+            + "; wide "
+            + ", ".join(f"{x:.1f}" for x in wide["wide"])
+            + ".",
+            "",
+        ]
     rows_mid, rows_big = args.rows, 4 * args.rows
+    table_end = len(lines)
     for n in (rows_mid, rows_big):
         row(f"copy_null_{n}")
         row(f"source_{n}", ratio(f"source_{n}", f"copy_null_{n}", "inner"))
@@ -291,6 +418,8 @@ def _report(results: dict, args) -> list[str]:
                 f"{md['cached_epoch_seconds']:.2f} | "
                 f"{md['rows'] / md['cached_epoch_seconds']:,.0f} | |"
             )
+    if set(results) <= {"wide"}:
+        del lines[table_end - 2 : table_end]  # --only wide: no empty table
     return lines
 
 

@@ -16,6 +16,79 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+WIDE_FLOATS, WIDE_TEXTS = 200, 20
+_WIDE_VOCABULARIES = (10, 100, 1_000, 10_000)  # text column i draws from [i % 4]
+
+
+def create_wide_table(url: str, table: str, rows: int, seed: int = 0) -> int:
+    """Creates (or keeps, at the same size) the wide benchmark table.
+
+    `id bigint PRIMARY KEY`, `w000`..`w199 double precision` (N(i, 1 + i/10), 6
+    decimals, each NULL with probability 5%), `t00`..`t19 text` (Zipf tokens from
+    vocabularies of 10…10,000, NULL with probability 2%), `label integer` 0/1.
+    Deterministic for a seed; loaded with one COPY.
+    """
+    import io
+
+    import numpy as np
+    import psycopg2
+    from psycopg2 import sql
+
+    ident = sql.Identifier(table)
+    floats = [f"w{i:03d}" for i in range(WIDE_FLOATS)]
+    texts = [f"t{i:02d}" for i in range(WIDE_TEXTS)]
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+            if cur.fetchone()[0]:
+                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(ident))
+                if cur.fetchone()[0] == rows:
+                    return rows
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
+            ddl = (
+                ["id bigint PRIMARY KEY"]
+                + [f"{c} double precision" for c in floats]
+                + [f"{c} text" for c in texts]
+                + ["label integer NOT NULL"]
+            )
+            cur.execute(
+                sql.SQL("CREATE TABLE {} (" + ", ".join(ddl) + ")").format(ident)
+            )
+            rng = np.random.default_rng(seed)
+            columns = [list(map(str, range(1, rows + 1)))]
+            for i in range(WIDE_FLOATS):
+                values = np.round(rng.normal(i, 1 + i / 10, rows), 6)
+                strings = list(map(repr, values.tolist()))
+                for k in np.flatnonzero(rng.random(rows) < 0.05).tolist():
+                    strings[k] = ""
+                columns.append(strings)
+            for i in range(WIDE_TEXTS):
+                size = _WIDE_VOCABULARIES[i % len(_WIDE_VOCABULARIES)]
+                weights = 1.0 / np.arange(1, size + 1)
+                cdf = np.cumsum(weights / weights.sum())
+                codes = np.minimum(
+                    np.searchsorted(cdf, rng.random(rows), side="right"), size - 1
+                )
+                tokens = [f"t{i:02d}_{k:05d}" for k in codes.tolist()]
+                for k in np.flatnonzero(rng.random(rows) < 0.02).tolist():
+                    tokens[k] = ""
+                columns.append(tokens)
+            columns.append(list(map(str, rng.integers(0, 2, rows).tolist())))
+            data = "\n".join(map(",".join, zip(*columns, strict=True))) + "\n"
+            cur.copy_expert(
+                sql.SQL("COPY {} FROM STDIN (FORMAT csv)").format(ident).as_string(cur),
+                io.BytesIO(data.encode("ascii")),
+            )
+        conn.commit()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("ANALYZE {}").format(ident))
+    finally:
+        conn.close()
+    return rows
+
+
 class _NullSink:
     def __init__(self):
         self.bytes = 0

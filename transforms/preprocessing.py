@@ -49,6 +49,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from transforms.features import Feature, FeatureConfig
+from transforms.packed_analyzers import mean_and_var
 from transforms.types import NEG_INFINITY, POS_INFINITY, TIME_KINDS, Column, Kind
 
 __all__ = ["build_preprocessing_fn", "escape_token", "label_token", "unescape_token"]
@@ -141,6 +142,11 @@ class _Numbers:
         )
         self.values = tf.boolean_mask(self.value, self.present)  # for analyzers
         self._mean: tf.Tensor | None = None
+        self._var: tf.Tensor | None = None
+
+    def set_mean_and_var(self, mean: tf.Tensor, var: tf.Tensor) -> None:
+        """Uses `tft.mean`/`tft.var` of `values` computed elsewhere (packed)."""
+        self._mean, self._var = _finite_or(mean, 0.0), var
 
     def missing(self) -> tf.Tensor:
         """[batch] int64 indicator, 1 where the value is missing."""
@@ -151,6 +157,12 @@ class _Numbers:
         if self._mean is None:
             self._mean = _finite_or(tft.mean(self.values), 0.0)
         return self._mean
+
+    def var(self) -> tf.Tensor:
+        """Train variance of usable values; one analyzer unless set (packed)."""
+        if self._var is None:
+            self._var = tft.var(self.values)
+        return self._var
 
     def fill_value(self, feature: Feature) -> tf.Tensor:
         """The float64 scalar a missing value becomes, as the feature asks."""
@@ -174,7 +186,7 @@ def _finite_or(value: tf.Tensor, default: float) -> tf.Tensor:
 
 def _zscore(numbers: _Numbers, feature: Feature) -> tf.Tensor:
     mean = numbers.mean()
-    std = _finite_or(tf.sqrt(tft.var(numbers.values)), 0.0)
+    std = _finite_or(tf.sqrt(numbers.var()), 0.0)
     scale = tf.where(std > 0, std, tf.constant(1.0, tf.float64))
     return tf.cast((numbers.filled(feature) - mean) / scale, tf.float32)
 
@@ -256,8 +268,13 @@ _NUMERIC_TRANSFORMS = {
 }
 
 
-def _apply(feature: Feature, x, kind: Kind) -> dict[str, tf.Tensor]:
-    """The feature's output(s): its value and, if asked, its is-missing indicator."""
+def _apply(
+    feature: Feature, x, kind: Kind, numbers: _Numbers | None = None
+) -> dict[str, tf.Tensor]:
+    """The feature's output(s): its value and, if asked, its is-missing indicator.
+
+    `numbers`: the column's `_Numbers` when already built (packed z-scores).
+    """
     t = feature.transform
     if kind is Kind.BYTES:
         if t == "vocabulary":
@@ -269,7 +286,7 @@ def _apply(feature: Feature, x, kind: Kind) -> dict[str, tf.Tensor]:
         out = {feature.name: value}
         missing = 1 - tf.cast(_present_mask(x), tf.int64)
     else:
-        numbers = _Numbers(x, kind)
+        numbers = numbers or _Numbers(x, kind)
         if t in _NUMERIC_TRANSFORMS:
             value = _NUMERIC_TRANSFORMS[t](numbers, feature)
         elif t == "passthrough":
@@ -292,9 +309,25 @@ def build_preprocessing_fn(
 
     def preprocessing_fn(inputs):
         outputs = {}
+        # All z-scores' means and variances in one analyzer (bit-identical).
+        zscored = {
+            f.name: _Numbers(inputs[keys[f.column]], kinds[f.column])
+            for f in config.features
+            if f.transform == "zscore"
+        }
+        packed = mean_and_var([n.values for n in zscored.values()])
+        for numbers, (mean, var) in zip(zscored.values(), packed, strict=True):
+            numbers.set_mean_and_var(mean, var)
         for feature in config.features:
             column = feature.column
-            outputs.update(_apply(feature, inputs[keys[column]], kinds[column]))
+            outputs.update(
+                _apply(
+                    feature,
+                    inputs[keys[column]],
+                    kinds[column],
+                    zscored.get(feature.name),
+                )
+            )
         label = config.label
         key = config.label_key
         y = inputs[key]
