@@ -1,0 +1,548 @@
+"""Feature statistics of Arrow batches: mergeable accumulators, JSON and TFMD protos.
+
+Pure module (numpy, pyarrow, tfx-bsl sketches; no Beam): `SplitStatistics.add`
+takes a batch whose columns are lists (tf.Transform's layout) or flat arrays and
+updates every feature with whole-column numpy/pyarrow operations; accumulators
+merge (`merge`) and pickle, so a Beam CombineFn can hold them (see
+`pipeline.compute_statistics`).
+
+What each number means (per split, per feature):
+- `rows`: rows of the split; `missing`: rows without a value (a NULL; for an
+  array column a NULL or an empty array, the same thing to the feature);
+  `num_values`: values per row (min, max, mean; arrays: list lengths).
+- Numbers: `non_finite` counts NaN and ±Infinity values (`nan` the NaNs alone);
+  `mean`, `std` (population), `min`, `max`, `zeros`, the quantiles and the
+  histogram are over the finite values. Floating columns are the float32 feature
+  values (what the examples hold), integers exact int64.
+- `histogram`: exact counts in equal-width bins whose width is a power of two and
+  whose edges are multiples of it (at most `FINE_BINS` bins; a wider range doubles
+  the width). Two such histograms always share edges once brought to the same
+  width, so train, eval and a baseline compare bin for bin (`common_bins`).
+- `quantiles`: deciles from tfx-bsl's quantiles sketch (rank error <= 0.1%).
+- Text: `unique` and `top` (token counts) are exact while the split has fewer than
+  `TOKEN_CAP` distinct values (`exact: true`); beyond that `unique` is a KMV
+  estimate (~1% error) and `top` Misra-Gries lower bounds. `avg_length` is in
+  UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from tfx_bsl import sketches
+
+__all__ = [
+    "FINE_BINS",
+    "TOKEN_CAP",
+    "TOP_K",
+    "FeatureStatistics",
+    "SplitStatistics",
+    "common_bins",
+    "display_bins",
+    "to_proto",
+]
+
+FINE_BINS = 1024
+DISPLAY_BINS = 24
+TOKEN_CAP = 10_000
+TOP_K = 20
+DRIFT_TOKENS = 1000  # token counts kept in the JSON for drift checks
+_QUANTILE_EPS = 0.001
+
+
+def _value_type(array_type: pa.DataType) -> pa.DataType:
+    while pa.types.is_list(array_type) or pa.types.is_large_list(array_type):
+        array_type = array_type.value_type
+    return array_type
+
+
+def kind_of(array_type: pa.DataType) -> str | None:
+    """'int', 'float' or 'bytes' for a column's (list) Arrow type; None if other."""
+    value = _value_type(array_type)
+    if pa.types.is_integer(value) or pa.types.is_boolean(value):
+        return "int"
+    if pa.types.is_floating(value):
+        return "float"
+    if pa.types.is_binary(value) or pa.types.is_large_binary(value):
+        return "bytes"
+    if pa.types.is_string(value) or pa.types.is_large_string(value):
+        return "bytes"
+    return None
+
+
+class Histogram:
+    """Exact counts in bins `[i * 2**k, (i + 1) * 2**k)`, i in `lo .. lo+len-1`."""
+
+    def __init__(self, integer: bool, max_bins: int = FINE_BINS):
+        self.integer = integer
+        self.max_bins = max_bins
+        self.k: int | None = None
+        self.lo = 0
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    def _index(self, value, k: int) -> int:
+        if self.integer:
+            return int(value) >> k
+        return math.floor(math.ldexp(float(value), -k))
+
+    def _indices(self, values: np.ndarray, k: int) -> np.ndarray:
+        if self.integer:
+            return values.astype(np.int64) >> k
+        return np.floor(np.ldexp(values, -k)).astype(np.int64)
+
+    def _floor_k(self, vmin, vmax) -> int:
+        if self.integer:
+            return 0
+        largest = max(abs(float(vmin)), abs(float(vmax)))
+        # Keep |value| / 2**k below 2**60 so bin indices fit an int64.
+        return max(-1074, math.frexp(largest)[1] - 60) if largest else -1074
+
+    def _coarsen(self, k: int) -> None:
+        if self.k is None or k == self.k:
+            self.k = k
+            return
+        shift = k - self.k
+        old = np.arange(self.lo, self.lo + len(self.counts), dtype=np.int64)
+        new = old >> shift
+        lo = int(new[0]) if len(new) else self.lo >> shift
+        counts = np.zeros(int(new[-1]) - lo + 1 if len(new) else 0, dtype=np.int64)
+        np.add.at(counts, new - lo, self.counts)
+        self.k, self.lo, self.counts = k, lo, counts
+
+    def _fit(self, vmin, vmax) -> int:
+        """The smallest width exponent that holds the old bins and [vmin, vmax]."""
+        k = self._floor_k(vmin, vmax)
+        if self.k is not None:
+            k = max(k, self.k)
+        span = float(vmax) - float(vmin)
+        if span > 0:
+            k = max(k, math.floor(math.log2(span / self.max_bins)))
+        while True:
+            lo, hi = self._index(vmin, k), self._index(vmax, k)
+            if self.k is not None and len(self.counts):
+                shift = k - self.k
+                lo = min(lo, self.lo >> shift)
+                hi = max(hi, (self.lo + len(self.counts) - 1) >> shift)
+            if hi - lo + 1 <= self.max_bins:
+                return k
+            k += 1
+
+    def _extend(self, lo: int, hi: int) -> None:
+        if not len(self.counts):
+            self.lo, self.counts = lo, np.zeros(hi - lo + 1, dtype=np.int64)
+            return
+        new_lo = min(lo, self.lo)
+        new_hi = max(hi, self.lo + len(self.counts) - 1)
+        counts = np.zeros(new_hi - new_lo + 1, dtype=np.int64)
+        counts[self.lo - new_lo : self.lo - new_lo + len(self.counts)] = self.counts
+        self.lo, self.counts = new_lo, counts
+
+    def add(self, values: np.ndarray) -> None:
+        """Counts finite `values` (int64 for an integer histogram, else float64)."""
+        if not len(values):
+            return
+        vmin, vmax = values.min(), values.max()
+        self._coarsen(self._fit(vmin, vmax))
+        index = self._indices(values, self.k)
+        self._extend(self._index(vmin, self.k), self._index(vmax, self.k))
+        self.counts += np.bincount(index - self.lo, minlength=len(self.counts))
+
+    def merge(self, other: Histogram) -> None:
+        """Adds `other`'s counts (same `integer`)."""
+        if other.k is None or not len(other.counts):
+            return
+        if self.k is None or not len(self.counts):
+            self.k, self.lo, self.counts = other.k, other.lo, other.counts.copy()
+            return
+        other = other.copy()
+        k = max(self.k, other.k)
+        while True:
+            lo = min(self.lo >> (k - self.k), other.lo >> (k - other.k))
+            hi = max(
+                (self.lo + len(self.counts) - 1) >> (k - self.k),
+                (other.lo + len(other.counts) - 1) >> (k - other.k),
+            )
+            if hi - lo + 1 <= self.max_bins:
+                break
+            k += 1
+        self._coarsen(k)
+        other._coarsen(k)
+        self._extend(other.lo, other.lo + len(other.counts) - 1)
+        start = other.lo - self.lo
+        self.counts[start : start + len(other.counts)] += other.counts
+
+    def edge(self, index: int) -> float:
+        """The lower edge of bin `index` (an int for integer histograms)."""
+        if self.integer:
+            return index << self.k
+        return math.ldexp(index, self.k)
+
+    def copy(self) -> Histogram:
+        """An independent copy."""
+        other = Histogram(self.integer, self.max_bins)
+        other.k, other.lo, other.counts = self.k, self.lo, self.counts.copy()
+        return other
+
+    def to_json(self) -> dict[str, Any]:
+        """`{"integer", "k", "lo", "counts"}`: bin i covers [(lo+i)*2**k, +2**k)."""
+        return {
+            "integer": self.integer,
+            "k": self.k,
+            "lo": self.lo,
+            "counts": self.counts.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Histogram:
+        """The inverse of `to_json`."""
+        hist = cls(bool(value["integer"]))
+        hist.k, hist.lo = value["k"], int(value["lo"])
+        hist.counts = np.array(value["counts"], dtype=np.int64)
+        return hist
+
+
+def _trimmed(hist: Histogram) -> Histogram:
+    nonzero = np.flatnonzero(hist.counts)
+    out = hist.copy()
+    if len(nonzero):
+        out.lo = hist.lo + int(nonzero[0])
+        out.counts = hist.counts[nonzero[0] : nonzero[-1] + 1].copy()
+    return out
+
+
+def display_bins(
+    hist: Histogram, max_bins: int = DISPLAY_BINS
+) -> list[tuple[float, float, int]]:
+    """`(low, high, count)` of at most `max_bins` equal-width bins (exact counts)."""
+    if hist.k is None or not hist.counts.any():
+        return []
+    out = _trimmed(hist)
+    while len(out.counts) > max_bins:
+        out._coarsen(out.k + 1)  # noqa: SLF001 - same class
+        out = _trimmed(out)
+    return [
+        (out.edge(out.lo + i), out.edge(out.lo + i + 1), int(c))
+        for i, c in enumerate(out.counts)
+    ]
+
+
+def common_bins(
+    a: Histogram, b: Histogram, max_bins: int = DISPLAY_BINS
+) -> tuple[list[float], np.ndarray, np.ndarray]:
+    """Both histograms over the same at most `max_bins` bins: (edges, counts a, b)."""
+    merged = _trimmed(a.copy())
+    merged.merge(b)
+    merged = _trimmed(merged)
+    while len(merged.counts) > max_bins:
+        merged._coarsen(merged.k + 1)  # noqa: SLF001 - same class
+        merged = _trimmed(merged)
+    out = []
+    for hist in (a, b):
+        hist = hist.copy()
+        counts = np.zeros(len(merged.counts), dtype=np.int64)
+        if hist.k is not None and len(hist.counts):
+            hist._coarsen(merged.k)  # noqa: SLF001 - same class
+            index = np.arange(hist.lo, hist.lo + len(hist.counts)) - merged.lo
+            np.add.at(counts, index, hist.counts)
+        out.append(counts)
+    edges = [merged.edge(merged.lo + i) for i in range(len(merged.counts) + 1)]
+    return edges, out[0], out[1]
+
+
+def _list_parts(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(values per row, the flat values) of a list column or a flat column."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        lengths = pc.fill_null(pc.list_value_length(array), 0)
+        values = array.flatten()
+        while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+            values = values.flatten()
+        values = values.drop_null() if values.null_count else values
+        return lengths.to_numpy(zero_copy_only=False).astype(np.int64), values
+    lengths = pc.cast(pc.is_valid(array), pa.int64()).to_numpy(zero_copy_only=False)
+    return lengths, array.drop_null()
+
+
+class FeatureStatistics:
+    """Mergeable statistics of one feature in one split."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.rows = 0
+        self.missing = 0
+        self.values = 0
+        self.min_values: int | None = None
+        self.max_values: int | None = None
+        if kind == "bytes":
+            self.bytes = 0
+            self.kmv = sketches.KmvSketch(TOKEN_CAP)
+            self.tokens = sketches.MisraGriesSketch(TOKEN_CAP)
+        else:
+            self.non_finite = 0
+            self.nan = 0
+            self.zeros = 0
+            self.n = 0
+            self.mean = 0.0
+            self.m2 = 0.0
+            self.min = None
+            self.max = None
+            self.hist = Histogram(integer=kind == "int")
+            self.quantiles = sketches.QuantilesSketch(_QUANTILE_EPS, 1 << 32, 1)
+
+    def add(self, array: pa.Array) -> None:
+        """Adds one column slice (list or flat); vectorised, no per-row Python."""
+        lengths, values = _list_parts(array)
+        self.rows += len(lengths)
+        if not len(lengths):
+            return
+        self.missing += int(np.count_nonzero(lengths == 0))
+        self.values += int(lengths.sum())
+        lo, hi = int(lengths.min()), int(lengths.max())
+        self.min_values = lo if self.min_values is None else min(self.min_values, lo)
+        self.max_values = hi if self.max_values is None else max(self.max_values, hi)
+        if not len(values):
+            return
+        if self.kind == "bytes":
+            if pa.types.is_string(values.type) or pa.types.is_large_string(
+                values.type
+            ):
+                values = values.cast(pa.large_binary())
+            self.bytes += int(pc.sum(pc.binary_length(values)).as_py() or 0)
+            self.kmv.AddValues(values)
+            self.tokens.AddValues(values)
+            return
+        if self.kind == "int":
+            numbers = values.to_numpy(zero_copy_only=False).astype(np.int64)
+            finite = numbers
+        else:
+            numbers = values.to_numpy(zero_copy_only=False).astype(np.float64)
+            ok = np.isfinite(numbers)
+            self.nan += int(np.count_nonzero(np.isnan(numbers)))
+            self.non_finite += int(len(numbers) - np.count_nonzero(ok))
+            finite = numbers if ok.all() else numbers[ok]
+        if not len(finite):
+            return
+        self.zeros += int(np.count_nonzero(finite == 0))
+        as_float = finite.astype(np.float64)
+        n = len(as_float)
+        mean = float(as_float.mean())
+        m2 = float(np.square(as_float - mean).sum())
+        self._merge_moments(n, mean, m2)
+        vmin, vmax = finite.min().item(), finite.max().item()
+        self.min = vmin if self.min is None else min(self.min, vmin)
+        self.max = vmax if self.max is None else max(self.max, vmax)
+        self.hist.add(finite)
+        self.quantiles.AddValues(pa.array(as_float))
+
+    def _merge_moments(self, n: int, mean: float, m2: float) -> None:
+        """Chan et al.'s parallel update of (count, mean, sum of squared deviations)."""
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.n * n / total
+        self.n = total
+
+    def merge(self, other: FeatureStatistics) -> None:
+        """Adds `other` (same kind) into this one."""
+        self.rows += other.rows
+        self.missing += other.missing
+        self.values += other.values
+        for name, pick in (("min_values", min), ("max_values", max)):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if theirs is not None:
+                setattr(self, name, theirs if mine is None else pick(mine, theirs))
+        if self.kind == "bytes":
+            self.bytes += other.bytes
+            self.kmv.Merge(other.kmv)
+            self.tokens.Merge(other.tokens)
+            return
+        self.non_finite += other.non_finite
+        self.nan += other.nan
+        self.zeros += other.zeros
+        if other.n:
+            self._merge_moments(other.n, other.mean, other.m2)
+        for name, pick in (("min", min), ("max", max)):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if theirs is not None:
+                setattr(self, name, theirs if mine is None else pick(mine, theirs))
+        self.hist.merge(other.hist)
+        self.quantiles.Merge(other.quantiles)
+
+    def to_json(self) -> dict[str, Any]:
+        """The statistics as plain JSON values (see the module docstring)."""
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "rows": self.rows,
+            "missing": self.missing,
+            "num_values": {
+                "min": self.min_values,
+                "max": self.max_values,
+                "mean": self.values / self.rows if self.rows else None,
+                "total": self.values,
+            },
+        }
+        if self.kind == "bytes":
+            unique = int(self.kmv.Estimate()) if self.values else 0
+            exact = unique < TOKEN_CAP
+            estimate = self.tokens.Estimate().to_pylist() if self.values else []
+            tokens = sorted(
+                ((t["values"], int(t["counts"])) for t in estimate),
+                key=lambda tc: (-tc[1], tc[0]),
+            )
+            out.update(
+                unique=unique,
+                exact=exact,
+                avg_length=self.bytes / self.values if self.values else None,
+                top=[[_text(t), c] for t, c in tokens[:TOP_K]],
+                token_counts=[[_text(t), c] for t, c in tokens[:DRIFT_TOKENS]],
+            )
+            return out
+        quantiles = None
+        if self.n:
+            # GetQuantiles finalizes the sketch: query a copy.
+            sketch = sketches.QuantilesSketch(_QUANTILE_EPS, 1 << 32, 1)
+            sketch.Merge(self.quantiles)
+            quantiles = sketch.GetQuantiles(10).flatten().to_pylist()
+        out.update(
+            non_finite=self.non_finite,
+            nan=self.nan,
+            finite=self.n,
+            zeros=self.zeros,
+            mean=self.mean if self.n else None,
+            std=math.sqrt(self.m2 / self.n) if self.n else None,
+            min=self.min,
+            max=self.max,
+            quantiles=quantiles,
+            histogram=self.hist.to_json(),
+        )
+        return out
+
+
+def _text(token: bytes) -> str:
+    return token.decode("utf-8", errors="backslashreplace")
+
+
+class SplitStatistics:
+    """Statistics of every (chosen) column of one split's batches."""
+
+    def __init__(self, kinds: Mapping[str, str]):
+        self.kinds = dict(kinds)
+        self.rows = 0
+        self.features = {name: FeatureStatistics(k) for name, k in kinds.items()}
+
+    @classmethod
+    def for_schema(
+        cls, schema: pa.Schema, exclude: Iterable[str] = ()
+    ) -> SplitStatistics:
+        """One accumulator per column of a supported type, skipping `exclude`."""
+        skip = set(exclude)
+        kinds = {}
+        for field in schema:
+            kind = kind_of(field.type)
+            if field.name not in skip and kind is not None:
+                kinds[field.name] = kind
+        return cls(kinds)
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Adds a batch's rows (columns looked up by name; absent ones count missing)."""
+        self.rows += batch.num_rows
+        names = set(batch.schema.names)
+        for name, stats in self.features.items():
+            if name in names:
+                stats.add(batch.column(name))
+            else:
+                stats.rows += batch.num_rows
+                stats.missing += batch.num_rows
+
+    def merge(self, other: SplitStatistics) -> None:
+        """Adds `other`'s rows; features only `other` has are taken over."""
+        self.rows += other.rows
+        for name, stats in other.features.items():
+            if name in self.features:
+                self.features[name].merge(stats)
+            else:
+                self.features[name] = stats
+                self.kinds[name] = stats.kind
+
+    def to_json(self) -> dict[str, Any]:
+        """`{"rows": n, "features": {name: FeatureStatistics.to_json()}}`."""
+        return {
+            "rows": self.rows,
+            "features": {n: s.to_json() for n, s in sorted(self.features.items())},
+        }
+
+
+def to_proto(split: str, stats: Mapping[str, Any], groups: Sequence[str] = ()):
+    """A `DatasetFeatureStatisticsList` (tensorflow_metadata) of one split's JSON.
+
+    `stats` maps a group name ("raw", "transformed") to `SplitStatistics.to_json()`;
+    the features of a group other than the first are named `<group>/<feature>`.
+    """
+    from tensorflow_metadata.proto.v0 import statistics_pb2 as pb
+
+    groups = list(groups or stats)
+    result = pb.DatasetFeatureStatisticsList()
+    dataset = result.datasets.add(name=split)
+    dataset.num_examples = int(stats[groups[0]]["rows"]) if groups else 0
+    for group_index, group in enumerate(groups):
+        for name, feature in stats[group]["features"].items():
+            out = dataset.features.add()
+            out.path.step.append(name if group_index == 0 else f"{group}/{name}")
+            _feature_proto(pb, out, feature)
+    return result
+
+
+def _common(common, feature: Mapping[str, Any]) -> None:
+    present = feature["rows"] - feature["missing"]
+    common.num_non_missing = present
+    common.num_missing = feature["missing"]
+    nv = feature["num_values"]
+    if present:
+        common.min_num_values = nv["min"] if feature["missing"] == 0 else 0
+        common.max_num_values = nv["max"] or 0
+        common.avg_num_values = nv["total"] / present
+        common.tot_num_values = nv["total"]
+
+
+def _feature_proto(pb, out, feature: Mapping[str, Any]) -> None:
+    kind = feature["kind"]
+    if kind == "bytes":
+        out.type = pb.FeatureNameStatistics.STRING
+        s = out.string_stats
+        _common(s.common_stats, feature)
+        s.unique = feature["unique"]
+        s.avg_length = feature["avg_length"] or 0.0
+        for rank, (token, count) in enumerate(feature["top"]):
+            s.top_values.add(value=token, frequency=count)
+            s.rank_histogram.buckets.add(
+                low_rank=rank, high_rank=rank, label=token, sample_count=count
+            )
+        out.custom_stats.add(name="unique_exact", num=1.0 if feature["exact"] else 0.0)
+        return
+    out.type = (
+        pb.FeatureNameStatistics.INT if kind == "int" else pb.FeatureNameStatistics.FLOAT
+    )
+    s = out.num_stats
+    _common(s.common_stats, feature)
+    if feature["finite"]:
+        s.mean, s.std_dev = feature["mean"], feature["std"]
+        s.min, s.max = float(feature["min"]), float(feature["max"])
+        s.num_zeros = feature["zeros"]
+        quantiles = feature["quantiles"]
+        s.median = quantiles[5]
+        standard = s.histograms.add(type=pb.Histogram.STANDARD, num_nan=feature["nan"])
+        hist = Histogram.from_json(feature["histogram"])
+        for low, high, count in display_bins(hist):
+            high_value = high - 1 if hist.integer else high
+            standard.buckets.add(low_value=low, high_value=high_value, sample_count=count)
+        q = s.histograms.add(type=pb.Histogram.QUANTILES, num_nan=feature["nan"])
+        per = feature["finite"] / 10
+        for low, high in zip(quantiles[:-1], quantiles[1:], strict=True):
+            q.buckets.add(low_value=low, high_value=high, sample_count=per)
+    out.custom_stats.add(name="non_finite", num=float(feature["non_finite"]))
