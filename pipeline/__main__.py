@@ -28,6 +28,7 @@ def _one_line(err: BaseException) -> str:
 def _user_error(err: BaseException) -> str | None:
     """The message of an expected (user-facing) failure, else None."""
     from pipeline.connection import DatabaseError
+    from pipeline.drift import AnomaliesError
     from pipeline.jdbc_io import JdbcUnavailableError
     from pipeline.output import OutputError
     from pipeline.postgres_io import PartitionReadError
@@ -36,6 +37,7 @@ def _user_error(err: BaseException) -> str | None:
     from transforms.types import UnsupportedTypeError
 
     expected = (
+        AnomaliesError,
         DatabaseError,
         JdbcUnavailableError,
         OutputError,

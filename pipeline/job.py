@@ -304,6 +304,12 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
                 "Transform" >> tft_beam.TransformDataset(output_record_batches=True)
             )
         routed = transformed | "RouteSplits" >> RouteSplits(config.splits)
+        if config.statistics:
+            from pipeline.compute_statistics import WriteStatistics
+
+            _ = (rows, transformed) | "Statistics" >> WriteStatistics(
+                config.output_dir, config.splits.names
+            )
         for name in config.splits.names:
             step = name[:1].upper() + name[1:]
             routed[name] | f"Write{step}" >> WriteExamples(
@@ -459,6 +465,10 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             "created_at": job.snapshot_info["created_at"],
             "rows": job.snapshot_info["rows"],
         }
+    if config.statistics:  # drift, anomalies and report.html (may refuse to publish)
+        from pipeline.report import publish_statistics
+
+        publish_statistics(config, manifest)
     _cleanup_temp(job)
     output.write_manifest(config.output_dir, manifest)
     _LOGGER.info(

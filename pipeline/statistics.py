@@ -55,8 +55,16 @@ DRIFT_TOKENS = 1000  # token counts kept in the JSON for drift checks
 _QUANTILE_EPS = 0.001
 
 
+def _is_list(array_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(array_type)
+        or pa.types.is_large_list(array_type)
+        or pa.types.is_fixed_size_list(array_type)
+    )
+
+
 def _value_type(array_type: pa.DataType) -> pa.DataType:
-    while pa.types.is_list(array_type) or pa.types.is_large_list(array_type):
+    while _is_list(array_type):
         array_type = array_type.value_type
     return array_type
 
@@ -232,36 +240,43 @@ def display_bins(
 
 
 def common_bins(
-    a: Histogram, b: Histogram, max_bins: int = DISPLAY_BINS
-) -> tuple[list[float], np.ndarray, np.ndarray]:
-    """Both histograms over the same at most `max_bins` bins: (edges, counts a, b)."""
-    merged = _trimmed(a.copy())
-    merged.merge(b)
+    hists: Sequence[Histogram], max_bins: int = DISPLAY_BINS
+) -> tuple[list[float], list[np.ndarray]]:
+    """All histograms over the same at most `max_bins` bins: (edges, counts of each).
+
+    Exact: the shared bins are unions of each histogram's own bins.
+    """
+    merged = Histogram(hists[0].integer if hists else False)
+    for hist in hists:
+        merged.merge(_trimmed(hist))
+    if merged.k is None:
+        return [], [np.zeros(0, dtype=np.int64) for _ in hists]
     merged = _trimmed(merged)
     while len(merged.counts) > max_bins:
         merged._coarsen(merged.k + 1)  # noqa: SLF001 - same class
         merged = _trimmed(merged)
     out = []
-    for hist in (a, b):
+    for hist in hists:
         hist = hist.copy()
         counts = np.zeros(len(merged.counts), dtype=np.int64)
         if hist.k is not None and len(hist.counts):
             hist._coarsen(merged.k)  # noqa: SLF001 - same class
             index = np.arange(hist.lo, hist.lo + len(hist.counts)) - merged.lo
-            np.add.at(counts, index, hist.counts)
+            keep = hist.counts > 0
+            np.add.at(counts, index[keep], hist.counts[keep])
         out.append(counts)
     edges = [merged.edge(merged.lo + i) for i in range(len(merged.counts) + 1)]
-    return edges, out[0], out[1]
+    return edges, out
 
 
 def _list_parts(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """(values per row, the flat values) of a list column or a flat column."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
-    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+    if _is_list(array.type):
         lengths = pc.fill_null(pc.list_value_length(array), 0)
         values = array.flatten()
-        while pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        while _is_list(values.type):
             values = values.flatten()
         values = values.drop_null() if values.null_count else values
         return lengths.to_numpy(zero_copy_only=False).astype(np.int64), values

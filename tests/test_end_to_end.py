@@ -398,3 +398,6 @@ def test_default_features_inferred_from_catalog(database_url, rich_table, tmp_pa
     assert manifest["vocabularies"]["cat"]["size"] == 12
     features, label = next(iter(trainer.make_dataset(str(out), "eval", batch_size=8)))
     assert label.dtype == tf.int64 and features["x"].dtype == tf.float32
+
+
+from tests.statistics_checks import *  # noqa: E402,F403 - statistics on output_a

@@ -200,7 +200,7 @@ def test_common_bins_share_edges():
     a, b = st.Histogram(False), st.Histogram(False)
     a.add(a_values)
     b.add(b_values)
-    edges, ca, cb = st.common_bins(a, b)
+    edges, (ca, cb) = st.common_bins([a, b])
     assert len(edges) == len(ca) + 1 == len(cb) + 1 <= st.DISPLAY_BINS + 1
     for values, counts in ((a_values, ca), (b_values, cb)):
         expected = np.histogram(values, bins=edges)[0]
