@@ -107,7 +107,7 @@ def _tokens_svg(top: Sequence[Sequence], total: int, color: str) -> str:
     rows = list(top)[:12]
     if not rows or not total:
         return '<svg width="300" height="40"><text x="4" y="24">no values</text></svg>'
-    width, row_h, label_w = 300, 16, 110
+    width, row_h, label_w = 340, 16, 110
     biggest = max(c for _, c in rows) or 1
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
