@@ -120,6 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"sql2tfrecord: wrote {config.output_dir}: rows {rows}, "
         f"{manifest['elapsed_seconds']:.1f} s"
     )
+    if manifest.get("report"):
+        anomalies = len(manifest["statistics"]["anomalies"])
+        print(
+            f"sql2tfrecord: report {config.output_dir}/{manifest['report']} "
+            f"({anomalies} anomalies)"
+        )
     return 0
 
 
