@@ -358,9 +358,10 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         p = beam.Pipeline(runner=pipeline_runner(beam_options), options=beam_options)
         snapshot_id = snapshot.snapshot_id if snapshot else None
         build_pipeline(p, job, snapshot_id)
-        result = p.run()
-        # The snapshot must outlive every partition read: wait for the whole job.
-        state = result.wait_until_finish()
+        with _progress_reporter(job, snapshot_id):
+            result = p.run()
+            # The snapshot must outlive every partition read: wait for the whole job.
+            state = result.wait_until_finish()
         if state is not None and str(state).rsplit(".", 1)[-1] not in (
             "DONE",
             "UNKNOWN",
@@ -478,6 +479,16 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         elapsed,
     )
     return manifest
+
+
+def _progress_reporter(job: Job, snapshot_id: str | None):
+    from pipeline.progress import Reporter
+
+    total, estimate = len(job.plan.partitions), job.plan.row_estimate or None
+    passes = {METRICS_NAMESPACE: ("read", total, estimate)}
+    if rereads(job, snapshot_id):
+        passes[REREAD_METRICS_NAMESPACE] = ("second read", total, estimate)
+    return Reporter(passes)
 
 
 def _check_reread(counts: dict[str, int], splits: Sequence[str]) -> None:
