@@ -113,6 +113,7 @@ class Reporter:
         self._thread: threading.Thread | None = None
         self._started: dict[str, float] = {}
         self._idle: dict[str, float] = {}  # when each pass was last seen not started
+        self._ended: dict[str, float] = {}
         self._last = None
         self._width = 0
 
@@ -126,7 +127,10 @@ class Reporter:
                 self._idle[key] = now
                 continue
             started = self._started.setdefault(key, self._idle.get(key, now))
-            parts.append(line(label, done, total, rows, now - started, estimate))
+            ended = now
+            if total and done >= total:  # the pass is over: its rate stays put
+                ended = self._ended.setdefault(key, now)
+            parts.append(line(label, done, total, rows, ended - started, estimate))
         return " | ".join(parts) if parts else None
 
     def update(self) -> None:

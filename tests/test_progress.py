@@ -49,10 +49,17 @@ def test_tty_gets_one_rewritten_line():
         now[0] = 110.0
         reporter.update()
         reporter.update()  # unchanged: not written again
+        for _ in range(3):
+            progress.note_partition("ns")
+        now[0] = 120.0
+        reporter.update()
+        now[0] = 500.0
+        reporter.update()  # a finished pass keeps its rate
     out = stream.getvalue()
     assert out == (
         "\rread: 0/4 partitions, 250 rows, 50 rows/s, ETA 15s"
-        "\rread: 1/4 partitions, 500 rows, 50 rows/s, ETA 10s\n"
+        "\rread: 1/4 partitions, 500 rows, 50 rows/s, ETA 10s"
+        "\rread: 4/4 partitions, 500 rows, 25 rows/s, done\n"
     )
 
 
