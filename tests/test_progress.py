@@ -59,7 +59,7 @@ def test_tty_gets_one_rewritten_line():
     assert out == (
         "\rread: 0/4 partitions, 250 rows, 50 rows/s, ETA 15s"
         "\rread: 1/4 partitions, 500 rows, 50 rows/s, ETA 10s"
-        "\rread: 4/4 partitions, 500 rows, 25 rows/s, done\n"
+        "\rread: 4/4 partitions, 500 rows, 25 rows/s, done   \n"
     )
 
 
