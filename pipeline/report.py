@@ -310,8 +310,8 @@ def render(manifest: Mapping[str, Any], statistics: Mapping[str, Any]) -> str:
         f'<div class="legend">{legend}</div>{sections}'
         f"{_transformed_table(splits, statistics)}"
         '<p class="muted">Statistics over each split\'s rows; histograms are exact '
-        "counts in equal-width bins shared by all splits; quantiles from a sketch "
-        "(rank error ≤ 0.1%); unique counts exact below 10,000 distinct values. "
+        "counts in equal-width bins shared by all splits; quantiles from a summary "
+        "(rank error < 0.5%); unique counts exact below 10,000 distinct values. "
         "See README, Statistics and report.</p></body></html>"
     )
 

@@ -18,15 +18,18 @@ What each number means (per split, per feature):
   whose edges are multiples of it (at most `FINE_BINS` bins; a wider range doubles
   the width). Two such histograms always share edges once brought to the same
   width, so train, eval and a baseline compare bin for bin (`common_bins`).
-- `quantiles`: deciles from tfx-bsl's quantiles sketch (rank error <= 0.1%).
+- `quantiles`: deciles from a mergeable weighted summary (`QuantileSummary`,
+  rank error below 0.5%); the ends are the exact min and max.
 - Text: `unique` and `top` (token counts) are exact while the split has fewer than
   `TOKEN_CAP` distinct values (`exact: true`); beyond that `unique` is a KMV
-  estimate (~1% error) and `top` Misra-Gries lower bounds. `avg_length` is in
+  estimate (~1% error) and `top` Misra-Gries estimates (off by at most the
+  split's value count / `TOKEN_CAP`). `avg_length` is in
   UTF-8 bytes.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -52,7 +55,6 @@ DISPLAY_BINS = 24
 TOKEN_CAP = 10_000
 TOP_K = 20
 DRIFT_TOKENS = 1000  # token counts kept in the JSON for drift checks
-_QUANTILE_EPS = 0.001
 
 
 def _is_list(array_type: pa.DataType) -> bool:
@@ -269,6 +271,180 @@ def common_bins(
     return edges, out
 
 
+class QuantileSummary:
+    """Mergeable weighted points approximating a distribution's quantiles.
+
+    A batch of more than `points` values is sorted (numpy) and kept as `points`
+    values at evenly spaced ranks, each weighing its share; a summary grown past
+    8 x `points` is compacted the same way over its cumulative weights. Each
+    compaction moves a rank by at most 1/`points` of the weight it covers; with the
+    default 4096 points a quantile's rank error stays below 0.5% (tested).
+    """
+
+    def __init__(self, points: int = 4096):
+        self.points = points
+        self.values = np.zeros(0, dtype=np.float64)
+        self.weights = np.zeros(0, dtype=np.float64)
+
+    @staticmethod
+    def _pick(values: np.ndarray, weights: np.ndarray | None, points: int):
+        """`points` values at evenly spaced cumulative weights (None: all 1)."""
+        if weights is None:
+            values = np.sort(values)
+            index = ((np.arange(points) + 0.5) * (len(values) / points)).astype(int)
+            return values[index], np.full(points, len(values) / points)
+        order = np.argsort(values)
+        values, weights = values[order], weights[order]
+        cumulative = np.cumsum(weights)
+        total = cumulative[-1]
+        targets = (np.arange(points) + 0.5) * (total / points)
+        index = np.minimum(np.searchsorted(cumulative, targets), len(values) - 1)
+        return values[index], np.full(points, total / points)
+
+    def add(self, values: np.ndarray) -> None:
+        """Adds finite float64 values."""
+        if not len(values):
+            return
+        if len(values) > self.points:
+            picked, weights = self._pick(values, None, self.points)
+        else:
+            picked, weights = values.astype(np.float64), np.ones(len(values))
+        self._append(picked, weights)
+
+    def _append(self, values: np.ndarray, weights: np.ndarray) -> None:
+        self.values = np.concatenate([self.values, values])
+        self.weights = np.concatenate([self.weights, weights])
+        if len(self.values) > 8 * self.points:
+            self.values, self.weights = self._pick(
+                self.values, self.weights, self.points
+            )
+
+    def merge(self, other: QuantileSummary) -> None:
+        """Adds `other`'s points."""
+        if len(other.values):
+            self._append(other.values, other.weights)
+
+    def quantiles(self, count: int, lowest, highest) -> list[float] | None:
+        """`count + 1` values at ranks 0, 1/count, … 1 (ends: the exact min/max)."""
+        if not len(self.values):
+            return None
+        order = np.argsort(self.values)
+        values, cumulative = self.values[order], np.cumsum(self.weights[order])
+        targets = np.arange(1, count) / count * cumulative[-1]
+        index = np.minimum(np.searchsorted(cumulative, targets), len(values) - 1)
+        return [float(lowest), *values[index].tolist(), float(highest)]
+
+
+class TokenCounts:
+    """Token counts: exact while fewer than `cap` distinct, then KMV + Misra-Gries.
+
+    Each batch is reduced with `pyarrow.compute.value_counts`; pending counts are
+    summed with a vectorised group-by. Past `cap` distinct tokens the exact table
+    is handed to the sketches (the counts as Misra-Gries weights) and later batches
+    go to them directly.
+    """
+
+    def __init__(self, cap: int = TOKEN_CAP):
+        self.cap = cap
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.kmv = None
+        self.mg = None
+
+    @property
+    def exact(self) -> bool:
+        """Whether the counts are exact (fewer than `cap` distinct tokens)."""
+        return self.kmv is None
+
+    def add(self, values: pa.Array) -> None:
+        """Counts a flat binary array's values."""
+        if not self.exact:
+            self.kmv.AddValues(values)
+            self.mg.AddValues(values)
+            return
+        counts = pc.value_counts(values)
+        self._pend(
+            pa.table(
+                {
+                    "values": counts.field("values"),
+                    "counts": counts.field("counts"),
+                }
+            )
+        )
+
+    def _pend(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        if self.pending_rows > 4 * self.cap:
+            self._consolidate()
+
+    def _consolidate(self) -> None:
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending)
+        if len(self.pending) > 1:
+            table = table.group_by("values").aggregate([("counts", "sum")])
+            table = table.rename_columns(["values", "counts"])
+        self.pending, self.pending_rows = [table], table.num_rows
+        if table.num_rows >= self.cap:
+            self._to_sketches(table)
+
+    def _to_sketches(self, table: pa.Table | None = None) -> None:
+        if table is None:
+            self._consolidate()
+            if not self.exact:
+                return
+            table = self.pending[0] if self.pending else None
+        self.kmv = sketches.KmvSketch(self.cap)
+        self.mg = sketches.MisraGriesSketch(self.cap)
+        if table is not None and table.num_rows:
+            values = table.column("values").combine_chunks()
+            weights = table.column("counts").combine_chunks().cast(pa.float32())
+            self.kmv.AddValues(values)
+            self.mg.AddValues(values, weights)
+        self.pending, self.pending_rows = [], 0
+
+    def merge(self, other: TokenCounts) -> None:
+        """Adds `other`'s counts."""
+        if self.exact and other.exact:
+            for table in other.pending:
+                self._pend(table)
+            return
+        if self.exact:
+            self._to_sketches()
+        if other.exact:
+            other = copy.deepcopy(other)
+            other._to_sketches()  # noqa: SLF001 - same class
+        self.kmv.Merge(other.kmv)
+        self.mg.Merge(other.mg)
+
+    def result(self) -> tuple[int, bool, list[tuple[bytes, int]]]:
+        """(unique count, exact, tokens by descending count then bytes)."""
+        self._consolidate()
+        if self.exact:
+            if not self.pending:
+                return 0, True, []
+            table = self.pending[0]
+            order = pc.sort_indices(
+                table, sort_keys=[("counts", "descending"), ("values", "ascending")]
+            )
+            table = table.take(order)
+            tokens = list(
+                zip(
+                    table.column("values").to_pylist(),
+                    table.column("counts").to_pylist(),
+                    strict=True,
+                )
+            )
+            return len(tokens), True, tokens
+        estimate = self.mg.Estimate().to_pylist()
+        tokens = sorted(
+            ((t["values"], int(t["counts"])) for t in estimate),
+            key=lambda tc: (-tc[1], tc[0]),
+        )
+        return int(self.kmv.Estimate()), False, tokens
+
+
 def _list_parts(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """(values per row, the flat values) of a list column or a flat column."""
     if isinstance(array, pa.ChunkedArray):
@@ -296,8 +472,7 @@ class FeatureStatistics:
         self.max_values: int | None = None
         if kind == "bytes":
             self.bytes = 0
-            self.kmv = sketches.KmvSketch(TOKEN_CAP)
-            self.tokens = sketches.MisraGriesSketch(TOKEN_CAP)
+            self.tokens = TokenCounts()
         else:
             self.non_finite = 0
             self.nan = 0
@@ -308,7 +483,7 @@ class FeatureStatistics:
             self.min = None
             self.max = None
             self.hist = Histogram(integer=kind == "int")
-            self.quantiles = sketches.QuantilesSketch(_QUANTILE_EPS, 1 << 32, 1)
+            self.quantiles = QuantileSummary()
 
     def add(self, array: pa.Array) -> None:
         """Adds one column slice (list or flat); vectorised, no per-row Python."""
@@ -329,8 +504,7 @@ class FeatureStatistics:
             ):
                 values = values.cast(pa.large_binary())
             self.bytes += int(pc.sum(pc.binary_length(values)).as_py() or 0)
-            self.kmv.AddValues(values)
-            self.tokens.AddValues(values)
+            self.tokens.add(values)
             return
         if self.kind == "int":
             numbers = values.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -353,7 +527,7 @@ class FeatureStatistics:
         self.min = vmin if self.min is None else min(self.min, vmin)
         self.max = vmax if self.max is None else max(self.max, vmax)
         self.hist.add(finite)
-        self.quantiles.AddValues(pa.array(as_float))
+        self.quantiles.add(as_float)
 
     def _merge_moments(self, n: int, mean: float, m2: float) -> None:
         """Chan et al.'s parallel update of (count, mean, sum of squared deviations)."""
@@ -374,8 +548,7 @@ class FeatureStatistics:
                 setattr(self, name, theirs if mine is None else pick(mine, theirs))
         if self.kind == "bytes":
             self.bytes += other.bytes
-            self.kmv.Merge(other.kmv)
-            self.tokens.Merge(other.tokens)
+            self.tokens.merge(other.tokens)
             return
         self.non_finite += other.non_finite
         self.nan += other.nan
@@ -387,7 +560,7 @@ class FeatureStatistics:
             if theirs is not None:
                 setattr(self, name, theirs if mine is None else pick(mine, theirs))
         self.hist.merge(other.hist)
-        self.quantiles.Merge(other.quantiles)
+        self.quantiles.merge(other.quantiles)
 
     def to_json(self) -> dict[str, Any]:
         """The statistics as plain JSON values (see the module docstring)."""
@@ -403,13 +576,7 @@ class FeatureStatistics:
             },
         }
         if self.kind == "bytes":
-            unique = int(self.kmv.Estimate()) if self.values else 0
-            exact = unique < TOKEN_CAP
-            estimate = self.tokens.Estimate().to_pylist() if self.values else []
-            tokens = sorted(
-                ((t["values"], int(t["counts"])) for t in estimate),
-                key=lambda tc: (-tc[1], tc[0]),
-            )
+            unique, exact, tokens = self.tokens.result()
             out.update(
                 unique=unique,
                 exact=exact,
@@ -418,12 +585,7 @@ class FeatureStatistics:
                 token_counts=[[_text(t), c] for t, c in tokens[:DRIFT_TOKENS]],
             )
             return out
-        quantiles = None
-        if self.n:
-            # GetQuantiles finalizes the sketch: query a copy.
-            sketch = sketches.QuantilesSketch(_QUANTILE_EPS, 1 << 32, 1)
-            sketch.Merge(self.quantiles)
-            quantiles = sketch.GetQuantiles(10).flatten().to_pylist()
+        quantiles = self.quantiles.quantiles(10, self.min, self.max) if self.n else None
         out.update(
             non_finite=self.non_finite,
             nan=self.nan,
