@@ -41,6 +41,10 @@ def _split_rows(expected, split):
 def test_statistics_raw_values_match_sql_rows(output_a, expected):
     stats = _stats(output_a)
     assert sorted(stats) == ["eval", "train"]
+    manifest = json.load(open(os.path.join(output_a, "manifest.json")))
+    # The same non-finite values the reader counted, split between the splits.
+    assert sum(stats[s]["raw"]["features"]["x"]["non_finite"] for s in stats) == (
+        manifest["non_finite_values"]["x"])
     for split in ("train", "eval"):
         rows = _split_rows(expected, split)
         raw = stats[split]["raw"]
