@@ -1,10 +1,10 @@
-"""Beam side of the statistics: one combine per split over the batches the job has.
+"""Beam side of the statistics: one combine over the batches the job already has.
 
 `WriteStatistics` takes the split-tagged raw batches (`AssignSplit`'s output) and
 the transformed `(batch, passthrough)` pairs (`TransformDataset`'s output), both
-carrying `SPLIT_COLUMN`, and combines each into per-split `SplitStatistics`
-(combiner lifting: each bundle reduces its batches to accumulators, only those
-are shuffled; no row is held and the database is not read again). It writes
+carrying `SPLIT_COLUMN`, and combines them into `SplitStatistics` per group and
+split (one lifted combine: each bundle reduces its batches to accumulators, only
+those are shuffled; no row is held, the database is not read again). It writes
 `<output>/statistics/<split>.pb` (a tensorflow_metadata
 `DatasetFeatureStatisticsList`, raw features by name and transformed ones as
 `transformed/<name>`) and `<output>/statistics/statistics.json` (all splits, with
@@ -36,46 +36,56 @@ GROUPS = ("raw", "transformed")
 
 
 class _SplitStatisticsFn(beam.CombineFn):
-    """Batches (or `(batch, passthrough)` pairs) -> {split name: SplitStatistics}."""
+    """(group, batch or `(batch, passthrough)`) -> {split: {group: statistics JSON}}."""
 
     def __init__(self, split_names: Sequence[str]):
         self._names = tuple(split_names)
 
-    def create_accumulator(self) -> dict[str, SplitStatistics]:
+    def create_accumulator(self) -> dict[tuple[str, str], SplitStatistics]:
         return {}
 
     def add_input(self, accumulator, element):
-        if isinstance(element, tuple):
-            batch, unary = element
+        group, value = element
+        if isinstance(value, tuple):
+            batch, unary = value
         else:
-            batch, unary = element, {}
+            batch, unary = value, {}
         indices = _split_indices(batch, unary)
         for split, part in _split_parts(batch, indices):
-            name = self._names[split]
-            stats = accumulator.get(name)
+            key = (group, self._names[split])
+            stats = accumulator.get(key)
             if stats is None:
-                stats = accumulator[name] = SplitStatistics.for_schema(
+                stats = accumulator[key] = SplitStatistics.for_schema(
                     batch.schema, exclude=(SPLIT_COLUMN,)
                 )
             stats.add(part)
         return accumulator
 
     def merge_accumulators(self, accumulators):
-        merged: dict[str, SplitStatistics] = {}
+        merged: dict[tuple[str, str], SplitStatistics] = {}
         for accumulator in accumulators:
-            for name, stats in accumulator.items():
-                if name in merged:
-                    merged[name].merge(stats)
+            for key, stats in accumulator.items():
+                if key in merged:
+                    merged[key].merge(stats)
                 else:
-                    merged[name] = stats
+                    merged[key] = stats
         return merged
 
     def extract_output(self, accumulator) -> dict[str, Any]:
         empty = {"rows": 0, "features": {}}
         return {
-            name: accumulator[name].to_json() if name in accumulator else empty
+            name: {
+                group: accumulator[(group, name)].to_json()
+                if (group, name) in accumulator
+                else empty
+                for group in GROUPS
+            }
             for name in self._names
         }
+
+
+def _tag(element, group: str):
+    return group, element
 
 
 def _write_bytes(directory: str, name: str, data: bytes) -> None:
@@ -86,15 +96,12 @@ def _write_bytes(directory: str, name: str, data: bytes) -> None:
     FileSystems.rename([temp], [final])
 
 
-def _write(raw: dict, transformed: dict, output_dir: str, names: Sequence[str]) -> None:
+def _write(everything: dict, output_dir: str, names: Sequence[str]) -> None:
     directory = output.join(output_dir, STATISTICS_DIR)
     if not FileSystems.exists(directory):
         FileSystems.mkdirs(directory)
-    everything = {}
     for name in names:
-        groups = {"raw": raw[name], "transformed": transformed[name]}
-        everything[name] = groups
-        proto = to_proto(name, groups, GROUPS)
+        proto = to_proto(name, everything[name], GROUPS)
         _write_bytes(directory, f"{name}.pb", proto.SerializeToString())
     output.write_json(directory, STATISTICS_JSON, everything)
     _LOGGER.info("Wrote feature statistics to %s", directory)
@@ -115,16 +122,14 @@ class WriteStatistics(beam.PTransform):
 
     def expand(self, pcolls):
         raw, transformed = pcolls
-        fn = _SplitStatisticsFn(self._names)
-        raw_stats = raw | "CombineRaw" >> beam.CombineGlobally(fn)
-        transformed_stats = transformed | "CombineTransformed" >> (
-            beam.CombineGlobally(fn)
-        )
-        return raw_stats | "Write" >> beam.Map(
-            _write,
-            beam.pvalue.AsSingleton(transformed_stats),
-            self._output_dir,
-            self._names,
+        tagged = (
+            raw | "TagRaw" >> beam.Map(_tag, "raw"),
+            transformed | "TagTransformed" >> beam.Map(_tag, "transformed"),
+        ) | "Both" >> beam.Flatten()
+        return (
+            tagged
+            | "Combine" >> beam.CombineGlobally(_SplitStatisticsFn(self._names))
+            | "Write" >> beam.Map(_write, self._output_dir, self._names)
         )
 
 
