@@ -41,8 +41,10 @@ def main(argv=None) -> int:
     work = tempfile.mkdtemp(prefix="sql2tfrecord-statcost-")
     tables = []
     try:
-        print("| rows | with statistics s (median) | without s (median) | "
-              "ratio with/without (median of pairs) | pairs |")
+        print(
+            "| rows | with statistics s (median) | without s (median) | "
+            "ratio with/without (median of pairs) | pairs |"
+        )
         print("|---:|---:|---:|---:|---:|")
         for rows in [int(r) for r in args.rows.split(",")]:
             table = f"statcost_{rows}_{uuid.uuid4().hex[:6]}"
@@ -56,11 +58,11 @@ def main(argv=None) -> int:
                 with_s.append(a)
                 without_s.append(b)
                 ratios.append(a / b)
+            each = ", ".join(f"{r:.3f}" for r in ratios)
             print(
                 f"| {rows:,} | {statistics.median(with_s):.2f} | "
                 f"{statistics.median(without_s):.2f} | "
-                f"{statistics.median(ratios):.3f} ({', '.join(f'{r:.3f}' for r in ratios)})"
-                f" | {args.pairs} |",
+                f"{statistics.median(ratios):.3f} ({each}) | {args.pairs} |",
                 flush=True,
             )
     finally:

@@ -140,4 +140,3 @@ def read_statistics(output_dir: str) -> dict[str, Any] | None:
         return None
     with FileSystems.open(path) as f:
         return json.loads(f.read().decode())
-

@@ -85,8 +85,10 @@ def _feature_drift(a: Mapping, b: Mapping, thresholds: Thresholds) -> dict | Non
         return None
     if a["kind"] == "bytes":
         value, token = linf_distance(
-            a["token_counts"], a["num_values"]["total"],
-            b["token_counts"], b["num_values"]["total"],
+            a["token_counts"],
+            a["num_values"]["total"],
+            b["token_counts"],
+            b["num_values"]["total"],
         )
         out = {
             "metric": "linf_distance",
@@ -96,7 +98,10 @@ def _feature_drift(a: Mapping, b: Mapping, thresholds: Thresholds) -> dict | Non
             "threshold": thresholds.linf_distance,
         }
     else:
-        ha, hb = Histogram.from_json(a["histogram"]), Histogram.from_json(b["histogram"])
+        ha, hb = (
+            Histogram.from_json(a["histogram"]),
+            Histogram.from_json(b["histogram"]),
+        )
         value, edges, ca, cb = None, [], [], []
         if ha.k is not None and hb.k is not None:
             edges, (ca, cb) = common_bins([ha, hb])
@@ -209,7 +214,9 @@ def check(
         for name in names:
             if name not in base_stats:
                 continue
-            drift = compare(base_stats[name]["raw"], statistics[name]["raw"], thresholds)
+            drift = compare(
+                base_stats[name]["raw"], statistics[name]["raw"], thresholds
+            )
             result["baseline"][name] = drift
             for feature, d in drift.items():
                 if d["over"]:

@@ -73,8 +73,10 @@ def line(
     elapsed: float,
     row_estimate: int | None = None,
 ) -> str:
-    """One pass's progress, e.g. `read: 3/8 partitions, 120,000 rows, 40,000 rows/s,
-    ETA 12s`."""
+    """One pass's progress line.
+
+    E.g. `read: 3/8 partitions, 120,000 rows, 40,000 rows/s, ETA 12s`.
+    """
     rate = rows / elapsed if elapsed > 0 else 0.0
     text = f"{label}: {done}/{total} partitions, {rows:,} rows, {rate:,.0f} rows/s"
     if total and done >= total:

@@ -20,12 +20,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-
 __all__ = ["REPORT", "publish_statistics", "render", "write_report", "main"]
 
 _LOGGER = logging.getLogger(__name__)
 
 REPORT = "report.html"
+_EMPTY_SVG = '<svg width="300" height="40"><text x="4" y="24">{}</text></svg>'
 _COLORS = ("#3b6fb6", "#e07b39", "#4f9d5d", "#a05195", "#7a7a7a")
 
 _CSS = """
@@ -79,7 +79,7 @@ def _histogram_svg(
     width, height, pad = 300, 110, 18
     total = sum(counts)
     if not counts or not total:
-        return '<svg width="300" height="40"><text x="4" y="24">no finite values</text></svg>'
+        return _EMPTY_SVG.format("no finite values")
     bar = width / len(counts)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
@@ -106,7 +106,7 @@ def _histogram_svg(
 def _tokens_svg(top: Sequence[Sequence], total: int, color: str) -> str:
     rows = list(top)[:12]
     if not rows or not total:
-        return '<svg width="300" height="40"><text x="4" y="24">no values</text></svg>'
+        return _EMPTY_SVG.format("no values")
     width, row_h, label_w = 340, 16, 110
     biggest = max(c for _, c in rows) or 1
     parts = [
@@ -144,9 +144,10 @@ def _drift_line(name: str, drift: Mapping[str, Mapping]) -> str:
         if d.get("exact") is False:
             extra += " approximate"
         out.append(
-            f'<div>{_e(pair.replace("_", " "))}: {metric} '
+            f"<div>{_e(pair.replace('_', ' '))}: {metric} "
             f'<span class="{css}" data-drift="{_e(pair)}:{_e(name)}">'
-            f"{_e(_num(d['value']))}</span> (threshold {_e(d['threshold'])}){extra}</div>"
+            f"{_e(_num(d['value']))}</span> (threshold {_e(d['threshold'])})"
+            f"{extra}</div>"
         )
     return "".join(out)
 
@@ -170,8 +171,18 @@ def _feature_section(
     if kind == "bytes":
         cols = ["rows", "missing", "missing %", "unique", "avg length (bytes)"]
     else:
-        cols = ["rows", "missing", "missing %", "mean", "std", "min", "median", "max",
-                "zeros", "non-finite"]
+        cols = [
+            "rows",
+            "missing",
+            "missing %",
+            "mean",
+            "std",
+            "min",
+            "median",
+            "max",
+            "zeros",
+            "non-finite",
+        ]
     rows = [f"<tr><th>split</th>{''.join(f'<th>{c}</th>' for c in cols)}</tr>"]
     for split, f in present:
         rate = f["missing"] / f["rows"] * 100 if f["rows"] else None
@@ -219,7 +230,11 @@ def _feature_section(
 
 def _transformed_table(splits: Sequence[str], statistics: Mapping[str, Any]) -> str:
     names = sorted(
-        {n for s in splits for n in statistics[s].get("transformed", {}).get("features", {})}
+        {
+            n
+            for s in splits
+            for n in statistics[s].get("transformed", {}).get("features", {})
+        }
     )
     if not names:
         return ""
@@ -274,11 +289,14 @@ def render(manifest: Mapping[str, Any], statistics: Mapping[str, Any]) -> str:
     schema = drift.get("schema") or []
     schema_html = ""
     if drift.get("baseline") is not None:
-        changes = "".join(
-            f"<li>{_e(c['column'])}: {_e(c['change'])} "
-            f"{_e(c.get('before', '(none)'))} → {_e(c.get('after', '(none)'))}</li>"
-            for c in schema
-        ) or "<li>no column added, dropped or changed</li>"
+        changes = (
+            "".join(
+                f"<li>{_e(c['column'])}: {_e(c['change'])} "
+                f"{_e(c.get('before', '(none)'))} → {_e(c.get('after', '(none)'))}</li>"
+                for c in schema
+            )
+            or "<li>no column added, dropped or changed</li>"
+        )
         schema_html = (
             f'<section class="card"><h2>Schema against the baseline</h2>'
             f"<ul>{changes}</ul></section>"
@@ -293,9 +311,9 @@ def render(manifest: Mapping[str, Any], statistics: Mapping[str, Any]) -> str:
         _feature_section(n, splits, statistics, types.get(n), pairs) for n in features
     )
     return (
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>sql2tfrecord report: {_e(what)}</title><style>{_CSS}</style></head>"
-        f"<body><h1>sql2tfrecord report</h1><div class=\"muted\">{_e(what)} · "
+        f'<body><h1>sql2tfrecord report</h1><div class="muted">{_e(what)} · '
         f"{_e(manifest.get('created_at', ''))} · label {_e(manifest.get('label'))}"
         f"</div>"
         '<section class="card"><h2>Run</h2><table>'
@@ -334,8 +352,17 @@ def write_report(output_dir: str, manifest: Mapping[str, Any], statistics) -> st
 
 def _summary(statistics: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest's compact copy: no histograms, top 5 tokens."""
-    keep_numbers = ("rows", "missing", "non_finite", "mean", "std", "min", "max",
-                    "zeros", "quantiles")
+    keep_numbers = (
+        "rows",
+        "missing",
+        "non_finite",
+        "mean",
+        "std",
+        "min",
+        "max",
+        "zeros",
+        "quantiles",
+    )
     keep_bytes = ("rows", "missing", "unique", "exact", "avg_length")
     out: dict[str, Any] = {}
     for split, groups in statistics.items():
@@ -447,7 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     names = _split_order(list(manifest.get("splits") or statistics))
-    path = write_report(out, manifest, {n: statistics[n] for n in names if n in statistics})
+    path = write_report(
+        out, manifest, {n: statistics[n] for n in names if n in statistics}
+    )
     print(f"wrote {path}")
     return 0
 

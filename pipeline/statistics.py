@@ -499,9 +499,7 @@ class FeatureStatistics:
         if not len(values):
             return
         if self.kind == "bytes":
-            if pa.types.is_string(values.type) or pa.types.is_large_string(
-                values.type
-            ):
+            if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
                 values = values.cast(pa.large_binary())
             self.bytes += int(pc.sum(pc.binary_length(values)).as_py() or 0)
             self.tokens.add(values)
@@ -627,7 +625,7 @@ class SplitStatistics:
         return cls(kinds)
 
     def add(self, batch: pa.RecordBatch) -> None:
-        """Adds a batch's rows (columns looked up by name; absent ones count missing)."""
+        """Adds a batch's rows (columns by name; an absent column counts missing)."""
         self.rows += batch.num_rows
         names = set(batch.schema.names)
         for name, stats in self.features.items():
@@ -703,7 +701,9 @@ def _feature_proto(pb, out, feature: Mapping[str, Any]) -> None:
         out.custom_stats.add(name="unique_exact", num=1.0 if feature["exact"] else 0.0)
         return
     out.type = (
-        pb.FeatureNameStatistics.INT if kind == "int" else pb.FeatureNameStatistics.FLOAT
+        pb.FeatureNameStatistics.INT
+        if kind == "int"
+        else pb.FeatureNameStatistics.FLOAT
     )
     s = out.num_stats
     _common(s.common_stats, feature)
@@ -717,7 +717,9 @@ def _feature_proto(pb, out, feature: Mapping[str, Any]) -> None:
         hist = Histogram.from_json(feature["histogram"])
         for low, high, count in display_bins(hist):
             high_value = high - 1 if hist.integer else high
-            standard.buckets.add(low_value=low, high_value=high_value, sample_count=count)
+            standard.buckets.add(
+                low_value=low, high_value=high_value, sample_count=count
+            )
         q = s.histograms.add(type=pb.Histogram.QUANTILES, num_nan=feature["nan"])
         per = feature["finite"] / 10
         for low, high in zip(quantiles[:-1], quantiles[1:], strict=True):
