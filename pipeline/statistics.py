@@ -23,8 +23,9 @@ What each number means (per split, per feature):
 - Text: `unique` and `top` (token counts) are exact while the split has fewer than
   `TOKEN_CAP` distinct values (`exact: true`); beyond that `unique` is a KMV
   estimate (~1% error) and `top` Misra-Gries estimates (off by at most the
-  split's value count / `TOKEN_CAP`). `avg_length` is in
-  UTF-8 bytes.
+  split's value count / `TOKEN_CAP`). `avg_length` is in UTF-8 bytes. Tokens
+  longer than `MAX_TOKEN_BYTES` are counted in full but written cut, with the
+  number of bytes left out.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ DISPLAY_BINS = 24
 TOKEN_CAP = 10_000
 TOP_K = 20
 DRIFT_TOKENS = 1000  # token counts kept in the JSON for drift checks
+MAX_TOKEN_BYTES = 200  # longer tokens are shown cut (counted in full)
 
 
 def _is_list(array_type: pa.DataType) -> bool:
@@ -600,6 +602,10 @@ class FeatureStatistics:
 
 
 def _text(token: bytes) -> str:
+    """A token for JSON and the report: UTF-8, at most `MAX_TOKEN_BYTES` shown."""
+    if len(token) > MAX_TOKEN_BYTES:
+        head = token[:MAX_TOKEN_BYTES].decode("utf-8", errors="ignore")
+        return f"{head}…(+{len(token) - len(head.encode())} bytes)"
     return token.decode("utf-8", errors="backslashreplace")
 
 

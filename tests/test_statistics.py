@@ -269,3 +269,18 @@ def test_token_counts_exact_then_sketch_across_merges():
     b.add(pa.array([b"a", b"c"], pa.binary()))
     a.merge(b)
     assert a.result() == (3, True, [(b"a", 2), (b"b", 2), (b"c", 1)])
+
+
+def test_long_tokens_are_counted_whole_and_written_cut():
+    long_a, long_b = b"x" * 1_000_000 + b"a", b"x" * 1_000_000 + b"b"
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array([long_a, long_b, long_b, "é".encode() * 150], pa.binary())], names=["t"]
+    )
+    stats = st.SplitStatistics.for_schema(batch.schema)
+    stats.add(batch)
+    t = stats.to_json()["features"]["t"]
+    assert t["unique"] == 3 and t["exact"]
+    assert [c for _, c in t["top"]] == [2, 1, 1]
+    assert t["top"][0][0] == "x" * 200 + "…(+999801 bytes)"
+    assert t["top"][2][0] == "é" * 100  # 200 bytes: whole characters only
+    assert max(len(x) for x, _ in t["token_counts"]) < 300
