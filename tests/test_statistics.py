@@ -274,7 +274,7 @@ def test_token_counts_exact_then_sketch_across_merges():
 def test_long_tokens_are_counted_whole_and_written_cut():
     long_a, long_b = b"x" * 1_000_000 + b"a", b"x" * 1_000_000 + b"b"
     batch = pa.RecordBatch.from_arrays(
-        [pa.array([long_a, long_b, long_b, "é".encode() * 150], pa.binary())], names=["t"]
+        [pa.array([long_a, long_b, long_b, "€".encode() * 100], pa.binary())], names=["t"]
     )
     stats = st.SplitStatistics.for_schema(batch.schema)
     stats.add(batch)
@@ -282,5 +282,5 @@ def test_long_tokens_are_counted_whole_and_written_cut():
     assert t["unique"] == 3 and t["exact"]
     assert [c for _, c in t["top"]] == [2, 1, 1]
     assert t["top"][0][0] == "x" * 200 + "…(+999801 bytes)"
-    assert t["top"][2][0] == "é" * 100  # 200 bytes: whole characters only
+    assert t["top"][2][0] == "€" * 66 + "…(+102 bytes)"  # whole characters only
     assert max(len(x) for x, _ in t["token_counts"]) < 300
