@@ -116,7 +116,7 @@ def _tokens_svg(top: Sequence[Sequence], total: int, color: str) -> str:
     for i, (token, count) in enumerate(rows):
         full = repr(token)[1:-1] if token else "(empty)"
         shown = full if len(full) <= 16 else full[:15] + "…"
-        w = count / biggest * (width - label_w - 70)
+        w = count / biggest * (width - label_w - 84)
         y = i * row_h
         parts.append(
             f'<text x="{label_w - 4}" y="{y + 12}" font-size="11" text-anchor="end">'
