@@ -133,4 +133,6 @@ secs = manifest["elapsed_seconds"]
 print(f"pipeline          {secs:.1f} s, {rows / secs:,.0f} rows/s end to end")
 print(f"eval AUC          {metrics['auc']:.4f}")
 print(f"eval accuracy     {metrics['accuracy']:.4f} (majority baseline {metrics['baseline_accuracy']:.4f})")
+if manifest.get("report"):
+    print(f"report            {out}/{manifest['report']}  ({len(manifest['statistics']['anomalies'])} anomalies; open it in a browser)")
 EOF

@@ -26,6 +26,7 @@ def _user_error(err: BaseException) -> str | None:
     from pipeline.connection import DatabaseError, DsnSyntaxError
     from pipeline.console import one_line
     from pipeline.degenerate import EmptySplitError
+    from pipeline.drift import AnomaliesError
     from pipeline.jdbc_io import JdbcUnavailableError
     from pipeline.output import OutputError
     from pipeline.parquet_io import SnapshotError
@@ -36,6 +37,7 @@ def _user_error(err: BaseException) -> str | None:
     from transforms.user_module import UserModuleError
 
     expected = (
+        AnomaliesError,
         DatabaseError,
         DsnSyntaxError,
         JdbcUnavailableError,
@@ -138,6 +140,12 @@ def _run(argv: list[str], verbose: bool) -> int:
         f"sql2tfrecord: wrote {config.output_dir}: rows {rows}, "
         f"{manifest['elapsed_seconds']:.1f} s{warnings}"
     )
+    if manifest.get("report"):
+        anomalies = len(manifest["statistics"]["anomalies"])
+        print(
+            f"sql2tfrecord: report {config.output_dir}/{manifest['report']} "
+            f"({anomalies} anomalies)"
+        )
     return 0
 
 

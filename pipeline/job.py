@@ -363,6 +363,12 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         routed = transformed | "RouteSplits" >> RouteSplits(
             config.splits, _text_label_key(job)
         )
+        if config.statistics:
+            from pipeline.compute_statistics import WriteStatistics
+
+            _ = (rows, transformed) | "Statistics" >> WriteStatistics(
+                _built(job, "output"), config.splits.names
+            )
         for name in config.splits.names:
             step = name[:1].upper() + name[1:]
             routed[name] | f"Write{step}" >> WriteExamples(
@@ -458,9 +464,10 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         p = beam.Pipeline(runner=pipeline_runner(beam_options), options=beam_options)
         snapshot_id = snapshot.snapshot_id if snapshot else None
         build_pipeline(p, job, snapshot_id)
-        result = p.run()
-        # The snapshot must outlive every partition read: wait for the whole job.
-        state = result.wait_until_finish()
+        with _progress_reporter(job, snapshot_id):
+            result = p.run()
+            # The snapshot must outlive every partition read: wait for the whole job.
+            state = result.wait_until_finish()
         if state is not None and str(state).rsplit(".", 1)[-1] not in (
             "DONE",
             "UNKNOWN",
@@ -596,6 +603,10 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             "created_at": job.snapshot_info["created_at"],
             "rows": job.snapshot_info["rows"],
         }
+    if config.statistics:  # drift, anomalies and report.html (may refuse to publish)
+        from pipeline.report import publish_statistics
+
+        publish_statistics(config, manifest, built)
     _cleanup_temp(job)
     output.write_manifest(built, manifest)
     return manifest
@@ -611,6 +622,16 @@ def _label_classes(job: Job, tft_output) -> list[str] | None:
     return [
         unescape_token(t).decode("utf-8") for t in tft_output.vocabulary_by_name(key)
     ]
+
+
+def _progress_reporter(job: Job, snapshot_id: str | None):
+    from pipeline.progress import Reporter
+
+    total, estimate = len(job.plan.partitions), job.plan.row_estimate or None
+    passes = {METRICS_NAMESPACE: ("read", total, estimate)}
+    if rereads(job, snapshot_id):
+        passes[REREAD_METRICS_NAMESPACE] = ("second read", total, estimate)
+    return Reporter(passes)
 
 
 def _check_reread(counts: dict[str, int], splits: Sequence[str]) -> None:

@@ -57,6 +57,11 @@ class JobConfig:
     input_parquet: str | None = None
     fail_on_empty_split: bool = False
     verbose: bool = False
+    statistics: bool = True
+    fail_on_anomalies: bool = False
+    max_js_divergence: float = 0.1
+    max_linf_distance: float = 0.1
+    baseline_stats: str | None = None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,6 +148,32 @@ def _parser() -> argparse.ArgumentParser:
         "warning in the summary and the manifest",
     )
     add("--verbose", action="store_true", help="show tracebacks and debug logs")
+    add(
+        "--no_statistics",
+        action="store_true",
+        help="skip feature statistics, drift checks and report.html",
+    )
+    add(
+        "--fail_on_anomalies",
+        action="store_true",
+        help="exit non-zero without publishing when a drift check fails",
+    )
+    add(
+        "--max_js_divergence",
+        type=float,
+        default=0.1,
+        help="numeric drift threshold: Jensen-Shannon divergence (base 2, 0..1)",
+    )
+    add(
+        "--max_linf_distance",
+        type=float,
+        default=0.1,
+        help="categorical drift threshold: L-infinity distance of frequencies",
+    )
+    add(
+        "--baseline_stats",
+        help="an earlier output directory to compare statistics and schema with",
+    )
     return parser
 
 
@@ -236,6 +267,23 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         )
     if args.lock_timeout_ms < 0:
         problems.append(f"`--lock_timeout_ms` must be >= 0, got {args.lock_timeout_ms}")
+    for flag in ("max_js_divergence", "max_linf_distance"):
+        value = getattr(args, flag)
+        if not 0 <= value <= 1:  # also refuses NaN
+            problems.append(f"`--{flag}` must be between 0 and 1, got {value}")
+    if args.no_statistics and (args.fail_on_anomalies or args.baseline_stats):
+        problems.append(
+            "`--fail_on_anomalies` and `--baseline_stats` need statistics; "
+            "drop `--no_statistics`"
+        )
+    baseline = args.baseline_stats
+    if baseline and "://" not in baseline:
+        found = os.path.join(baseline, "statistics", "statistics.json")
+        if not os.path.isfile(found):
+            problems.append(
+                f"`--baseline_stats` {baseline} has no statistics/statistics.json "
+                "(give an output directory written with statistics)"
+            )
     if args.query is not None:
         try:
             check_query(args.query)
@@ -275,5 +323,10 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         input_parquet=args.input_parquet,
         fail_on_empty_split=args.fail_on_empty_split,
         verbose=args.verbose,
+        statistics=not args.no_statistics,
+        fail_on_anomalies=args.fail_on_anomalies,
+        max_js_divergence=args.max_js_divergence,
+        max_linf_distance=args.max_linf_distance,
+        baseline_stats=args.baseline_stats.rstrip("/") if args.baseline_stats else None,
     )
     return config, beam_args

@@ -15,7 +15,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline import METRICS_NAMESPACE, arrow_coder
+from pipeline import METRICS_NAMESPACE, arrow_coder, progress
 from pipeline.partition_reader import (
     PartitionReader,
     PartitionReadError,
@@ -80,7 +80,9 @@ class _ReadPartitionFn(beam.DoFn):
             rows += batch.num_rows
             self._rows.inc(batch.num_rows)
             self._bytes.inc(batch.nbytes)
+            progress.note_rows(self._namespace, batch.num_rows)
             yield batch
+        progress.note_partition(self._namespace)
         Metrics.counter(self._namespace, f"partition:{partition.label}").inc(rows)
         _LOGGER.info("Partition %s: %d rows", partition.label, rows)
 

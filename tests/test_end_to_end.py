@@ -623,3 +623,6 @@ def test_serving_signature_takes_the_mapped_raw_names(output_default, tmp_path):
     transformed = tft_output.transform_features_layer()(sparse)
     want = model({i.name: transformed[i.name] for i in model.inputs}).numpy().reshape(-1)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+from tests.statistics_checks import *  # noqa: E402,F403 - statistics on output_a

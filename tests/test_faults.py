@@ -123,6 +123,17 @@ def test_extreme_values_are_handled_as_documented(database_url, make_table, tmp_
     assert sum(1 for t in tokens if len(t) > 1_000_000) == in_train > 0
     # Beyond float32: counted, treated as missing; an all-NULL column gives 0.
     assert manifest["non_finite_values"] == {"huge": 100_000}
+    # Statistics: 1M distinct tokens go past the exact cap; 1 MB tokens are cut.
+    stats = manifest["statistics"]["summary"]
+    token = {s: stats[s]["raw"]["features"]["distinct_token"] for s in stats}
+    assert not any(t["exact"] for t in token.values())
+    assert sum(t["rows"] for t in token.values()) == 1_000_000
+    total = sum(t["unique"] for t in token.values())
+    assert abs(total - 1_000_000) < 50_000  # KMV estimates, ~1%
+    assert sum(stats[s]["raw"]["features"]["huge"]["non_finite"] for s in stats) == 100_000
+    assert all(stats[s]["raw"]["features"]["nothing"]["missing"]
+               == stats[s]["raw"]["rows"] for s in stats)
+    assert os.path.getsize(os.path.join(out, "report.html")) < 2_000_000
     for features, _ in trainer.make_dataset(out, "eval", 50_000, shuffle=False):
         assert (features["huge_is_missing"].numpy().sum() > 0)
         assert abs(features["huge"].numpy()).max() < 10

@@ -52,3 +52,28 @@ def test_db_url_defaults_to_environment(monkeypatch):
 def test_read_once_flag_is_parsed():
     assert parse_args(BASE)[0].read_once is False
     assert parse_args([*BASE, "--read_once"])[0].read_once is True
+
+
+def test_statistics_flags_parsed_and_checked(tmp_path):
+    config = parse_args(BASE)[0]
+    assert config.statistics and not config.fail_on_anomalies
+    assert (config.max_js_divergence, config.max_linf_distance) == (0.1, 0.1)
+    baseline = tmp_path / "base"
+    (baseline / "statistics").mkdir(parents=True)
+    (baseline / "statistics" / "statistics.json").write_text("{}")
+    config = parse_args([*BASE, "--fail_on_anomalies", "--max_js_divergence", "0.25",
+                         "--baseline_stats", f"{baseline}/"])[0]
+    assert config.fail_on_anomalies and config.max_js_divergence == 0.25
+    assert config.baseline_stats == str(baseline)
+    assert parse_args([*BASE, "--no_statistics"])[0].statistics is False
+    with pytest.raises(UsageError) as info:
+        parse_args([*BASE, "--max_js_divergence", "2", "--max_linf_distance", "nan",
+                    "--baseline_stats", str(tmp_path), "--no_statistics"])
+    message = str(info.value)
+    for fragment in (
+        "`--max_js_divergence` must be between 0 and 1, got 2.0",
+        "`--max_linf_distance` must be between 0 and 1, got nan",
+        f"`--baseline_stats` {tmp_path} has no statistics/statistics.json",
+        "drop `--no_statistics`",
+    ):
+        assert fragment in message

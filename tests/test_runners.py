@@ -151,6 +151,32 @@ def test_three_runners_write_the_same_vocabularies_and_counts(outputs):
         assert summary(outputs[name]) == reference, name
 
 
+def test_runners_compute_the_same_statistics(outputs):
+    """Counts, extremes and histograms exact on every runner; moments to rounding."""
+    def stats(out):
+        return json.loads(open(os.path.join(out, "statistics", "statistics.json")).read())
+
+    def exact_part(feature):
+        keys = ("rows", "missing", "num_values", "non_finite", "zeros", "min", "max",
+                "histogram", "unique", "exact", "top")
+        return {k: feature[k] for k in keys if k in feature}
+
+    reference = stats(outputs["in_memory"])
+    for name in ("multi_processing", "multi_threading", "portable"):
+        other = stats(outputs[name])
+        assert other.keys() == reference.keys(), name
+        for split, groups in reference.items():
+            for group, value in groups.items():
+                theirs = other[split][group]
+                assert theirs["rows"] == value["rows"] > 0, (name, split)
+                for feature, f in value["features"].items():
+                    g = theirs["features"][feature]
+                    assert exact_part(g) == exact_part(f), (name, split, feature)
+                    for key in ("mean", "std"):
+                        if f.get(key) is not None:
+                            assert g[key] == pytest.approx(f[key], rel=1e-9, abs=1e-12)
+
+
 def test_every_transform_and_dofn_pickles_without_connections(
     database_url, runner_table, features_path, tmp_path
 ):

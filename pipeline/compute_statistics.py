@@ -1,0 +1,142 @@
+"""Beam side of the statistics: one combine over the batches the job already has.
+
+`WriteStatistics` takes the split-tagged raw batches (`AssignSplit`'s output) and
+the transformed `(batch, passthrough)` pairs (`TransformDataset`'s output), both
+carrying `SPLIT_COLUMN`, and combines them into `SplitStatistics` per group and
+split (one lifted combine: each bundle reduces its batches to accumulators, only
+those are shuffled; no row is held, the database is not read again). It writes
+`<output>/statistics/<split>.pb` (a tensorflow_metadata
+`DatasetFeatureStatisticsList`, raw features by name and transformed ones as
+`transformed/<name>`) and `<output>/statistics/statistics.json` (all splits, with
+the exact histograms and token counts that drift checks and the report use).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import output
+from pipeline.assign import SPLIT_COLUMN, _split_indices, _split_parts
+from pipeline.statistics import SplitStatistics, to_proto
+
+__all__ = ["STATISTICS_DIR", "STATISTICS_JSON", "WriteStatistics", "read_statistics"]
+
+_LOGGER = logging.getLogger(__name__)
+
+STATISTICS_DIR = "statistics"
+STATISTICS_JSON = "statistics.json"
+GROUPS = ("raw", "transformed")
+
+
+class _SplitStatisticsFn(beam.CombineFn):
+    """(group, batch or `(batch, passthrough)`) -> {split: {group: statistics JSON}}."""
+
+    def __init__(self, split_names: Sequence[str]):
+        self._names = tuple(split_names)
+
+    def create_accumulator(self) -> dict[tuple[str, str], SplitStatistics]:
+        return {}
+
+    def add_input(self, accumulator, element):
+        group, value = element
+        if isinstance(value, tuple):
+            batch, unary = value
+        else:
+            batch, unary = value, {}
+        indices = _split_indices(batch, unary)
+        for split, part in _split_parts(batch, indices):
+            key = (group, self._names[split])
+            stats = accumulator.get(key)
+            if stats is None:
+                stats = accumulator[key] = SplitStatistics.for_schema(
+                    batch.schema, exclude=(SPLIT_COLUMN,)
+                )
+            stats.add(part)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged: dict[tuple[str, str], SplitStatistics] = {}
+        for accumulator in accumulators:
+            for key, stats in accumulator.items():
+                if key in merged:
+                    merged[key].merge(stats)
+                else:
+                    merged[key] = stats
+        return merged
+
+    def extract_output(self, accumulator) -> dict[str, Any]:
+        empty = {"rows": 0, "features": {}}
+        return {
+            name: {
+                group: accumulator[(group, name)].to_json()
+                if (group, name) in accumulator
+                else empty
+                for group in GROUPS
+            }
+            for name in self._names
+        }
+
+
+def _tag(element, group: str):
+    return group, element
+
+
+def _write_bytes(directory: str, name: str, data: bytes) -> None:
+    final = output.join(directory, name)
+    temp = output.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+    with FileSystems.create(temp) as f:
+        f.write(data)
+    FileSystems.rename([temp], [final])
+
+
+def _write(everything: dict, output_dir: str, names: Sequence[str]) -> None:
+    directory = output.join(output_dir, STATISTICS_DIR)
+    if not FileSystems.exists(directory):
+        FileSystems.mkdirs(directory)
+    for name in names:
+        proto = to_proto(name, everything[name], GROUPS)
+        _write_bytes(directory, f"{name}.pb", proto.SerializeToString())
+    output.write_json(directory, STATISTICS_JSON, everything)
+    _LOGGER.info("Wrote feature statistics to %s", directory)
+
+
+class WriteStatistics(beam.PTransform):
+    """Computes per-split statistics of raw and transformed rows and writes them.
+
+    Input: a pair (tagged raw batches, transformed `(batch, passthrough)` pairs),
+    both with `SPLIT_COLUMN`. Output: none used (the files). Parallelism: lifted
+    combines, one accumulator per bundle; the write is one element.
+    """
+
+    def __init__(self, output_dir: str, split_names: Sequence[str]):
+        super().__init__()
+        self._output_dir = output_dir
+        self._names = tuple(split_names)
+
+    def expand(self, pcolls):
+        raw, transformed = pcolls
+        tagged = (
+            raw | "TagRaw" >> beam.Map(_tag, "raw"),
+            transformed | "TagTransformed" >> beam.Map(_tag, "transformed"),
+        ) | "Both" >> beam.Flatten()
+        return (
+            tagged
+            | "Combine" >> beam.CombineGlobally(_SplitStatisticsFn(self._names))
+            | "Write" >> beam.Map(_write, self._output_dir, self._names)
+        )
+
+
+def read_statistics(output_dir: str) -> dict[str, Any] | None:
+    """`statistics.json` of an output: {split: {"raw": …, "transformed": …}}."""
+    path = output.join(output_dir, STATISTICS_DIR, STATISTICS_JSON)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as f:
+        return json.loads(f.read().decode())
