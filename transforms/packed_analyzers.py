@@ -92,7 +92,7 @@ def mean_and_var(
             tf_utils.reduce_batch_count_mean_and_var(x, reduce_instance_dims=True)
             for x in columns
         ]
-        counts, means, variances = (tf.stack(list(s)) for s in zip(*stats))
+        counts, means, variances = (tf.stack(list(s)) for s in zip(*stats, strict=True))
         n = len(columns)
         mean, var = analyzers._apply_cacheable_combiner(  # noqa: SLF001
             _PackedMeanAndVarCombiner(np.float64, (n,)),
