@@ -38,23 +38,35 @@ both sizes. The sampler wakes more often, without the GIL, and measures the same
 step times.
 
 `install()` is idempotent and is called by the launcher before the graph is built;
-nothing happens at import time.
+nothing happens at import time. The patches reach into Beam's internals, so they
+apply only on the Beam version they were tested with (`TESTED_BEAM_VERSION`; on any
+other, `install()` logs once and changes nothing), and `SQL2TFRECORD_BEAM_SPEEDUPS=0`
+in the environment turns them off. Either way the job's output is the same (a test
+compares two runs example by example).
 """
 
 from __future__ import annotations
 
 import bz2
 import functools
+import logging
+import os
 import threading
 import types
 import weakref
 
+import apache_beam
 from apache_beam.internal import cloudpickle_pickler
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.worker import statesampler
 from apache_beam.transforms import userstate
 
-__all__ = ["install", "STATE_SAMPLING_PERIOD_MS"]
+__all__ = ["install", "enabled", "STATE_SAMPLING_PERIOD_MS", "TESTED_BEAM_VERSION"]
+
+_LOGGER = logging.getLogger(__name__)
+
+TESTED_BEAM_VERSION = "2.77.0"
+OFF_SWITCH = "SQL2TFRECORD_BEAM_SPEEDUPS"
 
 STATE_SAMPLING_PERIOD_MS = 20
 
@@ -139,8 +151,33 @@ class PromptStateSampler(_ORIGINAL_STATE_SAMPLER):
         )
 
 
+_skip_logged = False
+
+
+def enabled() -> bool:
+    """Whether `install()` patches Beam: the tested version, and not switched off."""
+    if os.environ.get(OFF_SWITCH, "1").strip().lower() in ("0", "false", "off", "no"):
+        return False
+    return apache_beam.__version__ == TESTED_BEAM_VERSION
+
+
 def install() -> None:
-    """Routes the lookups above through their caches, caps the sampler (idempotent)."""
+    """Routes the lookups above through their caches, caps the sampler (idempotent).
+
+    Does nothing (and says so once) on another Beam version or when switched off.
+    """
+    global _skip_logged
+    if not enabled():
+        if not _skip_logged:
+            _skip_logged = True
+            _LOGGER.info(
+                "Beam speed-ups not applied (Beam %s, tested with %s; %s=%s)",
+                apache_beam.__version__,
+                TESTED_BEAM_VERSION,
+                OFF_SWITCH,
+                os.environ.get(OFF_SWITCH, "unset"),
+            )
+        return
     userstate.get_dofn_specs = cached_get_dofn_specs
     PipelineOptions.view_as = cached_view_as
     cloudpickle_pickler.bz2 = MemoizedBz2

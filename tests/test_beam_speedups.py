@@ -174,3 +174,58 @@ def test_installed_state_sampler_sleeps_at_most_the_cap_and_still_samples():
         assert 200 <= counter.value() <= elapsed_ms + 2 * beam_speedups.STATE_SAMPLING_PERIOD_MS
     finally:
         statesampler.StateSampler = before
+
+
+@pytest.mark.parametrize("how", ["another Beam version", "switched off"])
+def test_install_changes_nothing_on_another_beam_version_or_when_switched_off(
+    monkeypatch, caplog, how
+):
+    if how == "another Beam version":
+        monkeypatch.setattr(beam_speedups.apache_beam, "__version__", "2.78.0")
+    else:
+        monkeypatch.setenv(beam_speedups.OFF_SWITCH, "0")
+    monkeypatch.setattr(beam_speedups, "_skip_logged", False)
+    before = (userstate.get_dofn_specs, beam.options.pipeline_options.PipelineOptions.view_as)
+    with caplog.at_level("INFO", logger="pipeline.beam_speedups"):
+        beam_speedups.install()
+        beam_speedups.install()
+    assert not beam_speedups.enabled()
+    assert (userstate.get_dofn_specs,
+            beam.options.pipeline_options.PipelineOptions.view_as) == before
+    skipped = [r for r in caplog.records if "not applied" in r.getMessage()]
+    assert len(skipped) == 1  # said once
+
+
+def test_job_output_is_identical_with_and_without_the_speedups(
+    database_url, make_table, tmp_path
+):
+    """Two runs of the same table, patched and unpatched: every example, every file."""
+    import os
+    import subprocess
+    import sys
+
+    from bench.compare import compare_outputs
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    table = make_table(
+        "CREATE TABLE {table} (id int PRIMARY KEY, x float8, c text, t timestamptz, "
+        "y int NOT NULL)",
+        "INSERT INTO {table} SELECT g, CASE WHEN g % 7 = 0 THEN NULL ELSE sin(g) END, "
+        "'c' || (g % 13), timestamptz '2024-01-01' + g * interval '37 minutes', g % 2 "
+        "FROM generate_series(1, 3000) g",
+    )
+    outputs = {}
+    for switch in ("1", "0"):
+        out = tmp_path / f"out{switch}"
+        env = {**os.environ, "PYTHONPATH": root, beam_speedups.OFF_SWITCH: switch}
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "--db_url", database_url, "--table",
+             table, "--label", "y", "--output_dir", str(out), "--num_partitions", "2",
+             "--no_statistics", "--verbose"],
+            cwd=root, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        applied = "Beam speed-ups not applied" not in done.stderr
+        assert applied == (switch == "1")
+        outputs[switch] = str(out)
+    assert compare_outputs(outputs["1"], outputs["0"]) == []
