@@ -55,11 +55,15 @@ _LAYOUT = {
                     rf"{_SPLIT}/part-\d{{5}}-of-\d{{5}}\.tfrecord\.gz",
                     rf"{_SPLIT}/\.incomplete/{_HEX}\.tfrecord\.gz",
                     r"\.tmp/.+",  # tf.Transform's temp dir (without --temp_location)
+                    rf"statistics/({_SPLIT}\.pb|statistics\.json)",
+                    rf"statistics/\.({_SPLIT}\.pb|statistics\.json)\.{_HEX}\.tmp",
+                    r"report\.html",
+                    rf"\.report\.html\.{_HEX}\.tmp",
                 ]
             )
         ),
         re.compile(
-            r"metadata|transformed_metadata|transform_fn"
+            r"metadata|transformed_metadata|transform_fn|statistics"
             r"|transform_fn/(variables|assets|assets\.extra)"
             rf"|{_SPLIT}|{_SPLIT}/\.incomplete|\.tmp(/.+)?"
         ),
@@ -75,7 +79,14 @@ _LAYOUT = {
 }
 
 
-_FIXED = {"metadata", "transformed_metadata", "transform_fn", ".tmp", ".incomplete"}
+_FIXED = {
+    "metadata",
+    "transformed_metadata",
+    "transform_fn",
+    "statistics",
+    ".tmp",
+    ".incomplete",
+}
 
 
 @dataclasses.dataclass(frozen=True)

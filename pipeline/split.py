@@ -40,6 +40,10 @@ class SplitSpec:
         return sum(w for _, w in self.splits)
 
 
+# Directories of the output layout a split's shard directory must not take.
+RESERVED_NAMES = frozenset(
+    {"metadata", "transformed_metadata", "transform_fn", "statistics"}
+)
 _SPLIT_ITEM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(\d+)\s*$")
 
 
@@ -56,6 +60,12 @@ def parse_splits(text: str) -> SplitSpec:
         name, weight = match.group(1), int(match.group(2))
         if name in names:
             raise ValueError(f"`--splits` names split {name!r} twice")
+        if name in RESERVED_NAMES:
+            raise ValueError(
+                f"`--splits` split name {name!r} is a directory of the output "
+                "layout; choose another (reserved: "
+                f"{', '.join(sorted(RESERVED_NAMES))})"
+            )
         if weight <= 0:
             raise ValueError(
                 f"`--splits` weight of {name!r} must be >= 1, got {weight}"

@@ -455,7 +455,8 @@ def _expected_rows(database_url, table):
 def test_first_output_is_complete_and_marked(database_url, publish_table, first_output):
     names = sorted(os.listdir(first_output))
     assert names == [".sql2tfrecord", "eval", "manifest.json", "metadata",
-                     "train", "transform_fn", "transformed_metadata"]  # fmt: skip
+                     "report.html", "statistics", "train", "transform_fn",
+                     "transformed_metadata"]  # fmt: skip
     marker = json.loads((first_output / ".sql2tfrecord").read_text())
     assert marker["format"] == "sql2tfrecord/1" and marker["kind"] == "tfrecord"
     assert len(os.listdir(first_output / "train")) == 3

@@ -60,3 +60,10 @@ def test_parse_splits_keeps_order_and_weights():
     spec = parse_splits(" train=8, eval=1,test=1 ")
     assert spec.splits == (("train", 8), ("eval", 1), ("test", 1))
     assert spec.total == 10
+
+
+@pytest.mark.parametrize("name", ["metadata", "transformed_metadata", "transform_fn",
+                                  "statistics"])
+def test_split_names_of_the_output_layout_are_refused(name):
+    with pytest.raises(ValueError, match=f"split name '{name}' is a directory"):
+        parse_splits(f"train=80,{name}=20")
