@@ -19,7 +19,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import METRICS_NAMESPACE, degenerate, output, ownership, publish
+from pipeline import METRICS_NAMESPACE, degenerate, output, ownership, publish, spans
 from pipeline.assign import (
     SPLIT_COLUMN,
     AssignSplit,
@@ -77,6 +77,7 @@ class Job:
     # Where the run builds --output_dir / --raw_parquet_dir (see pipeline.publish).
     output: publish.Publication | None = None
     raw_parquet: publish.Publication | None = None
+    span: dict | None = None  # the manifest's `span` section (see pipeline.spans)
 
     def close(self) -> None:
         """Releases the snapshot and its locks (run_job does; for unrun jobs)."""
@@ -121,7 +122,16 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
             "--input_parquet": config.input_parquet,
         }
     )
-    target = publish.plan_publication(config.output_dir, config.overwrite)
+    span_target = None
+    if config.span_column:
+        span_target = spans.next_span(config.output_dir)
+        target = publish.plan_publication(
+            span_target.path, span_target.incomplete, flag="--output_dir span"
+        )
+    else:
+        target = publish.plan_publication(config.output_dir, config.overwrite)
+    if config.transform_from:
+        _check_transform_from(config.transform_from)
     raw_parquet = None
     if config.raw_parquet_dir:
         raw_parquet = publish.plan_publication(
@@ -142,6 +152,12 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         snapshot = ExportedSnapshot(source, export=shared).__enter__()
     try:
         job = _prepare_job(config, temp_location, source, snapshot, target, raw_parquet)
+        if span_target is not None:
+            row_filter, span = spans.plan_span(
+                snapshot.conn, job.plan.table, config.span_column, span_target
+            )
+            plan = dataclasses.replace(job.plan, row_filter=row_filter)
+            job = dataclasses.replace(job, plan=plan, span=span)
     except BaseException:
         if snapshot is not None:
             snapshot.close()
@@ -232,6 +248,16 @@ def _prepare_job(config, temp_location, source, snapshot, target, raw_parquet) -
         target,
         raw_parquet,
     )
+
+
+def _check_transform_from(path: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(output.join(path, "transform_fn", "saved_model.pb")):
+        raise ConfigError(
+            f"--transform_from {path}: no transform_fn/saved_model.pb there; name a "
+            "complete sql2tfrecord output or span"
+        )
 
 
 def _supported(column) -> bool:
@@ -352,9 +378,14 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         force_tf_compat_v1=FORCE_TF_COMPAT_V1,
     ):
         train = rows | "SelectTrain" >> SelectSplit(config.splits, "train")
-        transform_fn = (train, adapter_config) | "Analyze" >> (
-            tft_beam.AnalyzeDataset(_preprocessing_fn(job))
-        )
+        if config.transform_from:  # applied unchanged: no analysis
+            transform_fn = p | "ReadTransformFn" >> tft_beam.ReadTransformFn(
+                config.transform_from
+            )
+        else:
+            transform_fn = (train, adapter_config) | "Analyze" >> (
+                tft_beam.AnalyzeDataset(_preprocessing_fn(job))
+            )
         # One transform for all splits; each row carries its split through it.
         with tft_beam.Context(passthrough_keys={SPLIT_COLUMN}):
             transformed, _ = ((rows_to_transform, adapter_config), transform_fn) | (
@@ -569,6 +600,11 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         "transformed_features": sorted(transformed),
         "vocabularies": vocabularies,
         "compression": "GZIP",
+        "transform": (
+            {"fitted": False, "from": config.transform_from}
+            if config.transform_from
+            else {"fitted": True, "from": None}
+        ),
         "elapsed_seconds": round(elapsed, 3),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -588,6 +624,8 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             },
         )
         manifest["raw_parquet_dir"] = config.raw_parquet_dir
+    if job.span is not None:
+        manifest["span"] = job.span
     if job.snapshot_info is not None:
         manifest["input_parquet"] = {
             "path": config.input_parquet,

@@ -57,6 +57,8 @@ class JobConfig:
     input_parquet: str | None = None
     fail_on_empty_split: bool = False
     verbose: bool = False
+    span_column: str | None = None
+    transform_from: str | None = None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,6 +143,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail (exit 1, no manifest) when a split gets no rows, instead of a "
         "warning in the summary and the manifest",
+    )
+    add(
+        "--span_column",
+        help="incremental spans: export only the rows new since the last complete "
+        "span into OUTPUT/span-000N/ (see README, Spans); with --table",
+    )
+    add(
+        "--transform_from",
+        help="apply the transform graph of this complete output (or span) "
+        "unchanged instead of fitting the analyzers again",
     )
     add("--verbose", action="store_true", help="show tracebacks and debug logs")
     return parser
@@ -250,6 +262,12 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         path = getattr(args, flag)
         if path and not os.path.isfile(path):
             problems.append(f"`--{flag}` file not found: {path}")
+    if args.span_column is not None:
+        _check_span_flags(args, problems)
+    if args.transform_from and args.preprocessing_module:
+        problems.append(
+            "give at most one of `--transform_from` and `--preprocessing_module`"
+        )
     if problems:
         raise UsageError("; ".join(problems))
     config = JobConfig(
@@ -275,5 +293,26 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         input_parquet=args.input_parquet,
         fail_on_empty_split=args.fail_on_empty_split,
         verbose=args.verbose,
+        span_column=args.span_column,
+        transform_from=args.transform_from,
     )
     return config, beam_args
+
+
+def _check_span_flags(args: argparse.Namespace, problems: list[str]) -> None:
+    """What `--span_column` cannot be combined with (see pipeline.spans)."""
+    if not args.span_column:
+        problems.append("`--span_column` needs a column name")
+    if args.table is None:
+        problems.append(
+            "`--span_column` needs `--table` (it reads the rows' xmin to find rows "
+            "committed late); `--query` and `--input_parquet` are not supported"
+        )
+    for flag, given in (
+        ("--overwrite", args.overwrite),
+        ("--no_snapshot", args.no_snapshot),
+        ("--raw_parquet_dir", args.raw_parquet_dir),
+        ("--reader jdbc", args.reader == "jdbc"),
+    ):
+        if given:
+            problems.append(f"`--span_column` cannot be combined with `{flag}`")

@@ -1,0 +1,171 @@
+"""Incremental spans (pipeline.spans): the span rule in SQL, then real runs.
+
+The rule is checked first without Beam: `plan_span` in an exported snapshot, its
+filter selected back, against transactions held open, subtransactions, aborts and
+late commits with small span-column values. Then a few real runs: three spans with
+inserts between them, a failed run, `--transform_from`, `make_dataset(spans=)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import psycopg2
+import pytest
+
+from pipeline import spans
+from pipeline.connection import Dsn
+from pipeline.options import UsageError, parse_args
+from pipeline.snapshot import ExportedSnapshot
+from pipeline.source import SourceSpec
+from tests.conftest import execute, query
+
+DDL = (
+    "CREATE TABLE {table} (id bigint PRIMARY KEY, c bigint, x float8, "
+    "cat text, y int NOT NULL)"
+)
+
+
+def _insert(url, table, ids, c=None):
+    values = ",".join(
+        f"({i}, {i if c is None else c}, {i * 0.5}, 'k{i % 3}', {i % 2})" for i in ids
+    )
+    execute(url, f'INSERT INTO "{table}" VALUES {values}')
+
+
+def _span(url, table, previous, number, column="c"):
+    """Plans a span in a fresh snapshot; returns (ids it selects, manifest section)."""
+    source = SourceSpec(dsn=Dsn(url), table=table)
+    target = spans.SpanTarget(number, f"/none/span-{number:04d}", previous, False)
+    with ExportedSnapshot(source) as snap:
+        row_filter, info = spans.plan_span(snap.conn, snap.table, column, target)
+        with snap.conn.cursor() as cur:
+            cur.execute(f'SELECT id FROM "{table}" AS src WHERE {row_filter}')
+            ids = sorted(r[0] for r in cur.fetchall())
+    assert info["rows"] == len(ids)
+    return ids, info
+
+
+def test_span_rule_late_commits_subtransactions_and_aborts(database_url, make_table):
+    table = make_table(DDL)
+    _insert(database_url, table, range(1, 101))
+    held = psycopg2.connect(database_url)  # held open across span 1
+    aborted = psycopg2.connect(database_url)
+    try:
+        with held.cursor() as cur:
+            cur.execute("SAVEPOINT s")  # its row's xmin is a subtransaction id
+            cur.execute(f"INSERT INTO \"{table}\" VALUES (1000, 5, 0, 'k', 1)")
+        with aborted.cursor() as cur:
+            cur.execute(f"INSERT INTO \"{table}\" VALUES (3000, 7, 0, 'k', 1)")
+        # Committed after the held transaction began, inside span 1's xid window,
+        # partly in a subtransaction: visible to span 1, so never again.
+        conn = psycopg2.connect(database_url)
+        with conn.cursor() as cur:
+            cur.execute(f"INSERT INTO \"{table}\" VALUES (1001, 50, 0, 'k', 1)")
+            cur.execute("SAVEPOINT a")
+            cur.execute(f"INSERT INTO \"{table}\" VALUES (1002, 60, 0, 'k', 0)")
+            cur.execute("RELEASE a")
+        conn.commit()
+        conn.close()
+
+        ids1, info1 = _span(database_url, table, None, 1)
+        assert ids1 == sorted([*range(1, 101), 1001, 1002])
+        assert info1["lower"] is None and info1["upper"] == "100"
+        assert info1["in_progress_transactions"]["count"] >= 2
+
+        held.commit()  # C = 5, far below the watermark 100, committed late
+        aborted.rollback()
+        _insert(database_url, table, [2000], c=1)  # a new transaction, small C
+        _insert(database_url, table, range(101, 121))
+        ids2, info2 = _span(database_url, table, info1, 2)
+        assert ids2 == sorted([*range(101, 121), 1000, 2000])
+        assert info2["rows_late"] == 2
+        assert (info2["lower"], info2["upper"]) == ("100", "120")
+
+        # Nothing new: no span, a one-line error naming the flag and the table.
+        with pytest.raises(spans.SpanError, match=r"--span_column c: no new rows"):
+            _span(database_url, table, info2, 3)
+        # The union equals the table, each row once (compared by SQL).
+        union = ids1 + ids2
+        assert len(union) == len(set(union))
+        assert sorted(union) == sorted(
+            r[0] for r in query(database_url, f'SELECT id FROM "{table}"')
+        )
+    finally:
+        held.close()
+        aborted.close()
+
+
+def test_span_rule_watermark_never_goes_back_and_updates_reappear(
+    database_url, make_table
+):
+    table = make_table(DDL)
+    _insert(database_url, table, range(1, 11))
+    ids1, info1 = _span(database_url, table, None, 1)
+    assert ids1 == list(range(1, 11))
+    # The rows with the top values go away; an update writes a new row version.
+    execute(
+        database_url,
+        f'DELETE FROM "{table}" WHERE id >= 9',
+        f'UPDATE "{table}" SET x = -1 WHERE id = 3',
+    )
+    _insert(database_url, table, [20], c=4)
+    ids2, info2 = _span(database_url, table, info1, 2)
+    assert info2["upper"] == "10"  # max(C) is now 8: the watermark stays at 10
+    assert ids2 == [3, 20]  # the updated row again, and the late small C
+    assert info2["rows_late"] == 2
+
+
+def test_span_column_refusals(database_url, make_table):
+    table = make_table(DDL)
+    execute(database_url, f'CREATE VIEW "{table}_v" AS SELECT * FROM "{table}"')
+    try:
+        with pytest.raises(spans.SpanError, match=r"column 'cat' of table .* is text"):
+            _span(database_url, table, None, 1, column="cat")
+        with pytest.raises(spans.SpanError, match=r"'nope' not found in table"):
+            _span(database_url, table, None, 1, column="nope")
+        with pytest.raises(spans.SpanError, match=r"no rows with a non-NULL c"):
+            _span(database_url, table, None, 1)
+        with pytest.raises(spans.SpanError, match=r"not a table"):
+            _span(database_url, f"{table}_v", None, 1)
+    finally:
+        execute(database_url, f'DROP VIEW "{table}_v"')
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--query", "SELECT 1 AS y"], "`--span_column` needs `--table`"),
+        (["--table", "t", "--overwrite"], "cannot be combined with `--overwrite`"),
+        (["--table", "t", "--no_snapshot"], "cannot be combined with `--no_snapshot`"),
+        (["--table", "t", "--reader", "jdbc"], "with `--reader jdbc`"),
+    ],
+)
+def test_span_column_flag_refusals(extra, message):
+    argv = ["--db_url", "postgresql://h/d", "--label", "y", "--output_dir", "/tmp/o"]
+    with pytest.raises(UsageError, match=message):
+        parse_args([*argv, "--span_column", "c", *extra])
+
+
+def test_complete_spans_ignore_incomplete_and_foreign_dirs(tmp_path):
+    for name, manifest in [
+        ("span-0001", True),
+        ("span-0002", True),
+        ("span-0003", False),  # a crashed run's leftover: never counts
+        ("span-x", True),
+        ("other", True),
+    ]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ".sql2tfrecord").write_text("{}")
+        if manifest:
+            section = {"number": int(name[5:]) if name[5:].isdigit() else 0}
+            (tmp_path / name / "manifest.json").write_text(
+                json.dumps({"span": section})
+            )
+    assert spans.complete_spans(str(tmp_path)) == [1, 2]
+    target = spans.next_span(str(tmp_path))
+    assert (target.number, target.incomplete) == (3, True)
+    assert target.previous == {"number": 2}
+    assert spans.next_span(str(tmp_path / "missing")).number == 1
+    assert not os.path.exists(tmp_path / "missing")
