@@ -169,3 +169,118 @@ def test_complete_spans_ignore_incomplete_and_foreign_dirs(tmp_path):
     assert target.previous == {"number": 2}
     assert spans.next_span(str(tmp_path / "missing")).number == 1
     assert not os.path.exists(tmp_path / "missing")
+
+
+FEATURES = {
+    "label": "y",
+    "features": [
+        {"column": "id", "transform": "passthrough"},
+        {"column": "x", "transform": "zscore"},
+        {"column": "cat", "transform": "vocabulary"},
+    ],
+}
+
+
+def _ids_and_x(directory, split, **kwargs):
+    import numpy as np
+
+    import trainer
+
+    ids, xs = [], []
+    dataset = trainer.make_dataset(directory, split, shuffle=False, **kwargs)
+    for features, _ in dataset:
+        ids += np.asarray(features["id"]).ravel().tolist()
+        xs += np.asarray(features["x"]).ravel().tolist()
+    return ids, xs
+
+
+def test_span_runs_held_transaction_failed_run_and_transform_from(
+    database_url, make_table, tmp_path, monkeypatch
+):
+    import numpy as np
+
+    import trainer
+    from pipeline import job as job_module
+    from pipeline.__main__ import main
+
+    table = make_table(DDL)
+    features = tmp_path / "features.json"
+    features.write_text(json.dumps(FEATURES))
+    out = tmp_path / "out"
+    argv = ["--db_url", database_url, "--table", table, "--label", "y",
+            "--features", str(features), "--span_column", "c",
+            "--output_dir", str(out)]  # fmt: skip
+    _insert(database_url, table, range(1, 61))
+    held = psycopg2.connect(database_url)
+    try:
+        with held.cursor() as cur:  # open across run 1, with a C below its watermark
+            cur.execute("SAVEPOINT s")
+            cur.execute(f"INSERT INTO \"{table}\" VALUES (1000, 5, 7.5, 'k', 1)")
+        assert main(argv) == 0
+        held.commit()
+    finally:
+        held.close()
+    _insert(database_url, table, range(61, 91))
+    _insert(database_url, table, [2000], c=1)
+
+    def fail(job):
+        raise RuntimeError("injected failure before the manifest")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(job_module, "_cleanup_temp", fail)
+        assert main(argv) != 0
+    assert sorted(os.listdir(out)) == ["span-0001"]  # no span, no staging left
+    assert not [n for n in os.listdir(tmp_path) if "staging" in n]
+    assert main(argv) == 0
+    _insert(database_url, table, range(91, 121))
+    assert main([*argv, "--transform_from", str(out / "span-0001")]) == 0
+    assert sorted(os.listdir(out)) == ["span-0001", "span-0002", "span-0003"]
+
+    want = {
+        1: set(range(1, 61)),
+        2: set(range(61, 91)) | {1000, 2000},
+        3: set(range(91, 121)),
+    }
+    seen = []
+    for number, ids in want.items():
+        directory = str(out / f"span-{number:04d}")
+        manifest = trainer.read_manifest(directory)
+        span = manifest["span"]
+        got = {}
+        for split in ("train", "eval"):
+            got[split] = _ids_and_x(directory, split)[0]
+            assert manifest["splits"][split]["rows"] == len(got[split])
+        assert set(got["train"]) | set(got["eval"]) == ids
+        assert span["rows"] == len(ids) and span["number"] == number
+        seen += got["train"] + got["eval"]
+        assert manifest["transform"]["fitted"] is (number != 3)
+    assert (want[2] - set(range(61, 91))) == {1000, 2000}
+    assert trainer.read_manifest(str(out / "span-0002"))["span"]["rows_late"] == 2
+    bounds = [trainer.read_manifest(str(out / f"span-{n:04d}"))["span"] for n in want]
+    assert bounds[0]["in_progress_transactions"]["count"] >= 1  # the held one
+    assert [(b["lower"], b["upper"]) for b in bounds] == [
+        (None, "60"), ("60", "90"), ("90", "120"),
+    ]  # fmt: skip
+    # Every row in exactly one span; the union is the table (ids by SQL).
+    assert len(seen) == len(set(seen))
+    assert sorted(seen) == [r[0] for r in query(
+        database_url, f'SELECT id FROM "{table}" ORDER BY id')]  # fmt: skip
+
+    # --transform_from: span 3's x is z-scored with span 1's train statistics.
+    train1 = _ids_and_x(str(out / "span-0001"), "train")[0]
+    x1 = np.array([i * 0.5 for i in train1])
+    ids3, xs3 = _ids_and_x(str(out / "span-0003"), "train")
+    np.testing.assert_allclose(
+        xs3, [(i * 0.5 - x1.mean()) / x1.std() for i in ids3], rtol=1e-5
+    )
+    graph = trainer.dataset.transform_fingerprint
+    assert graph(str(out / "span-0003")) == graph(str(out / "span-0001"))
+    assert graph(str(out / "span-0002")) != graph(str(out / "span-0001"))
+
+    # make_dataset over spans: one graph, or a clear refusal.
+    ids13 = _ids_and_x(str(out), "train", spans=[1, 3])[0]
+    assert sorted(ids13) == sorted(train1 + ids3)
+    with pytest.raises(ValueError, match="transformed by another graph"):
+        trainer.make_dataset(str(out), "train", spans=2)  # spans 2 and 3
+    with pytest.raises(ValueError, match="3 complete spans"):
+        trainer.make_dataset(str(out), "train", spans=4)
