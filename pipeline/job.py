@@ -153,11 +153,12 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
     try:
         job = _prepare_job(config, temp_location, source, snapshot, target, raw_parquet)
         if span_target is not None:
-            row_filter, span = spans.plan_span(
+            bounds = spans.plan_span(
                 snapshot.conn, job.plan.table, config.span_column, span_target
             )
-            plan = dataclasses.replace(job.plan, row_filter=row_filter)
-            job = dataclasses.replace(job, plan=plan, span=span)
+            merge = config.num_partitions is None and not config.partition_column
+            plan = spans.narrow_plan(job.plan, bounds, may_merge=merge)
+            job = dataclasses.replace(job, plan=plan, span=bounds.info)
     except BaseException:
         if snapshot is not None:
             snapshot.close()

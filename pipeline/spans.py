@@ -46,12 +46,15 @@ __all__ = [
     "complete_spans",
     "next_span",
     "plan_span",
+    "narrow_plan",
 ]
 
 _LOGGER = logging.getLogger(__name__)
 
 _SPAN = re.compile(r"span-(\d{4,})$")
 _WRAP = 1 << 32
+# Late rows found by ctid (a TID scan) up to this many; beyond, by their xmin.
+MAX_LATE_TIDS = 100_000
 # Types whose order grows with new rows and whose text form round-trips exactly.
 _TYPES = (
     "smallint",
@@ -144,12 +147,23 @@ def _column_type(conn, table, column: str) -> str:
     return row[1]
 
 
-def plan_span(conn, table, column: str, target: SpanTarget) -> tuple[str, dict]:
-    """Bounds the span in the snapshot of `conn`: (row filter SQL, manifest section).
+@dataclasses.dataclass(frozen=True)
+class SpanBounds:
+    """A planned span: the exact row filter, and what steers the read's scans."""
+
+    row_filter: str  # SQL on `src`: exactly the span's rows
+    info: dict  # the manifest's `span` section
+    in_range: str  # SQL: C in (lower, upper], index-usable
+    late: str | None  # SQL: the late rows' extra scan, None when there are none
+
+
+def plan_span(conn, table, column: str, target: SpanTarget) -> SpanBounds:
+    """Bounds the span in the snapshot of `conn` (see the module docstring).
 
     `conn` is the transaction of the job's exported snapshot (where the plan is
-    made). One scan of the table counts the span's rows and records the ids of
-    the recent transactions this snapshot sees (for the next span).
+    made). One scan of the table counts the span's rows and late rows and
+    records the ids of the recent transactions this snapshot sees (for the next
+    span); a second one finds the late rows' ctids when there are any.
 
     Raises:
         SpanError: not a plain or partitioned table, an unusable column, or no
@@ -263,4 +277,80 @@ def plan_span(conn, table, column: str, target: SpanTarget) -> tuple[str, dict]:
         rows,
         late_rows,
     )
-    return row_filter, info
+    in_range = f"{c} <= {literal}::{kind}"
+    if prev:
+        in_range = f"{c} > {lower_sql} AND {in_range}"
+    late_scan = None
+    if late_rows:
+        late_scan = f"{c} <= {lower_sql}"
+        if table.kind == "r" and late_rows <= MAX_LATE_TIDS:
+            with conn.cursor() as cur:
+                cur.execute(
+                    f"SELECT array_agg(src.ctid::text ORDER BY src.ctid) FROM "
+                    f"{relation} AS src WHERE {row_filter} AND {late}"
+                )
+                tids = ",".join(f'"{t}"' for t in cur.fetchone()[0])
+            late_scan = f"src.ctid = ANY('{{{tids}}}'::tid[])"
+    info["index_on_span_column"] = _has_index(conn, table, column)
+    return SpanBounds(row_filter, info, in_range, late_scan)
+
+
+def _has_index(conn, table, column: str) -> bool:
+    """Whether an index (of the table, or a partitioned index) leads with `column`."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE i.indrelid = %s::regclass AND a.attname = %s)",
+            (table.identifier.as_string(conn), column),
+        )
+        return bool(cur.fetchone()[0])
+
+
+def narrow_plan(plan, bounds: SpanBounds, *, may_merge: bool):
+    """The read plan of the span: its filter in every partition, or one narrow read.
+
+    A span of at most one partition's rows (`partitioning.ROWS_PER_PARTITION`) is
+    read as one partition when `may_merge` (no --num_partitions or
+    --partition_column): `C in (lower, upper]`, which an index on C serves, plus
+    the late rows by ctid (a TID scan) or, beyond `MAX_LATE_TIDS` or on a
+    partitioned table, by scanning `C <= lower`. Both branches keep the exact
+    filter. A larger span keeps the plan's partitions (block ranges: each
+    partition scans its blocks on the server, only the span's rows are sent).
+    """
+    from pipeline import partitioning
+
+    rows = bounds.info["rows"]
+    if not may_merge or rows > partitioning.ROWS_PER_PARTITION:
+        description = f"{plan.description}; span filter in every partition"
+        return dataclasses.replace(
+            plan, row_filter=bounds.row_filter, description=description
+        )
+    relation = plan.relation
+    branches = [
+        f"SELECT * FROM {relation} AS src WHERE {bounds.in_range} "
+        f"AND {bounds.row_filter}"
+    ]
+    if bounds.late:
+        branches.append(
+            f"SELECT * FROM {relation} AS src WHERE {bounds.late} "
+            f"AND {bounds.row_filter}"
+        )
+    how = (
+        "an index range scan"
+        if bounds.info["index_on_span_column"]
+        else ("a scan (no index on the span column)")
+    )
+    late = bounds.info["rows_late"]
+    description = (
+        f"1 partition: span {bounds.info['number']} ({rows} rows) by {how}"
+        + (f", plus {late} late rows" if late else "")
+    )
+    return dataclasses.replace(
+        plan,
+        relation="(" + " UNION ALL ".join(branches) + ")",
+        partitions=tuple(partitioning.plan_single()),
+        partition_key=None,
+        row_filter=None,
+        description=description,
+    )

@@ -39,7 +39,8 @@ def _span(url, table, previous, number, column="c"):
     source = SourceSpec(dsn=Dsn(url), table=table)
     target = spans.SpanTarget(number, f"/none/span-{number:04d}", previous, False)
     with ExportedSnapshot(source) as snap:
-        row_filter, info = spans.plan_span(snap.conn, snap.table, column, target)
+        bounds = spans.plan_span(snap.conn, snap.table, column, target)
+        row_filter, info = bounds.row_filter, bounds.info
         with snap.conn.cursor() as cur:
             cur.execute(f'SELECT id FROM "{table}" AS src WHERE {row_filter}')
             ids = sorted(r[0] for r in cur.fetchall())
@@ -284,3 +285,80 @@ def test_span_runs_held_transaction_failed_run_and_transform_from(
         trainer.make_dataset(str(out), "train", spans=2)  # spans 2 and 3
     with pytest.raises(ValueError, match="3 complete spans"):
         trainer.make_dataset(str(out), "train", spans=4)
+
+
+def _read_plan(url, table, previous, number, **kwargs):
+    """The narrowed read plan of a span and the rows its one COPY selects."""
+    from pipeline.source import copy_sql, plan_read
+
+    source = SourceSpec(dsn=Dsn(url), table=table)
+    target = spans.SpanTarget(number, f"/none/span-{number:04d}", previous, False)
+    with ExportedSnapshot(source) as snap:
+        plan = plan_read(source, None, snapshot=snap)
+        bounds = spans.plan_span(snap.conn, snap.table, "c", target)
+        plan = spans.narrow_plan(plan, bounds, **kwargs)
+        ids, explain = [], []
+        with snap.conn.cursor() as cur:
+            for partition in plan.partitions:
+                text = copy_sql(plan, partition).as_string(snap.conn)
+                select = text[len("COPY (") : text.rindex(") TO STDOUT")]
+                cur.execute(f"EXPLAIN {select}")
+                explain += [r[0] for r in cur.fetchall()]
+                cur.execute(f"SELECT src.id FROM ({select}) AS src")
+                ids += [r[0] for r in cur.fetchall()]
+    return plan, bounds.info, sorted(ids), "\n".join(explain)
+
+
+def test_small_span_reads_by_index_and_late_rows_by_ctid(database_url, make_table):
+    table = make_table(
+        DDL,
+        "INSERT INTO {table} SELECT i, i, i * 0.5, 'k', i % 2 "
+        "FROM generate_series(1, 20000) AS i",
+        "CREATE INDEX ON {table} (c)",
+    )
+    _, info1, ids1, _ = _read_plan(database_url, table, None, 1, may_merge=True)
+    assert ids1 == list(range(1, 20001)) and info1["index_on_span_column"]
+    _insert(database_url, table, range(20001, 20101))
+    _insert(database_url, table, [30000], c=7)  # late: C far below the watermark
+    execute(database_url, f'ANALYZE "{table}"')
+    plan, info2, ids2, explain = _read_plan(
+        database_url, table, info1, 2, may_merge=True
+    )
+    assert ids2 == [*range(20001, 20101), 30000]
+    assert len(plan.partitions) == 1 and plan.row_filter is None
+    assert "Index" in explain and "Tid Scan" in explain, explain
+    assert "Seq Scan" not in explain, explain
+    # Forced partitions (--num_partitions): the exact filter in every partition.
+    plan, _, ids3, _ = _read_plan(database_url, table, info1, 2, may_merge=False)
+    assert ids3 == ids2 and plan.row_filter
+
+
+def test_partitioned_table_spans_find_late_rows_in_every_leaf(database_url, make_table):
+    table = make_table(
+        "CREATE TABLE {table} (id bigint, c bigint, x float8, cat text, y int) "
+        "PARTITION BY RANGE (c)",
+    )
+    execute(
+        database_url,
+        f'CREATE TABLE "{table}_a" PARTITION OF "{table}" FOR VALUES FROM '
+        "(MINVALUE) TO (50)",
+        f'CREATE TABLE "{table}_b" PARTITION OF "{table}" FOR VALUES FROM '
+        "(50) TO (MAXVALUE)",
+    )
+    try:
+        _insert(database_url, table, range(1, 80))
+        held = psycopg2.connect(database_url)
+        with held.cursor() as cur:
+            cur.execute(f"INSERT INTO \"{table}\" VALUES (500, 3, 0, 'k', 1)")
+            cur.execute(f"INSERT INTO \"{table}\" VALUES (501, 60, 0, 'k', 1)")
+        _, info1, ids1, _ = _read_plan(database_url, table, None, 1, may_merge=True)
+        held.commit()
+        held.close()
+        _insert(database_url, table, range(80, 90))
+        plan, info2, ids2, _ = _read_plan(
+            database_url, table, info1, 2, may_merge=True
+        )
+        assert ids1 == list(range(1, 80))
+        assert ids2 == [*range(80, 90), 500, 501] and info2["rows_late"] == 2
+    finally:
+        execute(database_url, f'DROP TABLE "{table}_a", "{table}_b"')
