@@ -34,13 +34,18 @@ def _insert(url, table, ids, c=None):
     execute(url, f'INSERT INTO "{table}" VALUES {values}')
 
 
-def _span(url, table, previous, number, column="c"):
-    """Plans a span in a fresh snapshot; returns (ids it selects, manifest section)."""
+def _span(url, table, previous, number, column="c", during=None):
+    """Plans a span in a fresh snapshot; returns (ids it selects, manifest section).
+
+    `during()` runs after the plan, before the read: commits in the run's middle.
+    """
     source = SourceSpec(dsn=Dsn(url), table=table)
     target = spans.SpanTarget(number, f"/none/span-{number:04d}", previous, False)
     with ExportedSnapshot(source) as snap:
         bounds = spans.plan_span(snap.conn, snap.table, column, target)
         row_filter, info = bounds.row_filter, bounds.info
+        if during is not None:
+            during()
         with snap.conn.cursor() as cur:
             cur.execute(f'SELECT id FROM "{table}" AS src WHERE {row_filter}')
             ids = sorted(r[0] for r in cur.fetchall())
@@ -362,3 +367,22 @@ def test_partitioned_table_spans_find_late_rows_in_every_leaf(database_url, make
         assert ids2 == [*range(80, 90), 500, 501] and info2["rows_late"] == 2
     finally:
         execute(database_url, f'DROP TABLE "{table}_a", "{table}_b"')
+
+
+def test_span_rule_commits_during_a_run_land_in_the_next_span(
+    database_url, make_table
+):
+    table = make_table(DDL)
+    _insert(database_url, table, range(1, 21))
+
+    def commit_during_the_run():
+        _insert(database_url, table, [500], c=3)  # below the watermark
+        _insert(database_url, table, [501], c=1000)  # above it
+        execute(database_url, f'UPDATE "{table}" SET x = 0 WHERE id = 2')
+        execute(database_url, f'DELETE FROM "{table}" WHERE id = 4')
+
+    ids1, info1 = _span(database_url, table, None, 1, during=commit_during_the_run)
+    assert ids1 == list(range(1, 21)) and info1["upper"] == "20"
+    ids2, info2 = _span(database_url, table, info1, 2)
+    assert ids2 == [2, 500, 501] and info2["rows_late"] == 2
+    assert info2["upper"] == "1000"
