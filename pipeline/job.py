@@ -158,6 +158,12 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
             )
             merge = config.num_partitions is None and not config.partition_column
             plan = spans.narrow_plan(job.plan, bounds, may_merge=merge)
+            if config.analyze_spans:
+                from pipeline.span_analysis import earlier_spans
+
+                bounds.info["analyzed_with_spans"] = earlier_spans(
+                    config.output_dir, span_target, config.analyze_spans, plan.columns
+                )
             job = dataclasses.replace(job, plan=plan, span=bounds.info)
     except BaseException:
         if snapshot is not None:
@@ -360,6 +366,13 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         config.splits,
         job.features.drop_if_null if job.features else (),
     )
+    if job.span is not None:  # a span lands its raw rows for --analyze_spans
+        from pipeline.parquet_io import WriteRawParquet
+        from pipeline.span_analysis import RAW_DIR
+
+        _ = raw | "LandSpanParquet" >> WriteRawParquet(
+            output.join(_built(job, "output"), RAW_DIR), raw_arrow_schema(job.plan)
+        )
     rows = raw | "AssignSplit" >> AssignSplit(*assign_args, names=job.names)
     if rereads(job, snapshot_id):
         # The transform pass reads the same snapshot again, so the runner never
@@ -379,6 +392,29 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         force_tf_compat_v1=FORCE_TF_COMPAT_V1,
     ):
         train = rows | "SelectTrain" >> SelectSplit(config.splits, "train")
+        earlier = (job.span or {}).get("analyzed_with_spans")
+        if earlier:
+            from pipeline.span_analysis import (
+                EARLIER_NAMESPACE,
+                RAW_DIR,
+                ReadEarlierSpans,
+            )
+
+            dirs = [
+                output.join(spans.span_dir(config.output_dir, k), RAW_DIR)
+                for k in earlier
+            ]
+            earlier_train = (
+                p
+                | "ReadEarlierSpans"
+                >> ReadEarlierSpans(dirs, raw_arrow_schema(job.plan))
+                | "AssignSplitEarlier"
+                >> AssignSplit(
+                    *assign_args, namespace=EARLIER_NAMESPACE, names=job.names
+                )
+                | "SelectTrainEarlier" >> SelectSplit(config.splits, "train")
+            )
+            train = (train, earlier_train) | "WithEarlierSpans" >> beam.Flatten()
         if config.transform_from:  # applied unchanged: no analysis
             transform_fn = p | "ReadTransformFn" >> tft_beam.ReadTransformFn(
                 config.transform_from
@@ -604,7 +640,15 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         "transform": (
             {"fitted": False, "from": config.transform_from}
             if config.transform_from
-            else {"fitted": True, "from": None}
+            else {
+                "fitted": True,
+                "from": None,
+                "analyzed_spans": (
+                    [*job.span.get("analyzed_with_spans", []), job.span["number"]]
+                    if job.span
+                    else None
+                ),
+            }
         ),
         "elapsed_seconds": round(elapsed, 3),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -627,6 +671,21 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         manifest["raw_parquet_dir"] = config.raw_parquet_dir
     if job.span is not None:
         manifest["span"] = job.span
+        from pipeline.parquet_io import write_snapshot_info
+        from pipeline.span_analysis import RAW_DIR
+
+        write_snapshot_info(
+            output.join(built, RAW_DIR),
+            {
+                "columns": [dataclasses.asdict(c) for c in job.plan.columns],
+                "split_key": job.split_key,
+                "primary_key": list(job.primary_key),
+                "source": manifest["source"],
+                "snapshot_id": snapshot_id,
+                "rows": rows_read,
+                "created_at": manifest["created_at"],
+            },
+        )
     if job.snapshot_info is not None:
         manifest["input_parquet"] = {
             "path": config.input_parquet,

@@ -59,6 +59,7 @@ class JobConfig:
     verbose: bool = False
     span_column: str | None = None
     transform_from: str | None = None
+    analyze_spans: int | None = None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -153,6 +154,12 @@ def _parser() -> argparse.ArgumentParser:
         "--transform_from",
         help="apply the transform graph of this complete output (or span) "
         "unchanged instead of fitting the analyzers again",
+    )
+    add(
+        "--analyze_spans",
+        type=int,
+        help="with --span_column: fit the analyzers on the train rows of the last N "
+        "spans (this one included; earlier ones from their raw Parquet)",
     )
     add("--verbose", action="store_true", help="show tracebacks and debug logs")
     return parser
@@ -264,6 +271,15 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
             problems.append(f"`--{flag}` file not found: {path}")
     if args.span_column is not None:
         _check_span_flags(args, problems)
+    if args.analyze_spans is not None:
+        if args.span_column is None:
+            problems.append("`--analyze_spans` needs `--span_column`")
+        if args.analyze_spans < 1:
+            problems.append(f"`--analyze_spans` must be >= 1, got {args.analyze_spans}")
+        if args.transform_from:
+            problems.append(
+                "give at most one of `--analyze_spans` and `--transform_from`"
+            )
     if args.transform_from and args.preprocessing_module:
         problems.append(
             "give at most one of `--transform_from` and `--preprocessing_module`"
@@ -295,6 +311,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         verbose=args.verbose,
         span_column=args.span_column,
         transform_from=args.transform_from,
+        analyze_spans=args.analyze_spans,
     )
     return config, beam_args
 

@@ -55,6 +55,9 @@ _LAYOUT = {
                     rf"{_SPLIT}/part-\d{{5}}-of-\d{{5}}\.tfrecord\.gz",
                     rf"{_SPLIT}/\.incomplete/{_HEX}\.tfrecord\.gz",
                     r"\.tmp/.+",  # tf.Transform's temp dir (without --temp_location)
+                    # A span's raw rows (pipeline.span_analysis).
+                    rf"raw/(part-\d{{5}}-of-\d{{5}}\.parquet|_snapshot\.json"
+                    rf"|\._snapshot\.json\.{_HEX}\.tmp|\.incomplete/{_HEX}\.parquet)",
                 ]
             )
         ),

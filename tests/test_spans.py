@@ -17,6 +17,7 @@ import pytest
 from pipeline import spans
 from pipeline.connection import Dsn
 from pipeline.options import UsageError, parse_args
+from pipeline.ownership import inspect_dir
 from pipeline.snapshot import ExportedSnapshot
 from pipeline.source import SourceSpec
 from tests.conftest import execute, query
@@ -201,7 +202,7 @@ def _ids_and_x(directory, split, **kwargs):
 
 
 def test_span_runs_held_transaction_failed_run_and_transform_from(
-    database_url, make_table, tmp_path, monkeypatch
+    database_url, make_table, tmp_path, monkeypatch, capfd
 ):
     import numpy as np
 
@@ -290,6 +291,27 @@ def test_span_runs_held_transaction_failed_run_and_transform_from(
         trainer.make_dataset(str(out), "train", spans=2)  # spans 2 and 3
     with pytest.raises(ValueError, match="3 complete spans"):
         trainer.make_dataset(str(out), "train", spans=4)
+
+    # --analyze_spans 2: span 4's statistics are numpy's over spans 3 and 4's train
+    # rows (span 3's read back from its raw Parquet, not from the database).
+    _insert(database_url, table, range(121, 151))
+    capfd.readouterr()
+    assert main([*argv, "--analyze_spans", "9"]) != 0  # only 3 earlier spans
+    assert "--analyze_spans 9: " in capfd.readouterr().err
+    assert sorted(os.listdir(out))[-1] == "span-0003"
+    assert main([*argv, "--analyze_spans", "2"]) == 0
+    ids4, xs4 = _ids_and_x(str(out / "span-0004"), "train")
+    both = np.array([i * 0.5 for i in ids3 + ids4])
+    assert set(ids4) < set(range(121, 151)) and len(both) > len(ids4)
+    np.testing.assert_allclose(
+        xs4, [(i * 0.5 - both.mean()) / both.std() for i in ids4], rtol=1e-5
+    )
+    manifest4 = trainer.read_manifest(str(out / "span-0004"))
+    assert manifest4["transform"]["analyzed_spans"] == [3, 4]
+    assert manifest4["rows_read"] == 30 and manifest4["span"]["rows"] == 30
+    state = inspect_dir(str(out / "span-0004"), "tfrecord")
+    assert state.complete and state.foreign is None
+    assert any(e.startswith("raw/part-") for e in state.entries)
 
 
 def _read_plan(url, table, previous, number, **kwargs):
