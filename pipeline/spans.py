@@ -194,7 +194,10 @@ def plan_span(conn, table, column: str, target: SpanTarget) -> SpanBounds:
         lower = prev["upper"] if prev else None
         lower_sql = f"{sql.Literal(lower).as_string(conn)}::{kind}"
         cur.execute(
-            f"SELECT GREATEST(max({c}), {lower_sql})::text FROM {relation} AS src"
+            # JSON text: ISO 8601 whatever the session's DateStyle (the next
+            # run may have another), with the UTC offset of a timestamptz.
+            f"SELECT to_json(GREATEST(max({c}), {lower_sql})) #>> '{{}}' "
+            f"FROM {relation} AS src"
         )
         upper = cur.fetchone()[0]
     if upper is None:

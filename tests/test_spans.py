@@ -35,12 +35,12 @@ def _insert(url, table, ids, c=None):
     execute(url, f'INSERT INTO "{table}" VALUES {values}')
 
 
-def _span(url, table, previous, number, column="c", during=None):
+def _span(url, table, previous, number, column="c", during=None, dsn_url=None):
     """Plans a span in a fresh snapshot; returns (ids it selects, manifest section).
 
     `during()` runs after the plan, before the read: commits in the run's middle.
     """
-    source = SourceSpec(dsn=Dsn(url), table=table)
+    source = SourceSpec(dsn=Dsn(dsn_url or url), table=table)
     target = spans.SpanTarget(number, f"/none/span-{number:04d}", previous, False)
     with ExportedSnapshot(source) as snap:
         bounds = spans.plan_span(snap.conn, snap.table, column, target)
@@ -408,3 +408,28 @@ def test_span_rule_commits_during_a_run_land_in_the_next_span(
     ids2, info2 = _span(database_url, table, info1, 2)
     assert ids2 == [2, 500, 501] and info2["rows_late"] == 2
     assert info2["upper"] == "1000"
+
+
+def test_timestamptz_watermark_exact_to_the_microsecond_across_timezones(
+    database_url, make_table
+):
+    table = make_table(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, c timestamptz, y int)",
+        "INSERT INTO {table} SELECT i, timestamptz '2026-03-04 05:06:07.123456+00' "
+        "+ i * interval '1 microsecond', i % 2 FROM generate_series(1, 10) AS i",
+    )
+    sep = "&" if "?" in database_url else "?"
+    odd = (
+        f"{database_url}{sep}options=-c%20TimeZone%3DAsia/Kolkata"
+    )
+    ids1, info1 = _span(database_url, table, None, 1, column="c", dsn_url=odd)
+    assert ids1 == list(range(1, 11))
+    assert info1["upper"] == "2026-03-04T10:36:07.123466+05:30"
+    execute(
+        database_url,
+        f"INSERT INTO \"{table}\" VALUES (11, timestamptz "
+        "'2026-03-04 05:06:07.123467+00', 1), (12, timestamptz "
+        "'2026-03-04 05:06:07.123466+00', 0)",  # equal to the watermark: late
+    )
+    ids2, info2 = _span(database_url, table, info1, 2, column="c")
+    assert ids2 == [11, 12] and info2["rows_late"] == 1
