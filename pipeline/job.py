@@ -391,8 +391,9 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         temp_dir=job.temp_dir,
         force_tf_compat_v1=FORCE_TF_COMPAT_V1,
     ):
-        train = rows | "SelectTrain" >> SelectSplit(config.splits, "train")
         earlier = (job.span or {}).get("analyzed_with_spans")
+        if not config.transform_from:
+            train = rows | "SelectTrain" >> SelectSplit(config.splits, "train")
         if earlier:
             from pipeline.span_analysis import (
                 EARLIER_NAMESPACE,
