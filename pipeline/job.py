@@ -19,7 +19,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import METRICS_NAMESPACE, degenerate, output, ownership, publish
+from pipeline import METRICS_NAMESPACE, degenerate, output, ownership, publish, spans
 from pipeline.assign import (
     SPLIT_COLUMN,
     AssignSplit,
@@ -77,6 +77,7 @@ class Job:
     # Where the run builds --output_dir / --raw_parquet_dir (see pipeline.publish).
     output: publish.Publication | None = None
     raw_parquet: publish.Publication | None = None
+    span: dict | None = None  # the manifest's `span` section (see pipeline.spans)
 
     def close(self) -> None:
         """Releases the snapshot and its locks (run_job does; for unrun jobs)."""
@@ -121,7 +122,16 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
             "--input_parquet": config.input_parquet,
         }
     )
-    target = publish.plan_publication(config.output_dir, config.overwrite)
+    span_target = None
+    if config.span_column:
+        span_target = spans.next_span(config.output_dir)
+        target = publish.plan_publication(
+            span_target.path, span_target.incomplete, flag="--output_dir span"
+        )
+    else:
+        target = publish.plan_publication(config.output_dir, config.overwrite)
+    if config.transform_from:
+        _check_transform_from(config.transform_from)
     raw_parquet = None
     if config.raw_parquet_dir:
         raw_parquet = publish.plan_publication(
@@ -142,6 +152,19 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         snapshot = ExportedSnapshot(source, export=shared).__enter__()
     try:
         job = _prepare_job(config, temp_location, source, snapshot, target, raw_parquet)
+        if span_target is not None:
+            bounds = spans.plan_span(
+                snapshot.conn, job.plan.table, config.span_column, span_target
+            )
+            merge = config.num_partitions is None and not config.partition_column
+            plan = spans.narrow_plan(job.plan, bounds, may_merge=merge)
+            if config.analyze_spans:
+                from pipeline.span_analysis import earlier_spans
+
+                bounds.info["analyzed_with_spans"] = earlier_spans(
+                    config.output_dir, span_target, config.analyze_spans, plan.columns
+                )
+            job = dataclasses.replace(job, plan=plan, span=bounds.info)
     except BaseException:
         if snapshot is not None:
             snapshot.close()
@@ -232,6 +255,16 @@ def _prepare_job(config, temp_location, source, snapshot, target, raw_parquet) -
         target,
         raw_parquet,
     )
+
+
+def _check_transform_from(path: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(output.join(path, "transform_fn", "saved_model.pb")):
+        raise ConfigError(
+            f"--transform_from {path}: no transform_fn/saved_model.pb there; name a "
+            "complete sql2tfrecord output or span"
+        )
 
 
 def _supported(column) -> bool:
@@ -333,6 +366,13 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         config.splits,
         job.features.drop_if_null if job.features else (),
     )
+    if job.span is not None:  # a span lands its raw rows for --analyze_spans
+        from pipeline.parquet_io import WriteRawParquet
+        from pipeline.span_analysis import RAW_DIR
+
+        _ = raw | "LandSpanParquet" >> WriteRawParquet(
+            output.join(_built(job, "output"), RAW_DIR), raw_arrow_schema(job.plan)
+        )
     rows = raw | "AssignSplit" >> AssignSplit(*assign_args, names=job.names)
     if rereads(job, snapshot_id):
         # The transform pass reads the same snapshot again, so the runner never
@@ -351,10 +391,39 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         temp_dir=job.temp_dir,
         force_tf_compat_v1=FORCE_TF_COMPAT_V1,
     ):
-        train = rows | "SelectTrain" >> SelectSplit(config.splits, "train")
-        transform_fn = (train, adapter_config) | "Analyze" >> (
-            tft_beam.AnalyzeDataset(_preprocessing_fn(job))
-        )
+        earlier = (job.span or {}).get("analyzed_with_spans")
+        if not config.transform_from:
+            train = rows | "SelectTrain" >> SelectSplit(config.splits, "train")
+        if earlier:
+            from pipeline.span_analysis import (
+                EARLIER_NAMESPACE,
+                RAW_DIR,
+                ReadEarlierSpans,
+            )
+
+            dirs = [
+                output.join(spans.span_dir(config.output_dir, k), RAW_DIR)
+                for k in earlier
+            ]
+            earlier_train = (
+                p
+                | "ReadEarlierSpans"
+                >> ReadEarlierSpans(dirs, raw_arrow_schema(job.plan))
+                | "AssignSplitEarlier"
+                >> AssignSplit(
+                    *assign_args, namespace=EARLIER_NAMESPACE, names=job.names
+                )
+                | "SelectTrainEarlier" >> SelectSplit(config.splits, "train")
+            )
+            train = (train, earlier_train) | "WithEarlierSpans" >> beam.Flatten()
+        if config.transform_from:  # applied unchanged: no analysis
+            transform_fn = p | "ReadTransformFn" >> tft_beam.ReadTransformFn(
+                config.transform_from
+            )
+        else:
+            transform_fn = (train, adapter_config) | "Analyze" >> (
+                tft_beam.AnalyzeDataset(_preprocessing_fn(job))
+            )
         # One transform for all splits; each row carries its split through it.
         with tft_beam.Context(passthrough_keys={SPLIT_COLUMN}):
             transformed, _ = ((rows_to_transform, adapter_config), transform_fn) | (
@@ -576,6 +645,19 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         "transformed_features": sorted(transformed),
         "vocabularies": vocabularies,
         "compression": "GZIP",
+        "transform": (
+            {"fitted": False, "from": config.transform_from}
+            if config.transform_from
+            else {
+                "fitted": True,
+                "from": None,
+                "analyzed_spans": (
+                    [*job.span.get("analyzed_with_spans", []), job.span["number"]]
+                    if job.span
+                    else None
+                ),
+            }
+        ),
         "elapsed_seconds": round(elapsed, 3),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -595,6 +677,23 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             },
         )
         manifest["raw_parquet_dir"] = config.raw_parquet_dir
+    if job.span is not None:
+        manifest["span"] = job.span
+        from pipeline.parquet_io import write_snapshot_info
+        from pipeline.span_analysis import RAW_DIR
+
+        write_snapshot_info(
+            output.join(built, RAW_DIR),
+            {
+                "columns": [dataclasses.asdict(c) for c in job.plan.columns],
+                "split_key": job.split_key,
+                "primary_key": list(job.primary_key),
+                "source": manifest["source"],
+                "snapshot_id": snapshot_id,
+                "rows": rows_read,
+                "created_at": manifest["created_at"],
+            },
+        )
     if job.snapshot_info is not None:
         manifest["input_parquet"] = {
             "path": config.input_parquet,

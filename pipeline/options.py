@@ -62,6 +62,9 @@ class JobConfig:
     max_js_divergence: float = 0.1
     max_linf_distance: float = 0.1
     baseline_stats: str | None = None
+    span_column: str | None = None
+    transform_from: str | None = None
+    analyze_spans: int | None = None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,6 +149,22 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail (exit 1, no manifest) when a split gets no rows, instead of a "
         "warning in the summary and the manifest",
+    )
+    add(
+        "--span_column",
+        help="incremental spans: export only the rows new since the last complete "
+        "span into OUTPUT/span-000N/ (see README, Spans); with --table",
+    )
+    add(
+        "--transform_from",
+        help="apply the transform graph of this complete output (or span) "
+        "unchanged instead of fitting the analyzers again",
+    )
+    add(
+        "--analyze_spans",
+        type=int,
+        help="with --span_column: fit the analyzers on the train rows of the last N "
+        "spans (this one included; earlier ones from their raw Parquet)",
     )
     add("--verbose", action="store_true", help="show tracebacks and debug logs")
     add(
@@ -298,6 +317,21 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         path = getattr(args, flag)
         if path and not os.path.isfile(path):
             problems.append(f"`--{flag}` file not found: {path}")
+    if args.span_column is not None:
+        _check_span_flags(args, problems)
+    if args.analyze_spans is not None:
+        if args.span_column is None:
+            problems.append("`--analyze_spans` needs `--span_column`")
+        if args.analyze_spans < 1:
+            problems.append(f"`--analyze_spans` must be >= 1, got {args.analyze_spans}")
+        if args.transform_from:
+            problems.append(
+                "give at most one of `--analyze_spans` and `--transform_from`"
+            )
+    if args.transform_from and args.preprocessing_module:
+        problems.append(
+            "give at most one of `--transform_from` and `--preprocessing_module`"
+        )
     if problems:
         raise UsageError("; ".join(problems))
     config = JobConfig(
@@ -328,5 +362,27 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         max_js_divergence=args.max_js_divergence,
         max_linf_distance=args.max_linf_distance,
         baseline_stats=args.baseline_stats.rstrip("/") if args.baseline_stats else None,
+        span_column=args.span_column,
+        transform_from=args.transform_from,
+        analyze_spans=args.analyze_spans,
     )
     return config, beam_args
+
+
+def _check_span_flags(args: argparse.Namespace, problems: list[str]) -> None:
+    """What `--span_column` cannot be combined with (see pipeline.spans)."""
+    if not args.span_column:
+        problems.append("`--span_column` needs a column name")
+    if args.table is None:
+        problems.append(
+            "`--span_column` needs `--table` (it reads the rows' xmin to find rows "
+            "committed late); `--query` and `--input_parquet` are not supported"
+        )
+    for flag, given in (
+        ("--overwrite", args.overwrite),
+        ("--no_snapshot", args.no_snapshot),
+        ("--raw_parquet_dir", args.raw_parquet_dir),
+        ("--reader jdbc", args.reader == "jdbc"),
+    ):
+        if given:
+            problems.append(f"`--span_column` cannot be combined with `{flag}`")

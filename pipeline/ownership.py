@@ -59,6 +59,9 @@ _LAYOUT = {
                     rf"statistics/\.({_SPLIT}\.pb|statistics\.json)\.{_HEX}\.tmp",
                     r"report\.html",
                     rf"\.report\.html\.{_HEX}\.tmp",
+                    # A span's raw rows (pipeline.span_analysis).
+                    rf"raw/(part-\d{{5}}-of-\d{{5}}\.parquet|_snapshot\.json"
+                    rf"|\._snapshot\.json\.{_HEX}\.tmp|\.incomplete/{_HEX}\.parquet)",
                 ]
             )
         ),

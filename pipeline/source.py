@@ -50,6 +50,8 @@ class ReadPlan:
         table: the resolved `--table` (None for a query).
         locks: relations locked (ACCESS SHARE) for the job, children included.
         lock_method: how they were locked (see `snapshot.ExportedSnapshot`).
+        row_filter: a condition on `src` every partition's read adds (see
+            `pipeline.spans`), or None.
     """
 
     relation: str
@@ -61,6 +63,7 @@ class ReadPlan:
     table: catalog.TableRef | None = None
     locks: tuple[str, ...] = ()
     lock_method: str = "none"
+    row_filter: str | None = None  # SQL ANDed to every partition's WHERE (spans)
 
     @property
     def source_name(self) -> str:
@@ -87,6 +90,8 @@ def copy_sql(plan: ReadPlan, partition: Partition) -> sql.Composable:
     )
     key = sql.SQL(plan.partition_key) if plan.partition_key else None
     where = partitioning.where_clause(partition, key)
+    if plan.row_filter:
+        where = sql.SQL("({}) AND ({})").format(where, sql.SQL(plan.row_filter))
     relation = partition.relation or plan.relation
     return sql.SQL(
         "COPY (SELECT {} FROM {} AS src WHERE {}) TO STDOUT (FORMAT csv)"

@@ -42,7 +42,7 @@ class SplitSpec:
 
 # Directories of the output layout a split's shard directory must not take.
 RESERVED_NAMES = frozenset(
-    {"metadata", "transformed_metadata", "transform_fn", "statistics"}
+    {"metadata", "transformed_metadata", "transform_fn", "statistics", "raw"}
 )
 _SPLIT_ITEM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(\d+)\s*$")
 

@@ -62,7 +62,7 @@ def test_parse_splits_keeps_order_and_weights():
     assert spec.total == 10
 
 
-@pytest.mark.parametrize("name", ["metadata", "transformed_metadata", "transform_fn",
+@pytest.mark.parametrize("name", ["metadata", "transformed_metadata", "transform_fn", "raw",
                                   "statistics"])
 def test_split_names_of_the_output_layout_are_refused(name):
     with pytest.raises(ValueError, match=f"split name '{name}' is a directory"):

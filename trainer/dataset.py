@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
-__all__ = ["make_dataset", "read_manifest", "shard_files"]
+__all__ = ["make_dataset", "read_manifest", "shard_files", "span_dirs"]
 
 SHARD_PATTERN = "part-*.tfrecord.gz"
 
@@ -39,6 +40,50 @@ def shard_files(output_dir: str, split: str) -> list[str]:
     return files
 
 
+def transform_fingerprint(output_dir: str) -> str:
+    """SHA-256 of every file of `output_dir/transform_fn/` (paths and contents)."""
+    import hashlib
+
+    root = os.path.join(output_dir, "transform_fn")
+    digest = hashlib.sha256()
+    for directory, _, names in sorted(tf.io.gfile.walk(root)):
+        for name in sorted(names):
+            path = os.path.join(directory, name)
+            digest.update(os.path.relpath(path, root).encode() + b"\0")
+            with tf.io.gfile.GFile(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+def span_dirs(output_dir: str, spans: int | Sequence[int]) -> list[str]:
+    """The directories of the chosen complete spans of a `--span_column` output.
+
+    `spans` is a count (the last N complete spans) or span numbers (a list or
+    range). A span without its manifest is incomplete and never chosen; ValueError
+    names what is missing.
+    """
+    found = tf.io.gfile.glob(os.path.join(output_dir, "span-*", "manifest.json"))
+    complete = {}
+    for path in found:
+        name = os.path.basename(os.path.dirname(path))
+        if name[5:].isdigit():
+            complete[int(name[5:])] = os.path.dirname(path)
+    if isinstance(spans, int):
+        if spans < 1 or spans > len(complete):
+            raise ValueError(
+                f"spans={spans}: {output_dir} has {len(complete)} complete spans"
+            )
+        return [complete[n] for n in sorted(complete)[-spans:]]
+    numbers = list(spans)
+    missing = [n for n in numbers if n not in complete]
+    if missing or not numbers:
+        raise ValueError(
+            f"spans={numbers}: span(s) {missing} are not complete spans of "
+            f"{output_dir} (complete: {sorted(complete)})"
+        )
+    return [complete[n] for n in sorted(set(numbers))]
+
+
 def make_dataset(
     output_dir: str,
     split: str = "train",
@@ -51,6 +96,7 @@ def make_dataset(
     shard: tuple[int, int] | tf.distribute.InputContext | None = None,
     deterministic: bool | None = None,
     seed: int | None = None,
+    spans: int | Sequence[int] | None = None,
 ) -> tf.data.Dataset:
     """Returns a dataset of `(features: dict[str, Tensor], label: Tensor)` batches.
 
@@ -71,11 +117,31 @@ def make_dataset(
         deterministic: force (or forbid) a deterministic element order; default:
             deterministic exactly when not shuffling.
         seed: seed of the file and example shuffles.
+        spans: for a `--span_column` output: the last N complete spans (an int)
+            or those span numbers (a list or range), read as one dataset. The
+            feature spec and label come from the latest chosen span; ValueError
+            unless every chosen span was transformed by the same graph (byte
+            for byte: later spans made with `--transform_from`).
     """
-    manifest = read_manifest(output_dir)
+    if spans is None:
+        manifest = read_manifest(output_dir)
+        spec = tft.TFTransformOutput(output_dir).transformed_feature_spec()
+        files = shard_files(output_dir, split)
+    else:
+        dirs = span_dirs(output_dir, spans)
+        manifest = read_manifest(dirs[-1])
+        spec = tft.TFTransformOutput(dirs[-1]).transformed_feature_spec()
+        files = []
+        graph = transform_fingerprint(dirs[-1])
+        for directory in dirs:
+            if transform_fingerprint(directory) != graph:
+                raise ValueError(
+                    f"spans: {directory} was transformed by another graph than "
+                    f"{dirs[-1]} (its features are not comparable); make later "
+                    "spans with --transform_from, or choose fewer spans"
+                )
+            files += shard_files(directory, split)
     label = manifest["label"]
-    spec = tft.TFTransformOutput(output_dir).transformed_feature_spec()
-    files = shard_files(output_dir, split)
     if isinstance(shard, tf.distribute.InputContext):
         shard = (shard.num_input_pipelines, shard.input_pipeline_id)
     if shard is not None:
