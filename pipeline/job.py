@@ -28,14 +28,15 @@ from pipeline.assign import (
     with_split_column,
 )
 from pipeline.connection import Dsn
+from pipeline.manifest import build_manifest, raw_snapshot_info
 from pipeline.options import JobConfig
 from pipeline.postgres_io import ReadFromPostgres
 from pipeline.snapshot import ExportedSnapshot
 from pipeline.source import ReadPlan, SourceSpec, plan_read
-from pipeline.write import SHARD_SUFFIX, WriteExamples
+from pipeline.write import WriteExamples
 from transforms.features import ConfigError, FeatureConfig, infer_features, load_config
 from transforms.names import feature_names
-from transforms.types import Kind, conversion
+from transforms.types import Kind
 
 __all__ = ["Job", "prepare_job", "rereads", "build_pipeline", "run_job"]
 
@@ -574,107 +575,22 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             f"--label: {label_key!r} is not among the transformed features "
             f"{sorted(transformed)}; nothing was published"
         )
-    vocabularies = {}
-    if job.features is not None:
-        for feature in job.features.features:
-            if feature.transform == "vocabulary":
-                vocabularies[feature.name] = {
-                    "column": feature.column,
-                    "size": tft_output.vocabulary_size_by_name(feature.vocab_filename),
-                    "num_oov_buckets": feature.num_oov_buckets,
-                }
-    splits = {}
-    for name, weight in config.splits.splits:
-        pattern = output.join(built, name, f"part-*{SHARD_SUFFIX}")
-        from apache_beam.io.filesystems import FileSystems
-
-        files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-        splits[name] = {
-            "weight": weight,
-            "rows": counts.get(f"examples_{name}", 0),
-            "files": [f.rsplit("/", 1)[-1] for f in files],
-        }
-    rows_read = counts.get("rows_read", 0)
-    manifest = {
-        "format": "sql2tfrecord/1",
-        "source": {
-            "db": job.source.dsn.masked,
-            "table": config.table,
-            "query": config.query,
-            "columns": [
-                {
-                    "name": c.name,
-                    "type": c.display_type,
-                    "not_null": c.not_null,
-                    "conversion": conversion(c),
-                }
-                for c in job.plan.columns
-            ],
-        },
-        "read_plan": {
-            "description": job.plan.description,
-            "partitions": [p.label for p in job.plan.partitions],
-            "snapshot": bool(snapshot),
-            "reread_for_transform": reread,
-            "row_estimate": job.plan.row_estimate,
-            "locks": list(job.plan.locks),
-            "lock": job.plan.lock_method,
-        },
-        "label": label_key,
-        "label_column": job.raw_label,
-        "label_classes": _label_classes(job, tft_output),
-        "names": {c.name: job.names.get(c.name, c.name) for c in job.plan.columns},
-        "split_key": job.split_key,
-        "splits": splits,
-        "rows_read": rows_read,
-        "rows_dropped_null_label": counts.get("rows_dropped_null_label", 0),
-        "rows_dropped_non_finite_label": counts.get("rows_dropped_non_finite_label", 0),
-        "rows_dropped_unseen_label": {
-            name: counts.get(f"unseen_label:{name}", 0) for name in config.splits.names
-        },
-        "rows_dropped_null": _by_column(counts, "dropped_null:"),
-        "non_finite_values": _by_column(counts, "non_finite:"),
-        "null_values": _by_column(counts, "nulls:"),
-        "null_split_keys": _by_column(counts, "null_split_key:"),
-        "warnings": warnings,
-        "rows_per_partition": {
-            p.label: counts.get(f"partition:{p.label}", 0) for p in job.plan.partitions
-        },
-        "features": job.features.to_json() if job.features else None,
-        "preprocessing_module": config.preprocessing_module,
-        "transformed_features": sorted(transformed),
-        "vocabularies": vocabularies,
-        "compression": "GZIP",
-        "transform": (
-            {"fitted": False, "from": config.transform_from}
-            if config.transform_from
-            else {
-                "fitted": True,
-                "from": None,
-                "analyzed_spans": (
-                    [*job.span.get("analyzed_with_spans", []), job.span["number"]]
-                    if job.span
-                    else None
-                ),
-            }
-        ),
-        "elapsed_seconds": round(elapsed, 3),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    manifest = build_manifest(
+        job,
+        counts=counts,
+        tft_output=tft_output,
+        built=built,
+        snapshot_used=bool(snapshot),
+        reread=reread,
+        warnings=warnings,
+        elapsed=elapsed,
+        text_label_key=_text_label_key(job),
+    )
     if config.raw_parquet_dir:
         from pipeline.parquet_io import write_snapshot_info
 
         write_snapshot_info(
-            _built(job, "raw_parquet"),
-            {
-                "columns": [dataclasses.asdict(c) for c in job.plan.columns],
-                "split_key": job.split_key,
-                "primary_key": list(job.primary_key),
-                "source": manifest["source"],
-                "snapshot_id": snapshot_id,
-                "rows": rows_read,
-                "created_at": manifest["created_at"],
-            },
+            _built(job, "raw_parquet"), raw_snapshot_info(job, manifest, snapshot_id)
         )
         manifest["raw_parquet_dir"] = config.raw_parquet_dir
     if job.span is not None:
@@ -683,16 +599,7 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         from pipeline.span_analysis import RAW_DIR
 
         write_snapshot_info(
-            output.join(built, RAW_DIR),
-            {
-                "columns": [dataclasses.asdict(c) for c in job.plan.columns],
-                "split_key": job.split_key,
-                "primary_key": list(job.primary_key),
-                "source": manifest["source"],
-                "snapshot_id": snapshot_id,
-                "rows": rows_read,
-                "created_at": manifest["created_at"],
-            },
+            output.join(built, RAW_DIR), raw_snapshot_info(job, manifest, snapshot_id)
         )
     if job.snapshot_info is not None:
         manifest["input_parquet"] = {
@@ -709,18 +616,6 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     _cleanup_temp(job)
     output.write_manifest(built, manifest)
     return manifest
-
-
-def _label_classes(job: Job, tft_output) -> list[str] | None:
-    """A text label's classes in id order (the label vocabulary, unescaped)."""
-    key = _text_label_key(job)
-    if key is None:
-        return None
-    from transforms.preprocessing import unescape_token
-
-    return [
-        unescape_token(t).decode("utf-8") for t in tft_output.vocabulary_by_name(key)
-    ]
 
 
 def _progress_reporter(job: Job, snapshot_id: str | None):
@@ -746,10 +641,6 @@ def _check_reread(counts: dict[str, int], splits: Sequence[str]) -> None:
                 "were written from the second read of the same snapshot; no manifest "
                 "written (rerun with --read_once to read the database once)"
             )
-
-
-def _by_column(counts: dict[str, int], prefix: str) -> dict[str, int]:
-    return {k[len(prefix) :]: v for k, v in counts.items() if k.startswith(prefix)}
 
 
 def _cleanup_temp(job: Job) -> None:
