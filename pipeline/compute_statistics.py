@@ -104,7 +104,7 @@ def _write(everything: dict, output_dir: str, names: Sequence[str]) -> None:
         proto = to_proto(name, everything[name], GROUPS)
         _write_bytes(directory, f"{name}.pb", proto.SerializeToString())
     output.write_json(directory, STATISTICS_JSON, everything)
-    _LOGGER.info("Wrote feature statistics to %s", directory)
+    _LOGGER.debug("Wrote feature statistics to %s", directory)
 
 
 class WriteStatistics(beam.PTransform):

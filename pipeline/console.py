@@ -72,6 +72,27 @@ class _NoForeignTracebacks(logging.Filter):
         return "Traceback (most recent call last)" not in record.getMessage()
 
 
+# Warnings TensorFlow and tf.Transform print on every run that say nothing about it
+# (ours is a TF1-mode graph by design; tf.Transform's own collections do not
+# serialize): hidden unless --verbose.
+_KNOWN_NOISE = (
+    "Tensorflow Transform is running in tf.compat.v1 mode",
+    "Issue encountered when serializing",
+    "Expected binary or unicode string, got type_url",
+    "Instructions for updating",
+)
+
+
+class _NoKnownNoise(logging.Filter):
+    """Drops TensorFlow's and absl's known-harmless warnings (`_KNOWN_NOISE`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] not in ("tensorflow", "absl"):
+            return True
+        message = record.getMessage()
+        return not any(noise in message for noise in _KNOWN_NOISE)
+
+
 def _print_except_to_stderr(*args, file=None, **kwargs) -> None:
     if file is None or file is sys.stdout:
         print(*args, **kwargs)
@@ -89,7 +110,8 @@ def session(verbose: bool):
     """Console set-up of one command run; undone on exit (for in-process callers).
 
     Logging: DEBUG with every traceback if `verbose`, else INFO for our loggers,
-    WARNING for the libraries', and their tracebacks dropped. SIGINT and SIGTERM
+    WARNING for the libraries', their tracebacks and TensorFlow's known-harmless
+    warnings dropped. SIGINT and SIGTERM
     raise `Interrupted` (main thread only).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
@@ -104,10 +126,10 @@ def session(verbose: bool):
             logger = logging.getLogger(noisy)
             undo.callback(logger.setLevel, logger.level)
             logger.setLevel(logging.WARNING)
-        quiet = _NoForeignTracebacks()
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(quiet)
-            undo.callback(handler.removeFilter, quiet)
+        for quiet in (_NoForeignTracebacks(), _NoKnownNoise()):
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(quiet)
+                undo.callback(handler.removeFilter, quiet)
         undo.callback(setattr, threading, "excepthook", threading.excepthook)
         threading.excepthook = _thread_exception
     if threading.current_thread() is threading.main_thread():

@@ -443,7 +443,7 @@ def publish_statistics(config, manifest: dict[str, Any], built: str) -> None:
     path = write_report(built, manifest, ordered)
     for anomaly in result["anomalies"]:
         _LOGGER.warning("Anomaly: %s", anomaly)
-    _LOGGER.info("Report: %s", path)
+    _LOGGER.debug("Report: %s", path)  # staged; the summary names the final path
     if result["anomalies"] and config.fail_on_anomalies:
         parent, base = posixpath.split(config.output_dir.rstrip("/"))
         path = write_report(

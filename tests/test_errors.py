@@ -532,3 +532,25 @@ def test_quiet_worker_plugin_mutes_the_sdk_harness_traceback_print():
                           text=True, cwd=ROOT, env=_job_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "to stdout\n" and "Traceback" not in proc.stderr
+
+
+def test_console_hides_tensorflows_known_harmless_warnings_only():
+    import logging
+
+    from pipeline.console import _NoKnownNoise
+
+    def record(name, message, level=logging.WARNING):
+        return logging.LogRecord(name, level, __file__, 1, message, None, None)
+
+    quiet = _NoKnownNoise()
+    for name, message in [
+        ("absl", "Tensorflow Transform is running in tf.compat.v1 mode. This could"),
+        ("tensorflow", "Issue encountered when serializing tft_mapper_use.\nType is"),
+        ("tensorflow", 'Expected binary or unicode string, got type_url: "type.goo'),
+        ("tensorflow", "From x.py:225: build_tensor_info ...\nInstructions for updating:"),
+    ]:
+        assert not quiet.filter(record(name, message)), message
+    # Anything else stays, and nothing of ours or Beam's is touched.
+    assert quiet.filter(record("tensorflow", "Out of memory: tried to allocate 8 GB"))
+    assert quiet.filter(record("pipeline.job", "Issue encountered when serializing x"))
+    assert quiet.filter(record("apache_beam", "Instructions for updating: x"))
