@@ -395,9 +395,25 @@ def _drift_numbers(result: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _previous_output(path: str) -> tuple[tuple | None, str | None]:
+    """(statistics, manifest) of a complete output with statistics at `path`."""
+    from pipeline import output
+    from pipeline.compute_statistics import read_statistics
+
+    try:
+        previous = read_statistics(path)
+        if previous is None:
+            return None, None
+        return (previous, output.read_manifest(path)), path
+    except (OSError, ValueError):  # no complete output there: no baseline
+        return None, None
+
+
 def publish_statistics(config, manifest: dict[str, Any], built: str) -> None:
     """Drift checks, `manifest["statistics"]`, report.html; may refuse to publish.
 
+    The baseline is `--baseline_stats`, else the complete output this run replaces
+    at the same `--output_dir` (if it has statistics), else none.
     `built` is the directory the run builds the output in (its staging dir). A run
     refused by `--fail_on_anomalies` is not published, so its report is written
     beside the target instead, as `<output_dir>.rejected-report.html`.
@@ -414,7 +430,7 @@ def publish_statistics(config, manifest: dict[str, Any], built: str) -> None:
         raise RuntimeError(
             f"{config.output_dir}: the statistics were not written; nothing published"
         )
-    baseline = None
+    baseline, baseline_from = None, None
     if config.baseline_stats:
         base_stats = read_statistics(config.baseline_stats)
         if base_stats is None:
@@ -423,6 +439,10 @@ def publish_statistics(config, manifest: dict[str, Any], built: str) -> None:
                 "statistics/statistics.json (not an output written with statistics)"
             )
         baseline = (base_stats, output.read_manifest(config.baseline_stats))
+        baseline_from = config.baseline_stats
+    else:
+        # The output this run replaces (--overwrite): still in place until the swap.
+        baseline, baseline_from = _previous_output(config.output_dir)
     names = _split_order(list(manifest["splits"]))
     ordered = {n: statistics[n] for n in names}
     result = check(
@@ -434,7 +454,7 @@ def publish_statistics(config, manifest: dict[str, Any], built: str) -> None:
     manifest["statistics"] = {
         "directory": "statistics",
         "files": [f"{n}.pb" for n in names] + ["statistics.json"],
-        "baseline": config.baseline_stats,
+        "baseline": baseline_from,
         "summary": _summary(ordered),
         "drift": _drift_numbers(result),
         "anomalies": result["anomalies"],

@@ -26,6 +26,7 @@ __all__ = [
     "test_report_rerenders_identically_from_the_output",
     "test_report_renders_in_headless_chromium",
     "test_fail_on_anomalies_against_baseline_refuses_to_publish",
+    "test_previous_output_at_the_same_root_is_the_baseline",
 ]
 
 
@@ -251,3 +252,31 @@ def test_fail_on_anomalies_against_baseline_refuses_to_publish(
         assert text in report, text
     assert "<script>alert" not in report and "&lt;script&gt;alert(1)" in report
     assert 'class="over"' in report
+
+
+def test_previous_output_at_the_same_root_is_the_baseline(
+    database_url, rich_table, output_a, features_file, tmp_path
+):
+    """--overwrite of an output with statistics compares against it: same rows, 0."""
+    from pipeline.__main__ import main
+
+    out = tmp_path / "again"
+    shutil.copytree(output_a, out)
+    argv = ["--db_url", database_url, "--table", rich_table, "--label", "y",
+            "--output_dir", str(out), "--features", features_file,
+            "--num_partitions", "3", "--overwrite"]
+    assert main(argv) == 0
+    with open(out / "manifest.json") as f:
+        manifest = json.load(f)
+    statistics = manifest["statistics"]
+    assert statistics["baseline"] == str(out)
+    drift = statistics["drift"]["baseline"]
+    assert set(drift) == {"train", "eval"}
+    checked = 0
+    for features in drift.values():
+        for name, numbers in features.items():
+            if numbers["value"] is not None:  # the same rows: no drift at all
+                assert numbers["value"] == 0, (name, numbers)
+                checked += 1
+    assert checked >= 10
+    assert statistics["anomalies"] == []
