@@ -159,15 +159,23 @@ def _feature_section(
     statistics: Mapping[str, Any],
     column_type: str | None,
     drift: Mapping[str, Mapping],
+    column: str | None = None,
 ) -> str:
+    """One raw column's card, headed by the name users know.
+
+    `column` is the column's name in the database when it differs from its
+    feature name `name` (`transforms.names`).
+    """
     features = [statistics[s]["raw"]["features"].get(name) for s in splits]
     present = [(s, f) for s, f in zip(splits, features, strict=True) if f]
     if not present:
         return ""
     kind = present[0][1]["kind"]
     head = (
-        f'<section class="card" id="feature-{_e(name)}"><h2>{_e(name)}'
-        f'<span class="badge">{_e(column_type or kind)}</span></h2>'
+        f'<section class="card" id="feature-{_e(name)}"><h2>{_e(column or name)}'
+        f'<span class="badge">{_e(column_type or kind)}</span>'
+        + (f' <span class="muted">feature {_e(name)}</span>' if column else "")
+        + "</h2>"
     )
     if kind == "bytes":
         cols = ["rows", "missing", "missing %", "unique", "avg length (bytes)"]
@@ -308,8 +316,22 @@ def render(manifest: Mapping[str, Any], statistics: Mapping[str, Any]) -> str:
         for i, s in enumerate(splits)
     )
     features = sorted({n for s in splits for n in statistics[s]["raw"]["features"]})
+    # Feature name -> the column's name in the database, where they differ.
+    original = {
+        key: column
+        for column, key in (manifest.get("names") or {}).items()
+        if key != column
+    }
     sections = "".join(
-        _feature_section(n, splits, statistics, types.get(n), pairs) for n in features
+        _feature_section(
+            n,
+            splits,
+            statistics,
+            types.get(original.get(n, n)),
+            pairs,
+            original.get(n),
+        )
+        for n in features
     )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

@@ -27,6 +27,7 @@ __all__ = [
     "test_report_renders_in_headless_chromium",
     "test_fail_on_anomalies_against_baseline_refuses_to_publish",
     "test_previous_output_at_the_same_root_is_the_baseline",
+    "test_report_heads_columns_by_their_database_names",
 ]
 
 
@@ -280,3 +281,18 @@ def test_previous_output_at_the_same_root_is_the_baseline(
                 checked += 1
     assert checked >= 10
     assert statistics["anomalies"] == []
+
+
+def test_report_heads_columns_by_their_database_names(output_default):
+    """Feature names are for TensorFlow; the report shows the names users know."""
+    import html
+
+    with open(os.path.join(output_default, "manifest.json")) as f:
+        names = json.load(f)["names"]
+    with open(os.path.join(output_default, "report.html"), encoding="utf-8") as f:
+        page = f.read()
+    renamed = {c: k for c, k in names.items() if c != k and f'id="feature-{k}"' in page}
+    assert len(renamed) >= 5  # a/b, ünïcødé_列, "with space", q"uote, d.o.t, …
+    for column, key in renamed.items():
+        assert f"<h2>{html.escape(column)}<span" in page, column
+        assert f"feature {key}</span>" in page
