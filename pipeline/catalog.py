@@ -112,31 +112,36 @@ def describe_table(conn, table: TableRef) -> list[Column]:
     """Describes a table's (view's, …) columns from `pg_attribute`, in order.
 
     Needs no privilege on the table's rows: `SELECT *` would fail for a role granted
-    SELECT on some columns only.
+    SELECT on some columns only. Types are shown with their modifiers
+    (`numeric(10,2)`, `character varying(20)`), so a precision change is visible.
     """
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT a.attname, a.atttypid, a.attnotnull, a.attndims "
-            "FROM pg_attribute a "
+            "SELECT a.attname, a.atttypid, a.attnotnull, a.attndims, "
+            "format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
             "WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
             "AND NOT a.attisdropped ORDER BY a.attnum",
             (table.identifier.as_string(conn),),
         )
         described = [
-            (name, oid, bool(not_null), int(ndims))
-            for name, oid, not_null, ndims in cur
+            (name, oid, bool(not_null), int(ndims), display)
+            for name, oid, not_null, ndims, display in cur
         ]
     return _columns(conn, described)
 
 
-def _columns(conn, described: list[tuple[str, int, bool, int]]) -> list[Column]:
-    """Columns from (name, type oid, NOT NULL, declared array dimensions) tuples."""
+def _columns(conn, described: list[tuple]) -> list[Column]:
+    """Columns from (name, type oid, NOT NULL, declared dimensions, shown type).
+
+    The shown type may be None: the type's own name is used.
+    """
     with conn.cursor() as cur:
         cur.execute(_TYPE_QUERY, (list({d[1] for d in described}),))
         types = {row[0]: row[1:] for row in cur}
     columns = []
-    for name, oid, not_null, ndims in described:
+    for name, oid, not_null, ndims, shown in described:
         base, display, is_array, element = types[oid]
+        display = shown or display
         columns.append(
             Column(
                 name=name,
@@ -163,7 +168,7 @@ def describe(conn, source: sql.Composable, table: TableRef | None) -> list[Colum
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT * FROM {} AS q LIMIT 0").format(source))
         # A query's columns are nullable and carry no declared dimensions.
-        described = [(d.name, d.type_code, False, 0) for d in cur.description]
+        described = [(d.name, d.type_code, False, 0, None) for d in cur.description]
     return _columns(conn, described)
 
 

@@ -271,3 +271,23 @@ def test_resolved_tables_know_whether_their_rows_are_stored_here(database_url, m
         conn.close()
     assert [(t.kind, t.stored_locally) for t in kinds.values()] == [
         ("r", True), ("v", False), ("m", True)]
+
+
+def test_table_types_keep_their_modifiers_so_precision_changes_show(
+    database_url, make_table
+):
+    """numeric(10,2) -> numeric(12,3) is schema drift: the type shows its modifiers."""
+    table = make_table(
+        "CREATE TABLE {table} (id int PRIMARY KEY, p numeric(10,2), v varchar(20), "
+        "t timestamp(3), f double precision, a numeric(5,1)[])"
+    )
+    plan = plan_read(SourceSpec(Dsn(database_url), table=table), None)
+    assert {c.name: c.display_type for c in plan.columns} == {
+        "id": "integer", "p": "numeric(10,2)", "v": "character varying(20)",
+        "t": "timestamp(3) without time zone", "f": "double precision",
+        "a": "numeric(5,1)[]",
+    }
+    assert {c.name: c.pg_type for c in plan.columns}["p"] == "numeric"
+    # A --query's columns carry no modifiers (PostgreSQL's result description).
+    plan = plan_read(SourceSpec(Dsn(database_url), query=f'SELECT p FROM "{table}"'), None)
+    assert plan.columns[0].display_type == "numeric"
