@@ -59,8 +59,8 @@ class JobConfig:
     verbose: bool = False
     statistics: bool = True
     fail_on_anomalies: bool = False
-    max_js_divergence: float = 0.1
-    max_linf_distance: float = 0.1
+    max_js_divergence: float | None = None  # None: the config's, else 0.1
+    max_linf_distance: float | None = None
     baseline_stats: str | None = None
     span_column: str | None = None
     transform_from: str | None = None
@@ -180,14 +180,14 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "--max_js_divergence",
         type=float,
-        default=0.1,
-        help="numeric drift threshold: Jensen-Shannon divergence (base 2, 0..1)",
+        help="numeric drift threshold: Jensen-Shannon divergence (base 2, 0..1); "
+        "default: the --features config's drift.max_js_divergence, else 0.1",
     )
     add(
         "--max_linf_distance",
         type=float,
-        default=0.1,
-        help="categorical drift threshold: L-infinity distance of frequencies",
+        help="categorical drift threshold: L-infinity distance of frequencies; "
+        "default: the --features config's drift.max_linf_distance, else 0.1",
     )
     add(
         "--baseline_stats",
@@ -288,7 +288,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         problems.append(f"`--lock_timeout_ms` must be >= 0, got {args.lock_timeout_ms}")
     for flag in ("max_js_divergence", "max_linf_distance"):
         value = getattr(args, flag)
-        if not 0 <= value <= 1:  # also refuses NaN
+        if value is not None and not 0 <= value <= 1:  # also refuses NaN
             problems.append(f"`--{flag}` must be between 0 and 1, got {value}")
     if args.no_statistics and (args.fail_on_anomalies or args.baseline_stats):
         problems.append(

@@ -25,6 +25,8 @@ __all__ = ["REPORT", "publish_statistics", "render", "write_report", "main"]
 
 _LOGGER = logging.getLogger(__name__)
 
+DEFAULT_THRESHOLD = 0.1
+
 REPORT = "report.html"
 _EMPTY_SVG = '<svg width="300" height="40"><text x="4" y="24">{}</text></svg>'
 _COLORS = ("#3b6fb6", "#e07b39", "#4f9d5d", "#a05195", "#7a7a7a")
@@ -417,6 +419,21 @@ def _drift_numbers(result: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _thresholds(config, manifest: Mapping[str, Any]):
+    """Drift thresholds: the flag, else the --features config's `drift:`, else 0.1."""
+    from pipeline.drift import Thresholds
+
+    configured = (manifest.get("features") or {}).get("drift") or {}
+    pick = [
+        value if value is not None else configured.get(key, DEFAULT_THRESHOLD)
+        for key, value in (
+            ("max_js_divergence", config.max_js_divergence),
+            ("max_linf_distance", config.max_linf_distance),
+        )
+    ]
+    return Thresholds(*pick)
+
+
 def _previous_output(path: str) -> tuple[tuple | None, str | None]:
     """(statistics, manifest) of a complete output with statistics at `path`."""
     from pipeline import output
@@ -445,7 +462,7 @@ def publish_statistics(config, manifest: dict[str, Any], built: str) -> None:
     """
     from pipeline import output
     from pipeline.compute_statistics import read_statistics
-    from pipeline.drift import AnomaliesError, Thresholds, check
+    from pipeline.drift import AnomaliesError, check
 
     statistics = read_statistics(built)
     if statistics is None:
@@ -470,7 +487,7 @@ def publish_statistics(config, manifest: dict[str, Any], built: str) -> None:
     result = check(
         ordered,
         manifest["source"]["columns"],
-        Thresholds(config.max_js_divergence, config.max_linf_distance),
+        _thresholds(config, manifest),
         baseline,
     )
     manifest["statistics"] = {

@@ -179,3 +179,41 @@ def test_passthrough_imputation_must_suit_the_column_type(column, impute):
     raw = {"features": [feature]}
     with pytest.raises(ConfigError, match=f"impute must be one of .* got '{impute}'"):
         parse_config(raw, COLUMNS, "y")
+
+
+def test_drift_thresholds_in_the_config_are_checked():
+    base = {"features": [{"column": "x", "transform": "zscore"}]}
+    config = parse_config({**base, "drift": {"max_js_divergence": 0.2,
+                                             "max_linf_distance": 0}}, COLUMNS, "y")
+    assert config.drift == {"max_js_divergence": 0.2, "max_linf_distance": 0.0}
+    assert config.to_json()["drift"] == config.drift
+    assert parse_config(base, COLUMNS, "y").drift == {}
+    for drift, says in [
+        ({"max_js_divergence": 2}, "drift.max_js_divergence must be a number between"),
+        ({"max_linf_distance": float("nan")}, "drift.max_linf_distance must be"),
+        ({"max_linf_distance": True}, "drift.max_linf_distance must be"),
+        ({"max_js_divergence": "0.1"}, "drift.max_js_divergence must be"),
+        ({"js": 0.1}, "unknown drift key(s) ['js']"),
+        ([0.1], "'drift' must be a mapping"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            parse_config({**base, "drift": drift}, COLUMNS, "y")
+        assert says in str(info.value)
+
+
+def test_drift_thresholds_come_from_the_flag_then_the_config_then_0_1():
+    import dataclasses
+    import types
+
+    from pipeline.report import _thresholds as thresholds
+
+    def _thresholds(flags, manifest):
+        return dataclasses.astuple(thresholds(flags, manifest))
+
+    manifest = {"features": {"drift": {"max_js_divergence": 0.3}}}
+    flags = types.SimpleNamespace(max_js_divergence=None, max_linf_distance=None)
+    assert _thresholds(flags, manifest) == (0.3, 0.1)
+    flags = types.SimpleNamespace(max_js_divergence=0.05, max_linf_distance=0.2)
+    assert _thresholds(flags, manifest) == (0.05, 0.2)
+    flags = types.SimpleNamespace(max_js_divergence=None, max_linf_distance=None)
+    assert _thresholds(flags, {"features": None}) == (0.1, 0.1)

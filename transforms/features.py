@@ -175,6 +175,8 @@ class FeatureConfig:
     label: Label
     features: tuple[Feature, ...]
     names: Mapping[str, str] = dataclasses.field(default_factory=dict, hash=False)
+    # Drift thresholds (`max_js_divergence`, `max_linf_distance`); flags win.
+    drift: Mapping[str, float] = dataclasses.field(default_factory=dict, hash=False)
 
     @property
     def label_key(self) -> str:
@@ -199,6 +201,7 @@ class FeatureConfig:
         return {
             "label": dataclasses.asdict(self.label),
             "features": [dataclasses.asdict(f) for f in self.features],
+            "drift": dict(self.drift),
         }
 
 
@@ -282,7 +285,7 @@ def parse_config(
     """Builds and validates a FeatureConfig from parsed YAML/JSON."""
     if not isinstance(raw, Mapping):
         raise ConfigError("--features: the config must be a mapping with 'features'")
-    unknown = set(raw) - {"label", "features"}
+    unknown = set(raw) - {"label", "features", "drift"}
     if unknown:
         raise ConfigError(f"--features: unknown top-level key(s) {sorted(unknown)}")
     label_raw = raw.get("label", label)
@@ -309,9 +312,36 @@ def parse_config(
     features = []
     for i, entry in enumerate(entries):
         features.append(_parse_feature(entry, i, keys))
-    config = FeatureConfig(label_obj, tuple(features), keys)
+    config = FeatureConfig(label_obj, tuple(features), keys, _parse_drift(raw))
     validate(config, columns)
     return config
+
+
+DRIFT_KEYS = ("max_js_divergence", "max_linf_distance")
+
+
+def _parse_drift(raw: Mapping) -> dict[str, float]:
+    """The config's `drift:` thresholds, each a number in [0, 1]."""
+    drift = raw.get("drift") or {}
+    if not isinstance(drift, Mapping):
+        raise ConfigError("--features: 'drift' must be a mapping of thresholds")
+    unknown = set(drift) - set(DRIFT_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"--features: unknown drift key(s) {sorted(unknown)}; "
+            f"use {', '.join(DRIFT_KEYS)}"
+        )
+    for key, value in drift.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= 1
+        ):
+            raise ConfigError(
+                f"--features: drift.{key} must be a number between 0 and 1, "
+                f"got {value!r}"
+            )
+    return {key: float(value) for key, value in drift.items()}
 
 
 def _parse_feature(entry: Any, index: int, keys: Mapping[str, str]) -> Feature:
