@@ -15,6 +15,7 @@ import sys
 import time
 
 import apache_beam as beam
+import psycopg2
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -243,3 +244,34 @@ def test_parquet_snapshot_reproduces_the_database_run(
     manifest = json.loads((from_parquet / "manifest.json").read_text())
     assert manifest["input_parquet"]["path"] == str(parquet)
     assert manifest["input_parquet"]["snapshot_id"]
+
+
+def test_spans_on_the_portable_runner(database_url, make_table, features_path,
+                                      worker_pool, tmp_path):
+    """Two spans through the Fn API path: every row in exactly one span, exactly."""
+    table = make_table(
+        "CREATE TABLE {table} (id int PRIMARY KEY, x double precision, "
+        "cat text NOT NULL, tag text, y int NOT NULL)",
+    )
+
+    def insert(first, last):
+        conn = psycopg2.connect(database_url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                f'INSERT INTO "{table}" SELECT g, sin(g), \'c\' || (g % 5), NULL, '
+                f"g % 2 FROM generate_series({first}, {last}) g"
+            )
+        conn.close()
+
+    out = tmp_path / "spans"
+    argv = _argv(database_url, table, features_path, out, "--span_column", "id",
+                 "--runner=PortableRunner", "--job_endpoint=embed",
+                 "--environment_type=EXTERNAL", f"--environment_config={worker_pool}")
+    insert(1, 1500)
+    assert main(argv) == 0
+    insert(1501, 1800)
+    assert main(argv) == 0
+    assert sorted(os.listdir(out)) == ["span-0001", "span-0002"]
+    assert sorted(_examples(str(out / "span-0001"))) == list(range(1, 1501))
+    assert sorted(_examples(str(out / "span-0002"))) == list(range(1501, 1801))
