@@ -149,6 +149,13 @@ def plan_read(
             if table is None
             else f"--table {source.table}: {str(err).strip().splitlines()[0]}"
         ) from err
+    seen: set[str] = set()
+    twice = [c.name for c in columns if c.name in seen or seen.add(c.name)]
+    if twice:
+        raise DatabaseError(
+            f"--query returns column {twice[0]!r} more than once; give each result "
+            "column its own name (… AS other_name)"
+        )
     by_name = {c.name: c for c in columns}
     if needed_columns is not None:
         missing = [n for n in needed_columns if n not in by_name]

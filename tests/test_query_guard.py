@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.connection import Dsn
+from pipeline.connection import DatabaseError, Dsn
 from pipeline.partition_reader import PartitionReader
 from pipeline.query_guard import QueryRefusedError, check_query
 from pipeline.source import SourceSpec, plan_read
@@ -207,3 +207,13 @@ def test_refusal_sends_nothing_to_any_server(capsys, tmp_path):
                  "--label", "id", "--output_dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "2 statements" in err and "connect" not in err
+
+
+@pytest.mark.parametrize("select", ["id, id", "id, v AS id", 't.*, t.id'])
+def test_query_with_a_column_name_twice_is_refused_naming_it(
+    database_url, make_table, select
+):
+    table = make_table("CREATE TABLE {table} (id int PRIMARY KEY, v text)")
+    source = SourceSpec(Dsn(database_url), query=f'SELECT {select} FROM "{table}" t')
+    with pytest.raises(DatabaseError, match="returns column 'id' more than once"):
+        plan_read(source, None)
