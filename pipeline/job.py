@@ -155,7 +155,12 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         job = _prepare_job(config, temp_location, source, snapshot, target, raw_parquet)
         if span_target is not None:
             bounds = spans.plan_span(
-                snapshot.conn, job.plan.table, config.span_column, span_target
+                snapshot.conn,
+                job.plan.table,
+                config.span_column,
+                span_target,
+                query=job.plan.relation if job.plan.table is None else None,
+                lag=config.span_lag,
             )
             merge = config.num_partitions is None and not config.partition_column
             plan = spans.narrow_plan(job.plan, bounds, may_merge=merge)

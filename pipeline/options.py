@@ -63,6 +63,7 @@ class JobConfig:
     max_linf_distance: float | None = None
     baseline_stats: str | None = None
     span_column: str | None = None
+    span_lag: str | None = None
     transform_from: str | None = None
     analyze_spans: int | None = None
 
@@ -153,7 +154,13 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "--span_column",
         help="incremental spans: export only the rows new since the last complete "
-        "span into OUTPUT/span-000N/ (see README, Spans); with --table",
+        "span into OUTPUT/span-000N/ (see README, Spans)",
+    )
+    add(
+        "--span_lag",
+        help="with --span_column and --query: hold back the newest rows, C within "
+        "this margin of max(C) (a number, or an interval such as '10 minutes'), "
+        "for the next span, so rows committed up to that late are not missed",
     )
     add(
         "--transform_from",
@@ -319,6 +326,8 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
             problems.append(f"`--{flag}` file not found: {path}")
     if args.span_column is not None:
         _check_span_flags(args, problems)
+    elif args.span_lag is not None:
+        problems.append("`--span_lag` needs `--span_column`")
     if args.analyze_spans is not None:
         if args.span_column is None:
             problems.append("`--analyze_spans` needs `--span_column`")
@@ -362,6 +371,7 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         max_js_divergence=args.max_js_divergence,
         max_linf_distance=args.max_linf_distance,
         baseline_stats=args.baseline_stats.rstrip("/") if args.baseline_stats else None,
+        span_lag=args.span_lag,
         span_column=args.span_column,
         transform_from=args.transform_from,
         analyze_spans=args.analyze_spans,
@@ -373,10 +383,17 @@ def _check_span_flags(args: argparse.Namespace, problems: list[str]) -> None:
     """What `--span_column` cannot be combined with (see pipeline.spans)."""
     if not args.span_column:
         problems.append("`--span_column` needs a column name")
-    if args.table is None:
+    if args.table is None and args.query is None:
+        problems.append("`--span_column` needs `--table` or `--query`")
+    if args.query is not None and args.span_lag is None:
         problems.append(
-            "`--span_column` needs `--table` (it reads the rows' xmin to find rows "
-            "committed late); `--query` and `--input_parquet` are not supported"
+            "`--span_column` with `--query` needs `--span_lag`: a query's rows carry "
+            "no xmin, so rows committed late are caught only by a safety margin "
+            "(`--table` spans are exact without one)"
+        )
+    if args.table is not None and args.span_lag is not None:
+        problems.append(
+            "`--span_lag` is for `--query` spans; a `--table` span is exact without it"
         )
     for flag, given in (
         ("--overwrite", args.overwrite),

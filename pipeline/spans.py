@@ -157,7 +157,15 @@ class SpanBounds:
     late: str | None  # SQL: the late rows' extra scan, None when there are none
 
 
-def plan_span(conn, table, column: str, target: SpanTarget) -> SpanBounds:
+def plan_span(
+    conn,
+    table,
+    column: str,
+    target: SpanTarget,
+    *,
+    query: str | None = None,
+    lag: str | None = None,
+) -> SpanBounds:
     """Bounds the span in the snapshot of `conn` (see the module docstring).
 
     `conn` is the transaction of the job's exported snapshot (where the plan is
@@ -165,10 +173,15 @@ def plan_span(conn, table, column: str, target: SpanTarget) -> SpanBounds:
     records the ids of the recent transactions this snapshot sees (for the next
     span); a second one finds the late rows' ctids when there are any.
 
+    A `--query` (`query`: its parenthesised text) has no xmin to read: its span
+    is bounded by `lag` instead (see `_plan_query_span`).
+
     Raises:
         SpanError: not a plain or partitioned table, an unusable column, or no
             new rows (nothing is written then).
     """
+    if table is None and query is not None:
+        return _plan_query_span(conn, query, column, target, lag)
     if table is None or table.kind not in ("r", "p"):
         what = "a --query" if table is None else f"{table} (not a table)"
         raise SpanError(
@@ -209,6 +222,12 @@ def plan_span(conn, table, column: str, target: SpanTarget) -> SpanBounds:
     literal = sql.Literal(upper).as_string(conn)
     row_filter = f"{c} <= {literal}::{kind}"
     late = "false"
+    if prev and "visible_recent_xids" not in prev:
+        raise SpanError(
+            f"--span_column: span-{prev['number']:04d} was made from a --query, "
+            "whose rows carry no xmin: a --table span cannot follow it exactly; "
+            "keep using --query with --span_lag, or start a new --output_dir"
+        )
     if prev:
         seen = ",".join(str(int(x)) for x in prev["visible_recent_xids"])
         late = (
@@ -296,6 +315,135 @@ def plan_span(conn, table, column: str, target: SpanTarget) -> SpanBounds:
             late_scan = f"src.ctid = ANY('{{{tids}}}'::tid[])"
     info["index_on_span_column"] = _has_index(conn, table, column)
     return SpanBounds(row_filter, info, in_range, late_scan)
+
+
+_PG_TYPE_NAMES = {
+    "int2": "smallint",
+    "int4": "integer",
+    "int8": "bigint",
+    "numeric": "numeric",
+    "date": "date",
+    "timestamp": "timestamp without time zone",
+    "timestamptz": "timestamp with time zone",
+}
+
+
+def _plan_query_span(
+    conn, query: str, column: str, target: SpanTarget, lag: str | None
+) -> SpanBounds:
+    """A `--query` span: C in (W_{N-1}, W_N] with W_N = max(C) - lag.
+
+    Without xmin, rows committed late cannot be recognised; the newest rows, C
+    within `lag` of max(C) in this snapshot, are held back for the next span.
+    Guarantee: a row lands in exactly one span if it has committed by the time
+    rows whose C is `lag` above its own are visible; one committing later than
+    that with C <= the watermark is never exported (the README says so).
+    """
+    if lag is None:
+        raise SpanError("--span_column with --query needs --span_lag")
+    c = sql.SQL("src.{}").format(sql.Identifier(column)).as_string(conn)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT {c} FROM {query} AS src LIMIT 0")
+        type_oid = cur.description[0].type_code
+        cur.execute("SELECT typname FROM pg_type WHERE oid = %s", (type_oid,))
+        typname = cur.fetchone()[0]
+    kind = _PG_TYPE_NAMES.get(typname)
+    if kind is None:
+        raise SpanError(
+            f"--span_column: column {column!r} of the --query result is {typname}; "
+            f"use one of {', '.join(_TYPES)}"
+        )
+    lag_type = (
+        "numeric" if typname in ("int2", "int4", "int8", "numeric") else "interval"
+    )
+    with conn.cursor() as cur:
+        cur.execute("SAVEPOINT span_lag")
+        try:
+            cur.execute(
+                f"SELECT {sql.Literal(lag).as_string(conn)}::{lag_type} < "
+                f"'0'::{lag_type}"
+            )
+            negative = cur.fetchone()[0]
+        except Exception as err:  # noqa: BLE001 - psycopg2's DataError: bad text
+            cur.execute("ROLLBACK TO SAVEPOINT span_lag")
+            what = "number" if lag_type == "numeric" else "PostgreSQL interval"
+            raise SpanError(
+                f"--span_lag {lag!r} is not a {what} "
+                f"for --span_column {column} ({kind})"
+            ) from err
+        cur.execute("RELEASE SAVEPOINT span_lag")
+    if negative:
+        raise SpanError(f"--span_lag must be >= 0, got {lag!r}")
+    prev = target.previous
+    lower = prev["upper"] if prev else None
+    lower_sql = f"{sql.Literal(lower).as_string(conn)}::{kind}"
+    lag_sql = f"{sql.Literal(lag).as_string(conn)}::{lag_type}"
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT to_json(GREATEST((max({c}) - {lag_sql})::{kind}, {lower_sql})) "
+            f"#>> '{{}}', max({c})::text FROM {query} AS src"
+        )
+        upper, newest = cur.fetchone()
+    if upper is None:
+        raise SpanError(
+            f"--span_column {column}: the --query has no rows with a non-NULL "
+            f"{column}; no span written"
+        )
+    literal = sql.Literal(upper).as_string(conn)
+    row_filter = f"{c} <= {literal}::{kind}"
+    if prev:
+        row_filter = f"{c} > {lower_sql} AND {row_filter}"
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT count(*) FILTER (WHERE {row_filter}), "
+            f"count(*) FILTER (WHERE {c} IS NULL) FROM {query} AS src"
+        )
+        rows, null_rows = cur.fetchone()
+    if rows == 0:
+        raise SpanError(
+            f"--span_column {column}: no new rows in the --query up to max({column}) "
+            f"- --span_lag ({newest} - {lag}) since "
+            + (
+                f"span-{prev['number']:04d} (watermark {lower})"
+                if prev
+                else "the start"
+            )
+            + "; no span written"
+        )
+    if null_rows:
+        _LOGGER.warning(
+            "The --query has %d rows with NULL %s: no span ever holds them",
+            null_rows,
+            column,
+        )
+    info = {
+        "number": target.number,
+        "column": column,
+        "type": kind,
+        "lower": lower,
+        "upper": upper,
+        "previous_span": prev["number"] if prev else None,
+        "rows": rows,
+        "rows_late": 0,
+        "rows_null_span_column": null_rows,
+        "lag": lag,
+        "newest": newest,
+        "guarantee": "lag: rows committed later than rows --span_lag above them "
+        "and below the watermark are not exported",
+        "filter": row_filter,
+        "index_on_span_column": None,
+    }
+    _LOGGER.info(
+        "Span %d: %s in (%s, %s] (newest %s, lag %s), %d rows",
+        target.number,
+        column,
+        lower,
+        upper,
+        newest,
+        lag,
+        rows,
+    )
+    return SpanBounds(row_filter, info, row_filter, None)
 
 
 def _has_index(conn, table, column: str) -> bool:

@@ -143,7 +143,8 @@ def test_span_column_refusals(database_url, make_table):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--query", "SELECT 1 AS y"], "`--span_column` needs `--table`"),
+        (["--query", "SELECT 1 AS y"], "`--span_column` with `--query` needs `--span_lag`"),
+        (["--table", "t", "--span_lag", "5"], "`--span_lag` is for `--query` spans"),
         (["--table", "t", "--overwrite"], "cannot be combined with `--overwrite`"),
         (["--table", "t", "--no_snapshot"], "cannot be combined with `--no_snapshot`"),
         (["--table", "t", "--reader", "jdbc"], "with `--reader jdbc`"),
@@ -433,3 +434,38 @@ def test_timestamptz_watermark_exact_to_the_microsecond_across_timezones(
     )
     ids2, info2 = _span(database_url, table, info1, 2, column="c")
     assert ids2 == [11, 12] and info2["rows_late"] == 1
+
+
+def test_query_spans_hold_back_the_lag_and_catch_late_rows_within_it(
+    database_url, make_table, tmp_path
+):
+    """A --query span: C in (W_prev, max(C) - lag]; a row committed late inside the
+    lag window lands in the next span; every id in exactly one span."""
+    import trainer
+    from pipeline.__main__ import main
+
+    table = make_table(DDL)
+    features = tmp_path / "features.json"
+    features.write_text(json.dumps(FEATURES))
+    out = tmp_path / "out"
+    query = f'SELECT id, c, x, cat, y FROM "{table}" WHERE y >= 0  -- all rows'
+    argv = ["--db_url", database_url, "--query", query, "--split_key", "id",
+            "--label", "y", "--features", str(features), "--span_column", "c",
+            "--span_lag", "10", "--output_dir", str(out)]  # fmt: skip
+    _insert(database_url, table, range(1, 101))
+    assert main(argv) == 0  # span 1: c <= 100 - 10
+    manifest1 = trainer.read_manifest(str(out / "span-0001"))
+    assert (manifest1["span"]["upper"], manifest1["span"]["lag"]) == ("90", "10")
+    _insert(database_url, table, range(101, 151))
+    _insert(database_url, table, [1000], c=95)  # committed late, inside the lag window
+    assert main(argv) == 0  # span 2: 90 < c <= 140
+    assert main(argv) != 0  # nothing new beyond the lag: no span 3
+    spans_ids = {}
+    for number in (1, 2):
+        directory = str(out / f"span-{number:04d}")
+        spans_ids[number] = sorted(
+            _ids_and_x(directory, "train")[0] + _ids_and_x(directory, "eval")[0]
+        )
+    assert spans_ids[1] == list(range(1, 91))
+    assert spans_ids[2] == sorted([*range(91, 141), 1000])
+    assert sorted(os.listdir(out)) == ["span-0001", "span-0002"]
