@@ -606,6 +606,13 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         write_snapshot_info(
             output.join(built, RAW_DIR), raw_snapshot_info(job, manifest, snapshot_id)
         )
+        # Updated rows come again (a new version, a new C): counted by primary key.
+        key = job.primary_key[0] if len(job.primary_key) == 1 else None
+        if key is not None and key in {c.name for c in job.plan.columns}:
+            manifest["span"]["key"] = key
+            manifest["span"]["rows_seen_in_earlier_spans"] = spans.count_seen_before(
+                config.output_dir, job.span["number"], output.join(built, RAW_DIR), key
+            )
     if job.snapshot_info is not None:
         manifest["input_parquet"] = {
             "path": config.input_parquet,

@@ -17,7 +17,7 @@ from pipeline.parquet_io import SnapshotError, read_snapshot_info
 
 __all__ = ["RAW_DIR", "EARLIER_NAMESPACE", "earlier_spans", "ReadEarlierSpans"]
 
-RAW_DIR = "raw"
+RAW_DIR = spans.RAW
 EARLIER_NAMESPACE = f"{METRICS_NAMESPACE}.earlier_spans"
 
 

@@ -36,7 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 from psycopg2 import sql
 
 from pipeline import output
-from pipeline.ownership import inspect_dir
+from pipeline.ownership import inspect_dir, is_local
 from transforms.features import ConfigError
 
 __all__ = [
@@ -47,10 +47,12 @@ __all__ = [
     "next_span",
     "plan_span",
     "narrow_plan",
+    "count_seen_before",
 ]
 
 _LOGGER = logging.getLogger(__name__)
 
+RAW = "raw"  # a span's raw landing (pipeline.span_analysis.RAW_DIR)
 _SPAN = re.compile(r"span-(\d{4,})$")
 _WRAP = 1 << 32
 # Late rows found by ctid (a TID scan) up to this many; beyond, by their xmin.
@@ -505,3 +507,39 @@ def narrow_plan(plan, bounds: SpanBounds, *, may_merge: bool):
         row_filter=None,
         description=description,
     )
+
+
+def count_seen_before(
+    output_dir: str, number: int, raw_dir: str, key: str
+) -> int | None:
+    """Rows of this span whose `key` an earlier span already holds (updated rows).
+
+    `raw_dir` is this span's raw landing; the earlier spans' are read (the key
+    column only). None where that cannot be read (object stores: not counted).
+    """
+    import glob
+    import os
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not is_local(output_dir):
+        return None
+
+    def keys(directory: str):
+        files = sorted(glob.glob(os.path.join(directory, "part-*.parquet")))
+        return [pq.read_table(f, columns=[key]).column(0) for f in files]
+
+    current = keys(raw_dir)
+    seen = 0
+    for chunk in current:
+        mask = None
+        for k in complete_spans(output_dir):
+            if k >= number:
+                continue
+            for prior in keys(os.path.join(span_dir(output_dir, k), RAW)):
+                hit = pc.is_in(chunk, value_set=prior.combine_chunks())
+                mask = hit if mask is None else pc.or_(mask, hit)
+        if mask is not None:
+            seen += pc.sum(mask).as_py() or 0
+    return seen

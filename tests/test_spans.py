@@ -469,3 +469,31 @@ def test_query_spans_hold_back_the_lag_and_catch_late_rows_within_it(
     assert spans_ids[1] == list(range(1, 91))
     assert spans_ids[2] == sorted([*range(91, 141), 1000])
     assert sorted(os.listdir(out)) == ["span-0001", "span-0002"]
+
+
+def test_updated_rows_come_again_and_are_counted_by_primary_key(
+    database_url, make_table, tmp_path
+):
+    """UPDATE … SET c = <new>: the new version lands in the next span, counted."""
+    import trainer
+    from pipeline.__main__ import main
+
+    table = make_table(DDL)
+    features = tmp_path / "features.json"
+    features.write_text(json.dumps(FEATURES))
+    out = tmp_path / "out"
+    argv = ["--db_url", database_url, "--table", table, "--label", "y",
+            "--features", str(features), "--span_column", "c",
+            "--output_dir", str(out)]  # fmt: skip
+    _insert(database_url, table, range(1, 51))
+    assert main(argv) == 0
+    execute(database_url, f'UPDATE "{table}" SET c = 500 + id WHERE id IN (3, 7)')
+    _insert(database_url, table, range(51, 61))
+    assert main(argv) == 0
+    first = trainer.read_manifest(str(out / "span-0001"))["span"]
+    second = trainer.read_manifest(str(out / "span-0002"))["span"]
+    assert (first["key"], first["rows_seen_in_earlier_spans"]) == ("id", 0)
+    assert (second["key"], second["rows_seen_in_earlier_spans"]) == ("id", 2)
+    directory = str(out / "span-0002")
+    ids = sorted(_ids_and_x(directory, "train")[0] + _ids_and_x(directory, "eval")[0])
+    assert ids == [3, 7, *range(51, 61)]
