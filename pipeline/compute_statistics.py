@@ -96,6 +96,15 @@ def _write_bytes(directory: str, name: str, data: bytes) -> None:
     FileSystems.rename([temp], [final])
 
 
+def _write_both(raw: dict, transformed: dict, output_dir: str, names) -> None:
+    """Writes the raw groups of `raw` with the transformed groups of `transformed`."""
+    everything = {
+        name: {"raw": raw[name]["raw"], "transformed": transformed[name]["transformed"]}
+        for name in names
+    }
+    _write(everything, output_dir, names)
+
+
 def _write(everything: dict, output_dir: str, names: Sequence[str]) -> None:
     directory = output.join(output_dir, STATISTICS_DIR)
     if not FileSystems.exists(directory):
@@ -122,14 +131,24 @@ class WriteStatistics(beam.PTransform):
 
     def expand(self, pcolls):
         raw, transformed = pcolls
-        tagged = (
-            raw | "TagRaw" >> beam.Map(_tag, "raw"),
-            transformed | "TagTransformed" >> beam.Map(_tag, "transformed"),
-        ) | "Both" >> beam.Flatten()
-        return (
-            tagged
-            | "Combine" >> beam.CombineGlobally(_SplitStatisticsFn(self._names))
-            | "Write" >> beam.Map(_write, self._output_dir, self._names)
+        # One combine per input, each lifted into the stage that produces it: a
+        # Flatten of the two would hand the runner every batch to buffer.
+        raw_stats = (
+            raw
+            | "TagRaw" >> beam.Map(_tag, "raw")
+            | "CombineRaw" >> beam.CombineGlobally(_SplitStatisticsFn(self._names))
+        )
+        transformed_stats = (
+            transformed
+            | "TagTransformed" >> beam.Map(_tag, "transformed")
+            | "CombineTransformed"
+            >> beam.CombineGlobally(_SplitStatisticsFn(self._names))
+        )
+        return raw_stats | "Write" >> beam.Map(
+            _write_both,
+            beam.pvalue.AsSingleton(transformed_stats),
+            self._output_dir,
+            self._names,
         )
 
 
