@@ -58,6 +58,17 @@ def _run_usage(
     return wall, cpu, usage.ru_maxrss / 1024, stdout
 
 
+def database():
+    """(URL, server): `$DATABASE_URL`, or a started embedded PostgreSQL to stop."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url, None
+    from localdev.embedded_postgres import EmbeddedPostgres
+
+    server = EmbeddedPostgres()
+    return server.start(), server
+
+
 def _median_runs(argv_fn, runs: int) -> dict:
     walls, rsss, inner, extra = [], [], [], {}
     for i in range(runs):
@@ -131,13 +142,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, ROOT)
     from localdev.sample_table import create_sample_table
 
-    server = None
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        from localdev.embedded_postgres import EmbeddedPostgres
-
-        server = EmbeddedPostgres()
-        url = server.start()
+    url, server = database()
     work = tempfile.mkdtemp(prefix="sql2tfrecord-bench-")
     small, large = 20_000, 4 * args.rows
     tables = {small: "bench_20k"}

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import uuid
 
-from bench.__main__ import ROOT, _pipeline, _run
+from bench.__main__ import ROOT, _pipeline, _run, database
 
 
 def main(argv=None) -> int:
@@ -31,13 +31,7 @@ def main(argv=None) -> int:
 
     from localdev.sample_table import create_sample_table
 
-    server = None
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        from localdev.embedded_postgres import EmbeddedPostgres
-
-        server = EmbeddedPostgres()
-        url = server.start()
+    url, server = database()
     work = tempfile.mkdtemp(prefix="sql2tfrecord-statcost-")
     tables = []
     try:

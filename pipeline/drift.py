@@ -171,6 +171,15 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
+def _over(drift: Mapping[str, Mapping], pair: str) -> list[str]:
+    """One anomaly line per feature whose drift is over its threshold."""
+    return [
+        f"{feature}: {d['metric']} {pair} {_fmt(d['value'])} > {d['threshold']}"
+        for feature, d in drift.items()
+        if d["over"]
+    ]
+
+
 def check(
     statistics: Mapping[str, Mapping[str, Any]],
     columns: Sequence[Mapping[str, Any]],
@@ -202,12 +211,7 @@ def check(
         key = f"{first}_vs_{other}"
         drift = compare(statistics[first]["raw"], statistics[other]["raw"], thresholds)
         result["splits"][key] = drift
-        for feature, d in drift.items():
-            if d["over"]:
-                result["anomalies"].append(
-                    f"{feature}: {d['metric']} {first} vs {other} {_fmt(d['value'])} "
-                    f"> {d['threshold']}"
-                )
+        result["anomalies"] += _over(drift, f"{first} vs {other}")
     if baseline is not None:
         base_stats, base_manifest = baseline
         result["baseline"] = {}
@@ -218,12 +222,7 @@ def check(
                 base_stats[name]["raw"], statistics[name]["raw"], thresholds
             )
             result["baseline"][name] = drift
-            for feature, d in drift.items():
-                if d["over"]:
-                    result["anomalies"].append(
-                        f"{feature}: {d['metric']} {name} vs baseline "
-                        f"{_fmt(d['value'])} > {d['threshold']}"
-                    )
+            result["anomalies"] += _over(drift, f"{name} vs baseline")
         result["schema"] = schema_drift(columns, base_manifest["source"]["columns"])
         for change in result["schema"]:
             detail = ", ".join(

@@ -92,7 +92,7 @@ def lock_timeout_message(conn, relations: Sequence[str], what: str, dsn: Dsn) ->
                 "ORDER BY l.granted DESC, l.pid",
                 (list(relations),),
             )
-            blockers = list(cur.fetchall())
+            blockers = list(cur)
         conn.rollback()
     except psycopg2.Error:  # the message is still useful without the pids
         try:

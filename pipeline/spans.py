@@ -252,13 +252,6 @@ def plan_span(
             f"--span_column {column}: no new rows in table {table} since "
             f"span-{prev['number']:04d} (watermark {lower}); no span written"
         )
-    if null_rows:
-        _LOGGER.warning(
-            "Table %s has %d rows with NULL %s: no span ever holds them",
-            table,
-            null_rows,
-            column,
-        )
     if late_rows:
         _LOGGER.warning(
             "Span %d holds %d rows with %s <= the previous watermark %s, committed "
@@ -275,16 +268,15 @@ def plan_span(
             "frozen more than 2^31 transactions ago could be taken for a late one",
             xmax8 >> 32,
         )
-    info = {
-        "number": target.number,
-        "column": column,
-        "type": kind,
-        "lower": lower,
-        "upper": upper,
-        "previous_span": prev["number"] if prev else None,
-        "rows": rows,
-        "rows_late": late_rows,
-        "rows_null_span_column": null_rows,
+    info = _span_info(
+        target,
+        column,
+        kind,
+        (lower, upper),
+        (rows, late_rows, null_rows),
+        f"Table {table}",
+    )
+    info |= {
         "snapshot": snapshot,
         "snapshot_xmin": xmin8,
         "snapshot_xmax": xmax8,
@@ -412,22 +404,10 @@ def _plan_query_span(
             )
             + "; no span written"
         )
-    if null_rows:
-        _LOGGER.warning(
-            "The --query has %d rows with NULL %s: no span ever holds them",
-            null_rows,
-            column,
-        )
-    info = {
-        "number": target.number,
-        "column": column,
-        "type": kind,
-        "lower": lower,
-        "upper": upper,
-        "previous_span": prev["number"] if prev else None,
-        "rows": rows,
-        "rows_late": 0,
-        "rows_null_span_column": null_rows,
+    info = _span_info(
+        target, column, kind, (lower, upper), (rows, 0, null_rows), "The --query"
+    )
+    info |= {
         "lag": lag,
         "newest": newest,
         "guarantee": "lag: rows committed later than rows --span_lag above them "
@@ -446,6 +426,30 @@ def _plan_query_span(
         rows,
     )
     return SpanBounds(row_filter, info, row_filter, None)
+
+
+def _span_info(target, column, kind, bounds, counts, source: str) -> dict:
+    """The keys of the manifest's `span` section every span has; warns of NULL C."""
+    (lower, upper), (rows, late_rows, null_rows) = bounds, counts
+    if null_rows:
+        _LOGGER.warning(
+            "%s has %d rows with NULL %s: no span ever holds them",
+            source,
+            null_rows,
+            column,
+        )
+    previous = target.previous
+    return {
+        "number": target.number,
+        "column": column,
+        "type": kind,
+        "lower": lower,
+        "upper": upper,
+        "previous_span": previous["number"] if previous else None,
+        "rows": rows,
+        "rows_late": late_rows,
+        "rows_null_span_column": null_rows,
+    }
 
 
 def _has_index(conn, table, column: str) -> bool:
@@ -520,26 +524,26 @@ def count_seen_before(
     import glob
     import os
 
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     if not is_local(output_dir):
         return None
 
-    def keys(directory: str):
-        files = sorted(glob.glob(os.path.join(directory, "part-*.parquet")))
-        return [pq.read_table(f, columns=[key]).column(0) for f in files]
+    def keys(*directories: str) -> pa.Array:
+        files = sorted(
+            f for d in directories for f in glob.glob(os.path.join(d, "part-*.parquet"))
+        )
+        columns = [pq.read_table(f, columns=[key]).column(0) for f in files]
+        return pa.chunked_array(columns).combine_chunks() if columns else None
 
-    current = keys(raw_dir)
-    seen = 0
-    for chunk in current:
-        mask = None
-        for k in complete_spans(output_dir):
-            if k >= number:
-                continue
-            for prior in keys(os.path.join(span_dir(output_dir, k), RAW)):
-                hit = pc.is_in(chunk, value_set=prior.combine_chunks())
-                mask = hit if mask is None else pc.or_(mask, hit)
-        if mask is not None:
-            seen += pc.sum(mask).as_py() or 0
-    return seen
+    earlier = [
+        os.path.join(span_dir(output_dir, k), RAW)
+        for k in complete_spans(output_dir)
+        if k < number
+    ]
+    current, prior = keys(raw_dir), keys(*earlier)  # each read once
+    if current is None or prior is None:
+        return 0
+    return pc.sum(pc.is_in(current, value_set=prior)).as_py() or 0
