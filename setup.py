@@ -31,7 +31,7 @@ setuptools.setup(
     version="0.1.0",
     description="PostgreSQL to TFRecords with tf.Transform, on Apache Beam",
     python_requires=">=3.10,<3.13",
-    packages=["pipeline", "transforms", "trainer", "localdev"],
+    packages=setuptools.find_packages(include=["pipeline*", "transforms*", "trainer*", "localdev*"]),
     install_requires=REQUIRED,
     extras_require=EXTRAS,
 )

@@ -116,9 +116,9 @@ def source(url: str, table: str, out: str | None) -> dict:
     import apache_beam as beam
     from apache_beam.metrics.metric import MetricsFilter
 
-    from pipeline.connection import Dsn
-    from pipeline.postgres_io import ReadFromPostgres
-    from pipeline.source import ExportedSnapshot, SourceSpec, plan_read
+    from pipeline.sources.postgres.beam import ReadFromPostgres
+    from pipeline.sources.postgres.connection import Dsn
+    from pipeline.sources.postgres.plan import ExportedSnapshot, SourceSpec, plan_read
 
     started = time.perf_counter()
     spec = SourceSpec(Dsn(url), table=table)

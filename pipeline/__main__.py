@@ -23,15 +23,15 @@ _LOGGER = logging.getLogger("pipeline")
 
 def _user_error(err: BaseException) -> str | None:
     """The one-line message of an expected (user-facing) failure, else None."""
-    from pipeline.connection import DatabaseError, DsnSyntaxError
     from pipeline.console import one_line
     from pipeline.degenerate import EmptySplitError
     from pipeline.drift import AnomaliesError
-    from pipeline.jdbc_io import JdbcUnavailableError
     from pipeline.output import OutputError
-    from pipeline.parquet_io import SnapshotError
-    from pipeline.postgres_io import PartitionReadError
-    from pipeline.query_guard import QueryRefusedError
+    from pipeline.sources.jdbc import JdbcUnavailableError
+    from pipeline.sources.parquet import SnapshotError
+    from pipeline.sources.postgres.beam import PartitionReadError
+    from pipeline.sources.postgres.connection import DatabaseError, DsnSyntaxError
+    from pipeline.sources.postgres.query_guard import QueryRefusedError
     from transforms.features import ConfigError
     from transforms.types import UnsupportedTypeError
     from transforms.user_module import UserModuleError

@@ -1,9 +1,10 @@
 """The job: plan in the launcher, build the Beam graph, run it, publish the manifest.
 
 `prepare_job` does everything that can fail before the pipeline runs (flags, database,
-catalog, feature config, output directory); it first locks the relations and exports
-the snapshot (`snapshot.ExportedSnapshot`), then plans in that same transaction;
-`build_pipeline(p, job)` only wires transforms from that plain, picklable plan;
+catalog, feature config, output directory); it first opens the source's session
+(`sources.open_session`: locks and the snapshot), then plans in that same transaction;
+`build_pipeline(p, job)` only wires transforms from that plain, picklable plan:
+read (`sources.read_rows`) -> assign splits -> tf.Transform -> write -> manifest.
 `run_job` runs it while holding the snapshot and its locks (closing them at the end,
 also on failure) and writes `manifest.json` last.
 """
@@ -19,7 +20,15 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import METRICS_NAMESPACE, degenerate, output, ownership, publish, spans
+from pipeline import (
+    METRICS_NAMESPACE,
+    degenerate,
+    output,
+    ownership,
+    publish,
+    sources,
+    spans,
+)
 from pipeline.assign import (
     SPLIT_COLUMN,
     AssignSplit,
@@ -27,12 +36,10 @@ from pipeline.assign import (
     SelectSplit,
     with_split_column,
 )
-from pipeline.connection import Dsn
 from pipeline.manifest import build_manifest, raw_snapshot_info
 from pipeline.options import JobConfig
-from pipeline.postgres_io import ReadFromPostgres
-from pipeline.snapshot import ExportedSnapshot
-from pipeline.source import ReadPlan, SourceSpec, plan_read
+from pipeline.sources import SourceSpec
+from pipeline.sources.read_plan import ReadPlan
 from pipeline.write import WriteExamples
 from transforms.features import ConfigError, FeatureConfig, infer_features, load_config
 from transforms.names import feature_names
@@ -72,7 +79,7 @@ class Job:
     names: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> key
     # The launcher's locked, exported snapshot the plan was made in; run_job
     # holds it while the pipeline reads and closes it.
-    snapshot: ExportedSnapshot | None = dataclasses.field(
+    snapshot: Any = dataclasses.field(  # the source's session (`sources`)
         default=None, repr=False, compare=False
     )
     # Where the run builds --output_dir / --raw_parquet_dir (see pipeline.publish).
@@ -138,19 +145,17 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         raw_parquet = publish.plan_publication(
             config.raw_parquet_dir, config.overwrite, "parquet", "--raw_parquet_dir"
         )
-    source = SourceSpec(
-        dsn=Dsn(
-            config.db_url,
-            statement_timeout_ms=config.statement_timeout_ms,
-            lock_timeout_ms=config.lock_timeout_ms,
-        ),
+    source = sources.source_spec(
+        config.db_url,
         table=config.table,
         query=config.query,
+        statement_timeout_ms=config.statement_timeout_ms,
+        lock_timeout_ms=config.lock_timeout_ms,
     )
     snapshot = None
     if not config.input_parquet:
         shared = config.snapshot and config.reader == "native"
-        snapshot = ExportedSnapshot(source, export=shared).__enter__()
+        snapshot = sources.open_session(source, export=shared)
     try:
         job = _prepare_job(config, temp_location, source, snapshot, target, raw_parquet)
         if span_target is not None:
@@ -184,7 +189,7 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
 def _prepare_job(config, temp_location, source, snapshot, target, raw_parquet) -> Job:
     snapshot_info = None
     if config.input_parquet:
-        from pipeline.parquet_io import read_snapshot_info
+        from pipeline.sources.parquet import read_snapshot_info
 
         snapshot_info, columns = read_snapshot_info(config.input_parquet)
         plan = ReadPlan(
@@ -198,14 +203,12 @@ def _prepare_job(config, temp_location, source, snapshot, target, raw_parquet) -
         split_key = config.split_key or snapshot_info["split_key"]
         primary_key = list(snapshot_info.get("primary_key", []))
     else:
-        plan = plan_read(
+        plan = snapshot.plan(
             source,
-            None,
             num_partitions=config.num_partitions,
             partition_column=config.partition_column,
-            snapshot=snapshot,
         )
-        primary_key = _primary_key_columns(plan, snapshot)
+        primary_key = snapshot.primary_key(plan.table) if plan.table else []
         split_key = _split_key(config, plan, primary_key)
     all_columns = plan.columns
     names = {c.name for c in all_columns}
@@ -241,7 +244,7 @@ def _prepare_job(config, temp_location, source, snapshot, target, raw_parquet) -
     for column in plan.columns:
         _ = column.kind  # UnsupportedTypeError names the column and the cast
     if config.reader == "jdbc":
-        from pipeline.jdbc_io import check_jdbc_available
+        from pipeline.sources.jdbc import check_jdbc_available
 
         check_jdbc_available()
     temp_dir = temp_location or output.join(target.staging, ".tmp")
@@ -287,14 +290,6 @@ def _supported(column) -> bool:
             err,
         )
         return False
-
-
-def _primary_key_columns(plan: ReadPlan, snapshot: ExportedSnapshot) -> list[str]:
-    if plan.table is None:
-        return []
-    from pipeline import catalog
-
-    return catalog.primary_key(snapshot.conn, plan.table)
 
 
 def _preprocessing_fn(job: Job) -> Callable:
@@ -345,22 +340,24 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
 
     config = job.config
     adapter_config = tensor_adapter_config(job.plan.columns, job.names)
-    from pipeline.partition_reader import raw_arrow_schema
+    from pipeline.sources.read_plan import raw_arrow_schema
 
     if config.input_parquet:
-        from pipeline.parquet_io import ReadRawParquet
+        from pipeline.sources.parquet import ReadRawParquet
 
         raw = p | "Read" >> ReadRawParquet(
             config.input_parquet, raw_arrow_schema(job.plan)
         )
     elif config.reader == "jdbc":
-        from pipeline.jdbc_io import ReadWithJdbc
+        from pipeline.sources.jdbc import ReadWithJdbc
 
         raw = p | "Read" >> ReadWithJdbc(job.source, job.plan, config.partition_column)
     else:
-        raw = p | "Read" >> ReadFromPostgres(job.source, job.plan, snapshot_id)
+        raw = p | "Read" >> sources.read_rows(
+            job.source, job.plan, snapshot_id, METRICS_NAMESPACE
+        )
     if config.raw_parquet_dir:
-        from pipeline.parquet_io import WriteRawParquet
+        from pipeline.sources.parquet import WriteRawParquet
 
         _ = raw | "LandParquet" >> WriteRawParquet(
             _built(job, "raw_parquet"), raw_arrow_schema(job.plan)
@@ -373,7 +370,7 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         job.features.drop_if_null if job.features else (),
     )
     if job.span is not None:  # a span lands its raw rows for --analyze_spans
-        from pipeline.parquet_io import WriteRawParquet
+        from pipeline.sources.parquet import WriteRawParquet
         from pipeline.span_analysis import RAW_DIR
 
         _ = raw | "LandSpanParquet" >> WriteRawParquet(
@@ -386,7 +383,8 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
         namespace = REREAD_METRICS_NAMESPACE
         rows_to_transform = (
             p
-            | "Reread" >> ReadFromPostgres(job.source, job.plan, snapshot_id, namespace)
+            | "Reread"
+            >> sources.read_rows(job.source, job.plan, snapshot_id, namespace)
             | "AssignSplitAgain"
             >> AssignSplit(*assign_args, namespace=namespace, names=job.names)
         )
@@ -526,7 +524,7 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     snapshot = job.snapshot
     try:
         if snapshot is None and use_snapshot:  # a Job made without prepare_job
-            snapshot = ExportedSnapshot(job.source).__enter__()
+            snapshot = sources.open_session(job.source, export=True)
         # Written once the snapshot exists (tests wait for it in the staging dir).
         metadata_io.write_metadata(
             raw_metadata(job.plan.columns, job.names),
@@ -592,7 +590,7 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         text_label_key=_text_label_key(job),
     )
     if config.raw_parquet_dir:
-        from pipeline.parquet_io import write_snapshot_info
+        from pipeline.sources.parquet import write_snapshot_info
 
         write_snapshot_info(
             _built(job, "raw_parquet"), raw_snapshot_info(job, manifest, snapshot_id)
@@ -600,7 +598,7 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         manifest["raw_parquet_dir"] = config.raw_parquet_dir
     if job.span is not None:
         manifest["span"] = job.span
-        from pipeline.parquet_io import write_snapshot_info
+        from pipeline.sources.parquet import write_snapshot_info
         from pipeline.span_analysis import RAW_DIR
 
         write_snapshot_info(

@@ -15,8 +15,12 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.connection import DEFAULT_LOCK_TIMEOUT_MS, DsnSyntaxError, check_dsn
-from pipeline.query_guard import QueryRefusedError, check_query
+from pipeline.sources.postgres.connection import (
+    DEFAULT_LOCK_TIMEOUT_MS,
+    DsnSyntaxError,
+    check_dsn,
+)
+from pipeline.sources.postgres.query_guard import QueryRefusedError, check_query
 from pipeline.split import SplitSpec, parse_splits
 
 __all__ = ["JobConfig", "UsageError", "parse_args"]

@@ -1,7 +1,7 @@
 """`--analyze_spans N`: fit the analyzers on the train rows of the last N spans.
 
 Every span lands its raw rows (catalog-typed Arrow, NULLs kept) as Parquet in
-`span-NNNN/raw/` (`pipeline.parquet_io`), so a later run reads the earlier spans'
+`span-NNNN/raw/` (`pipeline.sources.parquet`), so a later run reads the earlier spans'
 rows from there, never from the database (their rows may since have been updated
 or deleted). `ReadEarlierSpans` reads them with counters of their own: the span's
 reported counts stay its own rows.
@@ -13,7 +13,7 @@ import apache_beam as beam
 import pyarrow as pa
 
 from pipeline import METRICS_NAMESPACE, arrow_coder, output, spans
-from pipeline.parquet_io import SnapshotError, read_snapshot_info
+from pipeline.sources.parquet import SnapshotError, read_snapshot_info
 
 __all__ = ["RAW_DIR", "EARLIER_NAMESPACE", "earlier_spans", "ReadEarlierSpans"]
 

@@ -475,7 +475,7 @@ def narrow_plan(plan, bounds: SpanBounds, *, may_merge: bool):
     filter. A larger span keeps the plan's partitions (block ranges: each
     partition scans its blocks on the server, only the span's rows are sent).
     """
-    from pipeline import partitioning
+    from pipeline.sources import partitioning
 
     rows = bounds.info["rows"]
     if not may_merge or rows > partitioning.ROWS_PER_PARTITION:

@@ -9,7 +9,6 @@ under test.
 
 import collections
 import json
-import math
 import os
 import shutil
 import subprocess

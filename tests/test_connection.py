@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.connection import Dsn, mask_dsn
+from pipeline.sources.postgres.connection import Dsn, mask_dsn
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.copy_stream import CopyFailed, CopyStream
+from pipeline.sources.postgres.copy_stream import CopyFailed, CopyStream
 
 
 def _producer(chunks: list[bytes], error: Exception | None = None):

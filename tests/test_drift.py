@@ -3,12 +3,11 @@
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from pipeline import drift
 from pipeline.statistics import SplitStatistics
-
-import pyarrow as pa
 
 
 def test_js_divergence_bounds_and_symmetry():

@@ -14,9 +14,9 @@ import psycopg2
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.connection import Dsn
-from pipeline.postgres_io import PartitionReader
-from pipeline.source import SourceSpec, plan_read
+from pipeline.sources.postgres.beam import PartitionReader
+from pipeline.sources.postgres.connection import Dsn
+from pipeline.sources.postgres.plan import SourceSpec, plan_read
 from tests.conftest import query, wait_for_staging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -477,7 +477,7 @@ BAD_SNAPSHOTS = [
 def test_incomplete_input_parquet_is_one_line_naming_the_file(
     capsys, tmp_path, name, target, damage, expected
 ):
-    from pipeline.parquet_io import read_snapshot_info
+    from pipeline.sources.parquet import read_snapshot_info
 
     good = _snapshot(tmp_path / "good")
     info, columns = read_snapshot_info(str(good))  # the undamaged one passes

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.jdbc_io import jdbc_url
+from pipeline.sources.jdbc import jdbc_url
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,10 @@
 
 import pytest
 
-from pipeline.catalog import TableRef
 from pipeline.job import Job, _check_reread, rereads
 from pipeline.options import parse_args
-from pipeline.source import ReadPlan
+from pipeline.sources.postgres.catalog import TableRef
+from pipeline.sources.postgres.plan import ReadPlan
 
 BASE = ["--db_url", "postgresql://u@h/db", "--label", "y", "--output_dir", "/tmp/o"]
 SNAPSHOT = "00000003-00000002-1"

@@ -5,7 +5,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.partitioning import (
+from pipeline.sources.partitioning import (
     default_num_partitions,
     plan_block_ranges,
     plan_key_ranges,

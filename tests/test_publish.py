@@ -474,12 +474,12 @@ def test_a_rerun_failing_late_keeps_the_old_output(
     out, before = _copy(first_output, tmp_path)
     extra = []
     if fault == "database_gone":  # after the checks, when the snapshot is taken
-        from pipeline.connection import DatabaseError
+        from pipeline.sources.postgres.connection import DatabaseError
 
         def gone(self):
             raise DatabaseError("server closed the connection unexpectedly (injected)")
 
-        monkeypatch.setattr("pipeline.source.ExportedSnapshot.__enter__", gone)
+        monkeypatch.setattr("pipeline.sources.postgres.plan.ExportedSnapshot.__enter__", gone)
         extra = ["--raw_parquet_dir", str(tmp_path / "raw")]
         code = 1
     elif fault == "exception_in_pipeline":

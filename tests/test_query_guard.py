@@ -12,10 +12,10 @@ import psycopg2
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.connection import DatabaseError, Dsn
-from pipeline.partition_reader import PartitionReader
-from pipeline.query_guard import QueryRefusedError, check_query
-from pipeline.source import SourceSpec, plan_read
+from pipeline.sources.postgres.connection import DatabaseError, Dsn
+from pipeline.sources.postgres.partition_reader import PartitionReader
+from pipeline.sources.postgres.plan import SourceSpec, plan_read
+from pipeline.sources.postgres.query_guard import QueryRefusedError, check_query
 from tests.conftest import query
 
 

@@ -109,7 +109,8 @@ import psycopg2.extensions  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from pipeline.connection import (  # noqa: E402
+from pipeline.options import UsageError  # noqa: E402
+from pipeline.sources.postgres.connection import (  # noqa: E402
     DatabaseError,
     Dsn,
     DsnSyntaxError,
@@ -117,7 +118,6 @@ from pipeline.connection import (  # noqa: E402
     connect,
     mask_dsn,
 )
-from pipeline.options import UsageError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # libpq strings cannot hold NUL; everything else, printable or not, may be a password.

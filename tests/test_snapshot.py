@@ -18,10 +18,13 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from pipeline.connection import DatabaseError, Dsn
-from pipeline.partition_reader import PartitionReader, PartitionReadError
-from pipeline.snapshot import ExportedSnapshot
-from pipeline.source import SourceSpec, plan_read
+from pipeline.sources.postgres.connection import DatabaseError, Dsn
+from pipeline.sources.postgres.partition_reader import (
+    PartitionReader,
+    PartitionReadError,
+)
+from pipeline.sources.postgres.plan import SourceSpec, plan_read
+from pipeline.sources.postgres.snapshot import ExportedSnapshot
 from tests.conftest import execute as _exec
 from tests.conftest import query
 

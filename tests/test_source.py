@@ -12,9 +12,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.connection import DatabaseError, Dsn
-from pipeline.postgres_io import PartitionReader, ReadFromPostgres
-from pipeline.source import ExportedSnapshot, SourceSpec, plan_read
+from pipeline.sources.postgres.beam import PartitionReader, ReadFromPostgres
+from pipeline.sources.postgres.connection import DatabaseError, Dsn
+from pipeline.sources.postgres.plan import ExportedSnapshot, SourceSpec, plan_read
 from tests.conftest import query
 
 
@@ -256,7 +256,7 @@ def test_read_from_postgres_in_a_pipeline_emits_every_row_once(database_url, mak
 
 def test_resolved_tables_know_whether_their_rows_are_stored_here(database_url, make_table):
     """Views are computed per read; only stored relations may be read twice."""
-    from pipeline import catalog
+    from pipeline.sources.postgres import catalog
 
     table = make_table("CREATE TABLE {table} (id int)")
     conn = psycopg2.connect(database_url)

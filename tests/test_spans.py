@@ -15,11 +15,11 @@ import psycopg2
 import pytest
 
 from pipeline import spans
-from pipeline.connection import Dsn
 from pipeline.options import UsageError, parse_args
 from pipeline.ownership import inspect_dir
-from pipeline.snapshot import ExportedSnapshot
-from pipeline.source import SourceSpec
+from pipeline.sources.postgres.connection import Dsn
+from pipeline.sources.postgres.plan import SourceSpec
+from pipeline.sources.postgres.snapshot import ExportedSnapshot
 from tests.conftest import execute, query
 
 DDL = (
@@ -317,7 +317,7 @@ def test_span_runs_held_transaction_failed_run_and_transform_from(
 
 def _read_plan(url, table, previous, number, **kwargs):
     """The narrowed read plan of a span and the rows its one COPY selects."""
-    from pipeline.source import copy_sql, plan_read
+    from pipeline.sources.postgres.plan import copy_sql, plan_read
 
     source = SourceSpec(dsn=Dsn(url), table=table)
     target = spans.SpanTarget(number, f"/none/span-{number:04d}", previous, False)

@@ -10,9 +10,12 @@ import math
 
 import pytest
 
-from pipeline.connection import DatabaseError, Dsn, connect
-from pipeline.partition_reader import PartitionReader, PartitionReadError
-from pipeline.source import SourceSpec, plan_read
+from pipeline.sources.postgres.connection import DatabaseError, Dsn, connect
+from pipeline.sources.postgres.partition_reader import (
+    PartitionReader,
+    PartitionReadError,
+)
+from pipeline.sources.postgres.plan import SourceSpec, plan_read
 from tests.conftest import query
 from transforms.features import parse_config
 from transforms.types import NEG_INFINITY, POS_INFINITY, UnsupportedTypeError

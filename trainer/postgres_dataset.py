@@ -52,7 +52,7 @@ def _read_batches(
     Each reader thread has its own connection in the shared snapshot; at most a few
     batches wait in the queue, so memory stays bounded.
     """
-    from pipeline.partition_reader import PartitionReader
+    from pipeline.sources.postgres.partition_reader import PartitionReader
 
     if parallel == 1:
         reader = PartitionReader(source, plan, snapshot_id)
@@ -145,8 +145,8 @@ def dataset_from_postgres(
     Without a transform, features are the raw columns: dense tensors for NOT NULL
     columns; for nullable ones a value tensor (NULL as 0/"") plus `<col>__is_null`.
     """
-    from pipeline.connection import Dsn
-    from pipeline.source import ExportedSnapshot, SourceSpec, plan_read
+    from pipeline.sources.postgres.connection import Dsn
+    from pipeline.sources.postgres.plan import ExportedSnapshot, SourceSpec, plan_read
 
     if (table is None) == (query is None):
         raise ValueError("give exactly one of table and query")

@@ -23,6 +23,8 @@ import urllib.parse
 import psycopg2
 import psycopg2.extensions
 
+from pipeline.sources import DatabaseError
+
 __all__ = [
     "Dsn",
     "DatabaseError",
@@ -57,10 +59,6 @@ _LIBPQ_PROBLEMS = {
     "unexpected character": "an unexpected character in the host",
     "end of string reached when looking for matching": "an unclosed '[' in the host",
 }
-
-
-class DatabaseError(RuntimeError):
-    """A database problem reported to the user in one line, without secrets."""
 
 
 class DsnSyntaxError(ValueError):

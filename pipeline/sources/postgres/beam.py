@@ -16,14 +16,14 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from pipeline import METRICS_NAMESPACE, arrow_coder, progress
-from pipeline.partition_reader import (
+from pipeline.sources.partitioning import Partition
+from pipeline.sources.postgres.partition_reader import (
     PartitionReader,
     PartitionReadError,
     raw_arrow_schema,
     read_partition,
 )
-from pipeline.partitioning import Partition
-from pipeline.source import ReadPlan, SourceSpec
+from pipeline.sources.postgres.plan import ReadPlan, SourceSpec
 
 __all__ = [
     "ReadFromPostgres",

@@ -9,75 +9,23 @@ leaves' block ranges, key ranges on `--partition_column`, or one partition.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 
 from psycopg2 import sql
 
-from pipeline import catalog, partitioning
-from pipeline.connection import DatabaseError, Dsn
-from pipeline.partitioning import Partition
-from pipeline.query_guard import check_query
-from pipeline.snapshot import ExportedSnapshot
-from transforms.types import Column, UnsupportedTypeError, read_expression
+from pipeline.sources import SourceSpec, partitioning
+from pipeline.sources.partitioning import Partition
+from pipeline.sources.postgres import catalog
+from pipeline.sources.postgres.connection import DatabaseError
+from pipeline.sources.postgres.query_guard import check_query
+from pipeline.sources.postgres.snapshot import ExportedSnapshot
+from pipeline.sources.read_plan import ReadPlan
+from transforms.types import UnsupportedTypeError, read_expression
 
 __all__ = ["SourceSpec", "ReadPlan", "plan_read", "copy_sql", "ExportedSnapshot"]
 
 _LOGGER = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceSpec:
-    """What to read: exactly one of `table` and `query`, on `dsn` (plain, picklable)."""
-
-    dsn: Dsn
-    table: str | None = None
-    query: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ReadPlan:
-    """Everything a partition reader needs, decided once by the launcher.
-
-    Attributes:
-        relation: SQL text of the FROM item (a quoted table or a parenthesised query).
-        columns: the projected columns, in output order.
-        partitions: slices whose union is every row exactly once.
-        partition_key: quoted SQL of the partition column (key-range plans).
-        row_estimate: the catalog's estimate, -1 when unknown.
-        description: how the plan was chosen, for the log and the manifest.
-        table: the resolved `--table` (None for a query).
-        locks: relations locked (ACCESS SHARE) for the job, children included.
-        lock_method: how they were locked (see `snapshot.ExportedSnapshot`).
-        row_filter: a condition on `src` every partition's read adds (see
-            `pipeline.spans`), or None.
-    """
-
-    relation: str
-    columns: tuple[Column, ...]
-    partitions: tuple[Partition, ...]
-    partition_key: str | None
-    row_estimate: int
-    description: str
-    table: catalog.TableRef | None = None
-    locks: tuple[str, ...] = ()
-    lock_method: str = "none"
-    row_filter: str | None = None  # SQL ANDed to every partition's WHERE (spans)
-
-    @property
-    def source_name(self) -> str:
-        """What is read, for messages: the table, or `--query` and its tables."""
-        if self.table is not None:
-            return str(self.table)
-        return f"--query (on {', '.join(self.locks)})" if self.locks else "--query"
-
-    def column(self, name: str) -> Column:
-        """The projected column called `name`."""
-        for column in self.columns:
-            if column.name == name:
-                return column
-        raise KeyError(name)
 
 
 def copy_sql(plan: ReadPlan, partition: Partition) -> sql.Composable:

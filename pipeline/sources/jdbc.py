@@ -18,8 +18,8 @@ import pyarrow as pa
 from psycopg2.extensions import parse_dsn
 
 from pipeline import arrow_coder
-from pipeline.postgres_io import raw_arrow_schema
-from pipeline.source import ReadPlan, SourceSpec, _quoted
+from pipeline.sources.postgres.beam import raw_arrow_schema
+from pipeline.sources.postgres.plan import ReadPlan, SourceSpec, _quoted
 from transforms.types import read_expression
 
 __all__ = ["ReadWithJdbc", "JdbcUnavailableError", "check_jdbc_available", "jdbc_url"]

@@ -20,11 +20,15 @@ import psycopg2.errors
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pipeline.connection import connect
-from pipeline.copy_stream import CopyStream
-from pipeline.partitioning import Partition
-from pipeline.snapshot import IDLE_SESSION_OPTIONS, lock_timeout_message
-from pipeline.source import ReadPlan, SourceSpec, copy_sql
+from pipeline.sources.partitioning import Partition
+from pipeline.sources.postgres.connection import connect
+from pipeline.sources.postgres.copy_stream import CopyStream
+from pipeline.sources.postgres.plan import ReadPlan, SourceSpec, copy_sql
+from pipeline.sources.postgres.snapshot import (
+    IDLE_SESSION_OPTIONS,
+    lock_timeout_message,
+)
+from pipeline.sources.read_plan import raw_arrow_schema
 from transforms.types import Kind, arrow_type, read_error_message
 
 __all__ = [
@@ -53,13 +57,6 @@ class PartitionReadError(RuntimeError):
 
 class ColumnValueError(ValueError):
     """A value the read refuses (e.g. a multi-dimensional array); names the column."""
-
-
-def raw_arrow_schema(plan: ReadPlan) -> pa.Schema:
-    """The Arrow schema of the raw batches (flat typed columns, arrays as lists)."""
-    return pa.schema(
-        [pa.field(c.name, arrow_type(c), nullable=not c.not_null) for c in plan.columns]
-    )
 
 
 def _csv_types(plan: ReadPlan) -> dict[str, pa.DataType]:

@@ -12,7 +12,7 @@ import dataclasses
 
 from psycopg2 import sql
 
-from pipeline.connection import DatabaseError
+from pipeline.sources.postgres.connection import DatabaseError
 from transforms.types import Column
 
 __all__ = [

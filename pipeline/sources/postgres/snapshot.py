@@ -36,8 +36,8 @@ import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
-from pipeline import catalog
-from pipeline.connection import DatabaseError, Dsn, connect
+from pipeline.sources.postgres import catalog
+from pipeline.sources.postgres.connection import DatabaseError, Dsn, connect
 
 __all__ = [
     "ExportedSnapshot",
@@ -61,7 +61,7 @@ _LOCK_REFUSED = (
 
 def query_relations(query: str) -> list[sql.Composable]:
     """The relations a `--query` names (CTE names excluded), as SQL identifiers."""
-    from pipeline.query_guard import check_query
+    from pipeline.sources.postgres.query_guard import check_query
 
     return [
         sql.Identifier(schema, name) if schema else sql.Identifier(name)
@@ -244,6 +244,22 @@ class ExportedSnapshot:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def plan(self, spec, *, num_partitions=None, partition_column=None):
+        """`plan.plan_read` of `spec` inside this snapshot (the seam's `plan`)."""
+        from pipeline.sources.postgres.plan import plan_read
+
+        return plan_read(
+            spec,
+            None,
+            num_partitions=num_partitions,
+            partition_column=partition_column,
+            snapshot=self,
+        )
+
+    def primary_key(self, table) -> list[str]:
+        """`table`'s primary key columns, in key order ([] when it has none)."""
+        return catalog.primary_key(self.conn, table)
 
     def close(self) -> None:
         """Ends the transaction(s): the snapshot and the locks are released."""
