@@ -185,3 +185,23 @@ def test_embedded_server_lifecycle_via_cli(tmp_path):
     assert not pidfile.exists()
     assert not state.directory.exists()
     assert not embedded_mariadb._alive(state.pid, state.directory)
+
+
+def test_a_failed_start_leaves_nothing_behind(monkeypatch, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    server = bin_dir / "mariadbd"
+    server.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && echo "mariadbd Ver 10.11 MariaDB" '
+        "&& exit 0\necho refusing >&2\nexit 3\n"
+    )
+    install_db = bin_dir / "mariadb-install-db"
+    install_db.write_text("#!/bin/sh\nexit 0\n")
+    for path in (server, install_db):
+        path.chmod(0o755)
+    monkeypatch.setattr(embedded_mariadb.tempfile, "tempdir", str(tmp_path))
+    embedded = EmbeddedMariaDB(server=server)
+    with pytest.raises(RuntimeError, match="mariadbd exited with 3"):
+        embedded.start()
+    assert not embedded.running
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
