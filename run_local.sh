@@ -6,9 +6,15 @@
 #   ./run_local.sh [pipeline flags] the same on your table, e.g.
 #                                   DATABASE_URL=postgresql://me@db/prod ./run_local.sh \
 #                                     --table events --label clicked --output_dir out/events
+#   ./run_local.sh --mysql [pipeline flags]
+#                                   the demo (or your flags) on a throwaway MariaDB
+#                                   (mariadbd from the installed mariadb-server)
+#                                   instead; also DEMO_DB=mariadb, or a
+#                                   --db_url mysql://... of your own
 #   ./run_local.sh test [pytest args]  the test suite
 #
 # Environment: DATABASE_URL (use this server instead of an embedded one),
+# MYSQL_URL (with --mysql: use this server instead of a throwaway one),
 # SAMPLE_ROWS (demo table size, default 200000), EPOCHS (default 3),
 # VENV (virtualenv path, default .venv), PYTHON (interpreter to create it with).
 set -euo pipefail
@@ -17,6 +23,7 @@ cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 STATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/sql2tfrecord.XXXXXX")
 PG_STATE="$STATE_DIR/postgres.json"
+MYSQL_STATE="$STATE_DIR/mariadb.json"
 
 log() { printf '[run_local] %s\n' "$*" >&2; }
 
@@ -56,6 +63,9 @@ cleanup() {
     if [ -f "$PG_STATE" ]; then
         PY -m localdev stop --pidfile "$PG_STATE" || log "warning: could not stop PostgreSQL"
     fi
+    if [ -f "$MYSQL_STATE" ]; then
+        PY -m localdev stop-mysql --pidfile "$MYSQL_STATE" || log "warning: could not stop MariaDB"
+    fi
     rm -rf "$STATE_DIR"
     exit "$status"
 }
@@ -73,10 +83,10 @@ if [ "${1:-}" = "test" ]; then
     exit $?
 fi
 
-if [ -z "${DATABASE_URL:-}" ]; then
-    log "starting an embedded, throwaway PostgreSQL"
-    DATABASE_URL=$(PY -m localdev start --pidfile "$PG_STATE")
-    export DATABASE_URL
+DEMO_DB=${DEMO_DB:-postgres}
+if [ "${1:-}" = "--mysql" ]; then
+    shift
+    DEMO_DB=mariadb
 fi
 
 args=("$@")
@@ -97,10 +107,38 @@ flag_value() {
     done
 }
 
+case "$(flag_value --db_url)" in mysql://* | mariadb://*) DEMO_DB=mariadb ;; esac
+case "$DEMO_DB" in
+postgres | postgresql)
+    if [ -z "${DATABASE_URL:-}" ]; then
+        log "starting an embedded, throwaway PostgreSQL"
+        DATABASE_URL=$(PY -m localdev start --pidfile "$PG_STATE")
+        export DATABASE_URL
+    fi
+    SAMPLE_URL=$DATABASE_URL
+    ;;
+mariadb | mysql)
+    SAMPLE_URL=$(flag_value --db_url)
+    if [ -z "$SAMPLE_URL" ]; then
+        if [ -n "${MYSQL_URL:-}" ]; then
+            SAMPLE_URL=$MYSQL_URL
+        else
+            log "starting a throwaway MariaDB"
+            SAMPLE_URL=$(PY -m localdev start-mysql --pidfile "$MYSQL_STATE")
+        fi
+        args+=(--db_url "$SAMPLE_URL")
+    fi
+    ;;
+*)
+    log "error: DEMO_DB must be postgres or mariadb, got '$DEMO_DB'"
+    exit 2
+    ;;
+esac
+
 if ! has_flag --table && ! has_flag --query; then
     rows=${SAMPLE_ROWS:-200000}
     log "loading the sample table ($rows rows)"
-    PY -m localdev sample --db_url "$DATABASE_URL" --table sample --rows "$rows"
+    PY -m localdev sample --db_url "$SAMPLE_URL" --table sample --rows "$rows"
     args+=(--table sample --label label)
 fi
 if ! has_flag --output_dir; then

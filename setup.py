@@ -21,9 +21,16 @@ REQUIRED = [
 ]
 
 EXTRAS = {
-    # An embedded, throwaway PostgreSQL for run_local.sh and the tests.
-    "local": ["pgserver==0.1.4", "psutil"],
-    "test": ["pytest>=8", "hypothesis>=6", "pgserver==0.1.4", "psutil"],
+    # An embedded, throwaway PostgreSQL for run_local.sh and the tests; pymysql to
+    # set up the throwaway MariaDB (localdev.embedded_mariadb) and load its tables.
+    "local": ["pgserver==0.1.4", "psutil", "pymysql>=1.1,<2"],
+    "test": [
+        "pytest>=8",
+        "hypothesis>=6",
+        "pgserver==0.1.4",
+        "psutil",
+        "pymysql>=1.1,<2",
+    ],
 }
 
 setuptools.setup(

@@ -4,8 +4,11 @@
                            (JSON) to FILE and print only its URL on stdout
     stop --pidfile FILE    stop that server and delete its data (idempotent; a
                            missing FILE is fine)
+    start-mysql --pidfile FILE, stop-mysql --pidfile FILE
+                           the same for a throwaway MariaDB (mysql://root@...)
     sample --db_url URL --table NAME --rows N [--seed S] [--replace]
-                           create the sample table; print one line
+                           create the sample table (in PostgreSQL, or in
+                           MySQL/MariaDB for a mysql:// URL); print one line
 
 Errors: one line on stderr and exit code 1.
 """
@@ -40,8 +43,16 @@ def _build_parser() -> argparse.ArgumentParser:
     start.add_argument("--pidfile", required=True, help="where to write its state")
     stop = commands.add_parser("stop", help="stop it and delete its data")
     stop.add_argument("--pidfile", required=True, help="the state file of start")
+    start_mysql = commands.add_parser("start-mysql", help="start a detached MariaDB")
+    start_mysql.add_argument(
+        "--pidfile", required=True, help="where to write its state"
+    )
+    stop_mysql = commands.add_parser("stop-mysql", help="stop it and delete its data")
+    stop_mysql.add_argument("--pidfile", required=True, help="the state file")
     sample = commands.add_parser("sample", help="create the sample table")
-    sample.add_argument("--db_url", required=True, help="libpq URL of the database")
+    sample.add_argument(
+        "--db_url", required=True, help="libpq URL, or mysql://user@host:port/db"
+    )
     sample.add_argument("--table", default="sample")
     sample.add_argument("--rows", type=int, default=200_000)
     sample.add_argument("--seed", type=int, default=0)
@@ -51,10 +62,18 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _start(pidfile: str) -> None:
+def _server_class(command: str) -> type:
+    if command.endswith("-mysql"):
+        from localdev.embedded_mariadb import EmbeddedMariaDB
+
+        return EmbeddedMariaDB
     from localdev.embedded_postgres import EmbeddedPostgres
 
-    server = EmbeddedPostgres()
+    return EmbeddedPostgres
+
+
+def _start(pidfile: str, server_class: type) -> None:
+    server = server_class()
     url = server.start()
     try:
         temporary = f"{pidfile}.tmp"
@@ -68,20 +87,23 @@ def _start(pidfile: str) -> None:
     print(url, flush=True)
 
 
-def _stop(pidfile: str) -> None:
-    from localdev.embedded_postgres import EmbeddedPostgres
-
+def _stop(pidfile: str, server_class: type) -> None:
     try:
         with open(pidfile, encoding="utf-8") as f:
             state = json.load(f)
     except FileNotFoundError:
         return
-    EmbeddedPostgres.from_state(state).stop()
+    server_class.from_state(state).stop()
     os.remove(pidfile)
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from localdev.sample_table import create_sample_table
+    if args.db_url.startswith(("mysql://", "mariadb://")):
+        from localdev.sample_table_mysql import (
+            create_sample_table_mysql as create_sample_table,
+        )
+    else:
+        from localdev.sample_table import create_sample_table
 
     began = time.monotonic()
     rows = create_sample_table(
@@ -102,10 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="localdev: %(message)s")
     try:
         args = _build_parser().parse_args(argv)
-        if args.command == "start":
-            _start(args.pidfile)
-        elif args.command == "stop":
-            _stop(args.pidfile)
+        if args.command in ("start", "start-mysql"):
+            _start(args.pidfile, _server_class(args.command))
+        elif args.command in ("stop", "stop-mysql"):
+            _stop(args.pidfile, _server_class(args.command))
         else:
             _sample(args)
     except Exception as err:  # one line for the shell script, whatever it is

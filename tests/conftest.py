@@ -1,8 +1,14 @@
-"""Shared fixtures: a real PostgreSQL for the whole session.
+"""Shared fixtures: a real PostgreSQL, and a real MySQL/MariaDB, for the whole session.
 
 With `DATABASE_URL` set, tests use that server (each session works in its own
 throwaway schema-less database objects, prefixed `t_`); otherwise the suite starts an
 embedded, throwaway PostgreSQL (localdev.embedded_postgres) and stops it at the end.
+
+MySQL tests (marked `mysql`, automatically when they use `mysql_url`): with
+`MYSQL_URL` set they use that server; otherwise the suite starts a throwaway
+`mariadbd` (localdev.embedded_mariadb) once, at the first such test, and stops it at
+the end. Without a server binary they are skipped, and the summary says so in one
+line ("MySQL tests not run: ...").
 """
 
 from __future__ import annotations
@@ -37,6 +43,36 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+_MYSQL_MARKER = "mysql"
+_MYSQL_NOT_RUN: dict[str, int] = {}  # reason -> tests skipped for it
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        f"{_MYSQL_MARKER}: needs a MySQL/MariaDB server (MYSQL_URL, or a throwaway "
+        "mariadbd)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if {"mysql_url", "mysql_session_server"} & set(
+            getattr(item, "fixturenames", ())
+        ):
+            item.add_marker(_MYSQL_MARKER)
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and _MYSQL_MARKER in report.keywords and _MYSQL_NOT_RUN:
+        reason = next(iter(_MYSQL_NOT_RUN))
+        _MYSQL_NOT_RUN[reason] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    for reason, count in _MYSQL_NOT_RUN.items():
+        terminalreporter.write_line(f"{reason} ({count} tests skipped)", yellow=True)
+
 
 @pytest.fixture(scope="session")
 def database_url():
@@ -49,6 +85,61 @@ def database_url():
 
     with EmbeddedPostgres() as server:
         yield server.url
+
+
+def mysql_url_from_environment(environ) -> str | None:
+    """The MySQL server the environment names (`MYSQL_URL`), or None: start one."""
+    return environ.get("MYSQL_URL") or None
+
+
+def mysql_session(environ, not_run: dict[str, int] | None = None):
+    """Yields (URL, the embedded server or None); stops a server it started.
+
+    Raises pytest's skip exception, and records the reason in `not_run` (for the
+    summary), when `MYSQL_URL` is unset and no server binary exists.
+    """
+    url = mysql_url_from_environment(environ)
+    if url:
+        yield url, None
+        return
+    from localdev.embedded_mariadb import EmbeddedMariaDB, NoServerBinaryError
+
+    server = EmbeddedMariaDB()
+    try:
+        server.start()
+    except NoServerBinaryError as err:
+        reason = f"MySQL tests not run: {err}"
+        if not_run is not None:
+            not_run.setdefault(reason, 0)
+        pytest.skip(reason)
+    try:
+        yield server.url, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mysql_session_server():
+    """(URL, EmbeddedMariaDB or None when `MYSQL_URL` is used), for the session."""
+    yield from mysql_session(os.environ, _MYSQL_NOT_RUN)
+
+
+@pytest.fixture(scope="session")
+def mysql_url(mysql_session_server):
+    """`mysql://user[:password]@host:port/database` where tests may create tables.
+
+    `MYSQL_URL` when set; else the throwaway server's `mysql://root@127.0.0.1:PORT/test`.
+    """
+    return mysql_session_server[0]
+
+
+def mysql_connect(url: str, **kwargs):
+    """A pymysql connection to a `mysql://` URL (tests only)."""
+    import pymysql
+
+    from localdev.sample_table_mysql import mysql_connect_args
+
+    return pymysql.connect(**mysql_connect_args(url), **kwargs)
 
 
 @pytest.fixture(scope="session")
