@@ -31,6 +31,15 @@ EXTRAS = {
         "psutil",
         "pymysql>=1.1,<2",
     ],
+    # bench/mysql_clients.py: the MySQL clients it compares (issue 20). 8.4.0: the
+    # last mysql-connector-python whose C extension loads after pyarrow/hashlib here
+    # (9.x: static-TLS / OPENSSL_3.2 errors against Debian 12's OpenSSL 3.0).
+    "bench-mysql": [
+        "connectorx>=0.4.6,<0.5",
+        "mysql-connector-python==8.4.0",
+        "PyMySQL>=1.1,<2",
+        "mariadb==2.0.0rc2",
+    ],
 }
 
 setuptools.setup(
