@@ -31,6 +31,8 @@ from transforms.types import Column
 __all__ = [
     "TableRef",
     "MySqlColumn",
+    "family",
+    "unsigned_bigint",
     "quote",
     "resolve_table",
     "table_columns",
@@ -73,20 +75,54 @@ class TableRef:
 
 @dataclasses.dataclass(frozen=True)
 class MySqlColumn:
-    """A described column: the shared `Column`, or why it cannot be read.
+    """A described column: the shared `Column`, and why it cannot be read, if so.
 
     Attributes:
         column: the shared description (pg_type from the table above).
-        unsigned_bigint: BIGINT UNSIGNED (values above 2**63-1 are refused).
         refused: the cast to suggest when the type has no mapping, else None.
-        source_type: the MySQL type family, for the read expression (`int`,
-            `float`, `decimal`, `text`, `date`, `datetime`, `bit`, `year`).
     """
 
     column: Column
-    source_type: str
-    unsigned_bigint: bool = False
     refused: str | None = None
+
+    @property
+    def source_type(self) -> str:
+        """`family(column)`."""
+        return family(self.column)
+
+
+def family(column: Column) -> str:
+    """How a mapped column is read: `int`, `bit`, `year`, `decimal`, `float`,
+    `double`, `date`, `datetime` (DATETIME and TIMESTAMP) or `text`.
+
+    Derived from the shared `Column` alone (its MySQL spelling in
+    `display_type`), so a projected `ReadPlan` is all a reader needs.
+    """
+    shown = column.display_type.lower()
+    if shown.startswith("bit"):
+        return "bit"
+    if shown.startswith("year"):
+        return "year"
+    return _FAMILIES.get(column.pg_type, "text")
+
+
+_FAMILIES = {
+    "int2": "int",
+    "int4": "int",
+    "int8": "int",
+    "numeric": "decimal",
+    "float4": "float",
+    "float8": "double",
+    "date": "date",
+    "timestamp": "datetime",
+    "timestamptz": "datetime",
+}
+
+
+def unsigned_bigint(column: Column) -> bool:
+    """BIGINT UNSIGNED: values above 2**63-1 are refused as they are read."""
+    shown = column.display_type.lower()
+    return shown.startswith("bigint") and "unsigned" in shown
 
 
 def _split_table(text: str) -> tuple[str | None, str]:
@@ -260,8 +296,6 @@ def table_columns(conn, table: TableRef) -> list[MySqlColumn]:
                     column_type,
                     not_null=_text(nullable) == "NO",
                 ),
-                family,
-                unsigned,
                 refused.replace("`{c}`", quote(name)) if refused else None,
             )
         )
@@ -351,7 +385,7 @@ def query_columns(conn, relation: str) -> list[MySqlColumn]:
                 FieldType.NULL: "CAST(NULL AS SIGNED) (a typed NULL)",
             }.get(code, "HEX(…) or CAST(… AS CHAR CHARACTER SET utf8mb4)")
         columns.append(
-            MySqlColumn(Column(name, pg_type, display), family, unsigned_bigint, refused)
+            MySqlColumn(Column(name, pg_type, display), refused)
         )
     return columns
 
