@@ -244,7 +244,12 @@ def _map_table_type(
         return "float8", "double", False, None
     if data_type == "char":
         if charset in (None, "binary"):
-            return "", "", False, "CAST(`{c}` AS CHAR CHARACTER SET utf8mb4) or HEX(`{c}`)"
+            return (
+                "",
+                "",
+                False,
+                "CAST(`{c}` AS CHAR CHARACTER SET utf8mb4) or HEX(`{c}`)",
+            )
         return "bpchar", "text", False, None
     if data_type in _TEXT_TYPES:
         if charset in (None, "binary"):
@@ -264,12 +269,33 @@ def _map_table_type(
         return "", "", False, "TIME_TO_SEC(`{c}`) (seconds, may be negative)"
     if data_type == "json":
         return "", "", False, "CAST(`{c}` AS CHAR) or JSON_VALUE(`{c}`, '$.field')"
-    if data_type in ("binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"):
+    if data_type in (
+        "binary",
+        "varbinary",
+        "tinyblob",
+        "blob",
+        "mediumblob",
+        "longblob",
+    ):
         return "", "", False, "HEX(`{c}`) or LENGTH(`{c}`)"
-    return "", "", False, "ST_AsText(`{c}`)" if "geom" in data_type or data_type in (
-        "point", "linestring", "polygon", "multipoint", "multilinestring",
-        "multipolygon", "geometrycollection",
-    ) else "CAST(`{c}` AS CHAR)"
+    return (
+        "",
+        "",
+        False,
+        "ST_AsText(`{c}`)"
+        if "geom" in data_type
+        or data_type
+        in (
+            "point",
+            "linestring",
+            "polygon",
+            "multipoint",
+            "multilinestring",
+            "multipolygon",
+            "geometrycollection",
+        )
+        else "CAST(`{c}` AS CHAR)",
+    )
 
 
 def table_columns(conn, table: TableRef) -> list[MySqlColumn]:
@@ -384,9 +410,7 @@ def query_columns(conn, relation: str) -> list[MySqlColumn]:
                 FieldType.JSON: "CAST(… AS CHAR)",
                 FieldType.NULL: "CAST(NULL AS SIGNED) (a typed NULL)",
             }.get(code, "HEX(…) or CAST(… AS CHAR CHARACTER SET utf8mb4)")
-        columns.append(
-            MySqlColumn(Column(name, pg_type, display), refused)
-        )
+        columns.append(MySqlColumn(Column(name, pg_type, display), refused))
     return columns
 
 

@@ -87,14 +87,15 @@ class MySqlUrl:
     def _url(self, password: str | None) -> str:
         user = urllib.parse.quote(self.user, safe="")
         if password is not None:
-            secret = password if password == _MASK else urllib.parse.quote(password, safe="")
+            secret = (
+                password if password == _MASK else urllib.parse.quote(password, safe="")
+            )
             user += ":" + secret
         host = f"[{self.host}]" if ":" in self.host else self.host
         query = urllib.parse.urlencode(self.params)
         database = urllib.parse.quote(self.database, safe="")
-        return (
-            f"{self.scheme}://{user}@{host}:{self.port}/{database}"
-            + (f"?{query}" if query else "")
+        return f"{self.scheme}://{user}@{host}:{self.port}/{database}" + (
+            f"?{query}" if query else ""
         )
 
     def __str__(self) -> str:
@@ -233,21 +234,25 @@ def connect(url: MySqlUrl, *, what: str = "connecting"):
     try:
         conn = mysql.connector.connect(**kwargs)
     except mysql.connector.Error as err:
-        raise DatabaseError(
-            driver_error(err, f"{what} to {url.masked}", url)
-        ) from None
+        raise DatabaseError(driver_error(err, f"{what} to {url.masked}", url)) from None
     try:
         _configure(conn, url)
     except mysql.connector.Error as err:
         conn.close()
-        raise DatabaseError(driver_error(err, f"setting up {url.masked}", url)) from None
+        raise DatabaseError(
+            driver_error(err, f"setting up {url.masked}", url)
+        ) from None
     return conn
 
 
 def _configure(conn, url: MySqlUrl) -> None:
     mariadb = is_mariadb(conn)
     statement_ms = url.statement_timeout_ms or 0
-    lock_s = max(1, -(-(url.lock_timeout_ms or 0) // 1000)) if url.lock_timeout_ms else 31536000
+    lock_s = (
+        max(1, -(-(url.lock_timeout_ms or 0) // 1000))
+        if url.lock_timeout_ms
+        else 31536000
+    )
     if mariadb:
         timeout = f"max_statement_time = {statement_ms / 1000:.3f}"
     else:

@@ -172,7 +172,11 @@ class PartitionReader:
                 if not type(err).__module__.startswith("mysql.connector"):
                     raise
                 what = f"partition {partition.label} of {self._plan.source_name}"
-                if emitted or self._snapshot_id is not None or attempt >= self._max_retries:
+                if (
+                    emitted
+                    or self._snapshot_id is not None
+                    or attempt >= self._max_retries
+                ):
                     raise PartitionReadError(
                         driver_error(
                             err,

@@ -173,6 +173,7 @@ def plan_read(
         table=table,
         locks=(str(table),) if table is not None else (),
         lock_method=session.lock_method,
+        consistency=session.consistency,
     )
     return plan, by_name
 

@@ -100,7 +100,9 @@ def _code(query: str) -> str:
                 raise QueryRefusedError("--query has an unterminated /* comment")
             out.append(" " * (end + 2 - i))
             i = end + 2
-        elif ch == "#" or (two == "--" and query[i + 2 : i + 3] in (" ", "\t", "\n", "\r", "")):
+        elif ch == "#" or (
+            two == "--" and query[i + 2 : i + 3] in (" ", "\t", "\n", "\r", "")
+        ):
             end = query.find("\n", i)
             end = n if end < 0 else end
             out.append(" " * (end - i))

@@ -157,8 +157,9 @@ class MySqlSession:
         except Exception as err:
             if type(err).__module__.startswith("mysql.connector"):
                 raise DatabaseError(
-                    driver_error(err, f"planning the read of {spec.table or '--query'}",
-                                 spec.dsn)
+                    driver_error(
+                        err, f"planning the read of {spec.table or '--query'}", spec.dsn
+                    )
                 ) from None
             raise
         self.mysql_columns = columns
