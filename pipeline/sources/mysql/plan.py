@@ -171,7 +171,7 @@ def plan_read(
         row_estimate=row_estimate,
         description=description,
         table=table,
-        locks=(str(table),) if table is not None else (),
+        locks=(),  # MySQL holds no table lock across the run (see session)
         lock_method=session.lock_method,
         consistency=session.consistency,
     )
