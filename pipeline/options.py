@@ -15,15 +15,15 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.sources import engine
+from pipeline.sources.mysql.connection import MySqlUrlError, check_url
+from pipeline.sources.mysql.query_guard import QueryRefusedError as MySqlQueryError
+from pipeline.sources.mysql.query_guard import check_query as check_mysql_query
 from pipeline.sources.postgres.connection import (
     DEFAULT_LOCK_TIMEOUT_MS,
     DsnSyntaxError,
     check_dsn,
 )
-from pipeline.sources import engine
-from pipeline.sources.mysql.connection import MySqlUrlError, check_url
-from pipeline.sources.mysql.query_guard import QueryRefusedError as MySqlQueryError
-from pipeline.sources.mysql.query_guard import check_query as check_mysql_query
 from pipeline.sources.postgres.query_guard import QueryRefusedError, check_query
 from pipeline.split import SplitSpec, parse_splits
 
@@ -423,8 +423,10 @@ _POSTGRES_ONLY = (
 
 
 def _check_mysql_flags(args, beam_args, problems: list[str]) -> None:
-    """What a mysql:// source refuses: PostgreSQL-only flags, and one_instant
-    reads outside the in-process DirectRunner (see pipeline.sources.mysql.session).
+    """What a mysql:// source refuses (see pipeline.sources.mysql.session).
+
+    PostgreSQL-only flags, and one_instant reads outside the in-process
+    DirectRunner.
     """
     for flag, given in _POSTGRES_ONLY:
         if given(args):

@@ -157,3 +157,34 @@ def mysql_url():
 
 
 # --- end of the MySQL placeholder ---
+
+
+@pytest.fixture(scope="session")
+def mysql_table(mysql_url):
+    """`make(ddl, *statements) -> name`: a fresh table (`{table}` in the SQL),
+    dropped at the end of the session."""
+    created = []
+    from tests.mysql_fixtures import admin
+
+    conn = admin(mysql_url)
+
+    def make(ddl: str, *statements, prefix: str = "t") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        quoted = "`" + name.replace("`", "``") + "`"
+        with conn.cursor() as cur:
+            cur.execute(ddl.replace("{table}", quoted))
+            for statement in statements:
+                if isinstance(statement, tuple):
+                    cur.executemany(statement[0].replace("{table}", quoted), statement[1])
+                else:
+                    cur.execute(statement.replace("{table}", quoted))
+            cur.execute(f"ANALYZE TABLE {quoted}")
+            cur.fetchall()
+        created.append(quoted)
+        return name
+
+    yield make
+    with conn.cursor() as cur:
+        for quoted in created:
+            cur.execute(f"DROP TABLE IF EXISTS {quoted}")
+    conn.close()

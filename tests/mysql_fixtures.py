@@ -1,16 +1,12 @@
 """Helpers of the MySQL tests: connections, throwaway tables, direct reads.
 
-Import the fixtures into a test module (`from tests.mysql_fixtures import
-mysql_table`); they use the session's `mysql_url` (tests/conftest.py).
+The fixtures (`mysql_url`, `mysql_table`) are in tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import uuid
-
 import pyarrow as pa
 import pymysql
-import pytest
 
 from pipeline import sources
 from pipeline.sources.mysql.connection import parse_url
@@ -39,35 +35,6 @@ def admin(url: str, sql_mode: str = ""):
     with conn.cursor() as cur:
         cur.execute("SET SESSION sql_mode = %s, time_zone = '+00:00'", (sql_mode,))
     return conn
-
-
-@pytest.fixture(scope="session")
-def mysql_table(mysql_url):
-    """`make(ddl, *statements) -> name`: a fresh table (`{table}` in the SQL),
-    dropped at the end of the session."""
-    created = []
-    conn = admin(mysql_url)
-
-    def make(ddl: str, *statements, prefix: str = "t") -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-        quoted = "`" + name.replace("`", "``") + "`"
-        with conn.cursor() as cur:
-            cur.execute(ddl.replace("{table}", quoted))
-            for statement in statements:
-                if isinstance(statement, tuple):
-                    cur.executemany(statement[0].replace("{table}", quoted), statement[1])
-                else:
-                    cur.execute(statement.replace("{table}", quoted))
-            cur.execute(f"ANALYZE TABLE {quoted}")
-            cur.fetchall()
-        created.append(quoted)
-        return name
-
-    yield make
-    with conn.cursor() as cur:
-        for quoted in created:
-            cur.execute(f"DROP TABLE IF EXISTS {quoted}")
-    conn.close()
 
 
 def read_all(url, *, table=None, query=None, consistency=None, **plan_args):

@@ -17,10 +17,10 @@ import pymysql
 import pytest
 
 from pipeline import sources
+from pipeline.sources import DatabaseError
 from pipeline.sources.mysql.partition_reader import PartitionReader
 from pipeline.sources.mysql.session import take_connection
-from pipeline.sources import DatabaseError
-from tests.mysql_fixtures import connect_args, mysql_table  # noqa: F401
+from tests.mysql_fixtures import connect_args
 
 pytestmark = pytest.mark.mysql
 

@@ -26,7 +26,7 @@ import trainer
 from pipeline.__main__ import main
 from pipeline.sources.mysql.connection import parse_url
 from tests.conftest import reference_split
-from tests.mysql_fixtures import admin, mysql_table  # noqa: F401
+from tests.mysql_fixtures import admin
 
 pytestmark = pytest.mark.mysql
 

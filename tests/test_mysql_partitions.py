@@ -15,7 +15,7 @@ import pytest
 from pipeline.sources import DatabaseError
 from pipeline.sources.mysql import partition_reader
 from pipeline.sources.mysql.partition_reader import PartitionReader, PartitionReadError
-from tests.mysql_fixtures import admin, mysql_table, read_all  # noqa: F401
+from tests.mysql_fixtures import admin, read_all
 
 pytestmark = pytest.mark.mysql
 

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.sources import DatabaseError
 from pipeline.sources.mysql.partition_reader import ColumnValueError, PartitionReadError
-from tests.mysql_fixtures import admin, mysql_table, read_all  # noqa: F401
+from tests.mysql_fixtures import admin, read_all
 
 pytestmark = pytest.mark.mysql
 

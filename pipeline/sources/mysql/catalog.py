@@ -92,11 +92,12 @@ class MySqlColumn:
 
 
 def family(column: Column) -> str:
-    """How a mapped column is read: `int`, `bit`, `year`, `decimal`, `float`,
-    `double`, `date`, `datetime` (DATETIME and TIMESTAMP) or `text`.
+    """How a mapped column is read (its family).
 
-    Derived from the shared `Column` alone (its MySQL spelling in
-    `display_type`), so a projected `ReadPlan` is all a reader needs.
+    `int`, `bit`, `year`, `decimal`, `float`, `double`, `date`, `datetime`
+    (DATETIME and TIMESTAMP) or `text`. Derived from the shared `Column` alone
+    (its MySQL spelling in `display_type`), so a projected `ReadPlan` is all a
+    reader needs.
     """
     shown = column.display_type.lower()
     if shown.startswith("bit"):
@@ -216,86 +217,56 @@ _INT_TYPES = {"tinyint": 2, "smallint": 2, "mediumint": 4, "int": 4, "integer": 
 _TEXT_TYPES = {"varchar", "tinytext", "text", "mediumtext", "longtext"}
 
 
+_GEOMETRY_TYPES = {
+    "geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
+    "multipolygon", "geometrycollection",
+}  # fmt: skip
+_BLOB_TYPES = {"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"}
+_SIMPLE_TYPES = {
+    "bigint": "int8",
+    "year": "int2",
+    "decimal": "numeric",
+    "numeric": "numeric",
+    "float": "float4",
+    "double": "float8",
+    "real": "float8",
+    "enum": "enum",
+    "set": "text",
+    "date": "date",
+    "datetime": "timestamp",
+    "timestamp": "timestamptz",
+}
+
+
 def _map_table_type(
     data_type: str, column_type: str, charset: str | None
-) -> tuple[str, str, bool, str | None]:
-    """(pg_type, source family, unsigned bigint, refused cast) of a column."""
+) -> tuple[str, str | None]:
+    """(pg_type, None) of a mapped column, or ("", the cast to suggest)."""
     unsigned = "unsigned" in column_type
     if data_type in _INT_TYPES:
         if column_type.startswith("tinyint(1)") and not unsigned:
-            return "int2", "int", False, None
-        width = _INT_TYPES[data_type]
-        if unsigned:
-            width *= 2
-        return {2: "int2", 4: "int4", 8: "int8"}[width], "int", False, None
-    if data_type == "bigint":
-        return "int8", "int", unsigned, None
-    if data_type == "year":
-        return "int2", "year", False, None
+            return "int2", None  # BOOL
+        width = _INT_TYPES[data_type] * (2 if unsigned else 1)
+        return {2: "int2", 4: "int4", 8: "int8"}[width], None
+    if data_type in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[data_type], None
     if data_type == "bit":
-        if column_type in ("bit(1)",):
-            return "int2", "bit", False, None
-        return "", "", False, "CAST(`{c}` AS UNSIGNED) (BIT(64) may exceed int64)"
-    if data_type in ("decimal", "numeric"):
-        return "numeric", "decimal", False, None
-    if data_type == "float":
-        return "float4", "float", False, None
-    if data_type in ("double", "real", "double precision"):
-        return "float8", "double", False, None
-    if data_type == "char":
+        if column_type == "bit(1)":
+            return "int2", None
+        return "", "CAST(`{c}` AS UNSIGNED) (BIT(64) may exceed int64)"
+    if data_type == "char" or data_type in _TEXT_TYPES:
         if charset in (None, "binary"):
-            return (
-                "",
-                "",
-                False,
-                "CAST(`{c}` AS CHAR CHARACTER SET utf8mb4) or HEX(`{c}`)",
-            )
-        return "bpchar", "text", False, None
-    if data_type in _TEXT_TYPES:
-        if charset in (None, "binary"):
-            return "", "", False, "HEX(`{c}`)"
-        return ("varchar" if data_type == "varchar" else "text"), "text", False, None
-    if data_type == "enum":
-        return "enum", "text", False, None
-    if data_type == "set":
-        return "text", "text", False, None
-    if data_type == "date":
-        return "date", "date", False, None
-    if data_type == "datetime":
-        return "timestamp", "datetime", False, None
-    if data_type == "timestamp":
-        return "timestamptz", "datetime", False, None
+            return "", "HEX(`{c}`)"
+        return {"char": "bpchar", "varchar": "varchar"}.get(data_type, "text"), None
     if data_type == "time":
-        return "", "", False, "TIME_TO_SEC(`{c}`) (seconds, may be negative)"
+        return "", "TIME_TO_SEC(`{c}`) (seconds, may be negative)"
     if data_type == "json":
-        return "", "", False, "CAST(`{c}` AS CHAR) or JSON_VALUE(`{c}`, '$.field')"
-    if data_type in (
-        "binary",
-        "varbinary",
-        "tinyblob",
-        "blob",
-        "mediumblob",
-        "longblob",
-    ):
-        return "", "", False, "HEX(`{c}`) or LENGTH(`{c}`)"
-    return (
-        "",
-        "",
-        False,
-        "ST_AsText(`{c}`)"
-        if "geom" in data_type
-        or data_type
-        in (
-            "point",
-            "linestring",
-            "polygon",
-            "multipoint",
-            "multilinestring",
-            "multipolygon",
-            "geometrycollection",
-        )
-        else "CAST(`{c}` AS CHAR)",
-    )
+        return "", "CAST(`{c}` AS CHAR) or JSON_VALUE(`{c}`, '$.field')"
+    if data_type in _BLOB_TYPES:
+        return "", "HEX(`{c}`) or LENGTH(`{c}`)"
+    if data_type in _GEOMETRY_TYPES:
+        return "", "ST_AsText(`{c}`)"
+    return "", "CAST(`{c}` AS CHAR)"
 
 
 def table_columns(conn, table: TableRef) -> list[MySqlColumn]:
@@ -311,9 +282,7 @@ def table_columns(conn, table: TableRef) -> list[MySqlColumn]:
     for name, data_type, column_type, nullable, charset in rows:
         name, data_type = _text(name), _text(data_type).lower()
         column_type, charset = _text(column_type).lower(), _text(charset)
-        pg_type, family, unsigned, refused = _map_table_type(
-            data_type, column_type, charset
-        )
+        pg_type, refused = _map_table_type(data_type, column_type, charset)
         columns.append(
             MySqlColumn(
                 Column(
@@ -371,29 +340,26 @@ def query_columns(conn, relation: str) -> list[MySqlColumn]:
         name, code, flags = _text(entry[0]), entry[1], entry[7]
         charset = entry[8] if len(entry) > 8 else None
         unsigned = bool(flags & _UNSIGNED_FLAG)
-        refused, family, unsigned_bigint = None, "", False
+        refused = None
         if code in ints:
             signed_type, unsigned_type, shown = ints[code]
             pg_type = unsigned_type if unsigned else signed_type
-            family = "int"
-            unsigned_bigint = code == FieldType.LONGLONG and unsigned
             display = shown + (" unsigned" if unsigned else "")
         elif code == FieldType.YEAR:
-            pg_type, family, display = "int2", "year", "year"
+            pg_type, display = "int2", "year"
         elif code in (FieldType.DECIMAL, FieldType.NEWDECIMAL):
-            pg_type, family, display = "numeric", "decimal", "decimal"
+            pg_type, display = "numeric", "decimal"
         elif code == FieldType.FLOAT:
-            pg_type, family, display = "float4", "float", "float"
+            pg_type, display = "float4", "float"
         elif code == FieldType.DOUBLE:
-            pg_type, family, display = "float8", "double", "double"
+            pg_type, display = "float8", "double"
         elif code in (FieldType.DATE, FieldType.NEWDATE):
-            pg_type, family, display = "date", "date", "date"
+            pg_type, display = "date", "date"
         elif code == FieldType.DATETIME:
-            pg_type, family, display = "timestamp", "datetime", "datetime"
+            pg_type, display = "timestamp", "datetime"
         elif code == FieldType.TIMESTAMP:
-            pg_type, family, display = "timestamptz", "datetime", "timestamp"
+            pg_type, display = "timestamptz", "timestamp"
         elif code in texts and charset != _BINARY_CHARSET:
-            family = "text"
             if flags & _ENUM_FLAG:
                 pg_type, display = "enum", "enum"
             elif flags & _SET_FLAG:

@@ -49,7 +49,7 @@ class PartitionReadError(DatabaseError):
 
 
 class ColumnValueError(DatabaseError):
-    """A value the read refuses (e.g. an unsigned BIGINT above int64); names the column."""
+    """A value the read refuses (an unsigned BIGINT above int64); names the column."""
 
 
 def open_stream(conn, statement: str) -> Iterator[list[tuple]]:
@@ -108,7 +108,10 @@ def _value_message(column, raw: pa.Array, err: Exception) -> str:
             "filter those rows"
         )
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"column {column.name!r} ({column.display_type}): a value cannot be read: {first}"
+    return (
+        f"column {column.name!r} ({column.display_type}): a value cannot be read: "
+        f"{first}"
+    )
 
 
 def read_partition(

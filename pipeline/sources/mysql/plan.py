@@ -1,4 +1,4 @@
-"""The MySQL read plan: describe, check and partition the source; the SELECT per partition.
+"""The MySQL read plan: describe, check and partition the source; SELECT a partition.
 
 `plan_read` runs in the launcher's session (`session.MySqlSession`): it describes
 the `--table` (information_schema) or `--query` (result metadata), refuses

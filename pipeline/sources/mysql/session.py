@@ -141,8 +141,10 @@ class MySqlSession:
         self.close()
 
     def plan(self, spec, *, num_partitions=None, partition_column=None):
-        """`plan.plan_read` in this session; in one_instant mode opens the partitions'
-        snapshots (see the module docstring)."""
+        """`plan.plan_read` in this session (the seam's `plan`).
+
+        In one_instant mode it then opens the partitions' snapshots.
+        """
         from pipeline.sources.mysql.plan import plan_read
 
         try:
