@@ -80,7 +80,8 @@ class JobConfig:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
-        description="Read a PostgreSQL table or query, analyze and transform it with "
+        description="Read a PostgreSQL, MySQL or MariaDB table or query, analyze and "
+        "transform it with "
         "tf.Transform, and write gzip TFRecords per split plus the transform graph. "
         "Any other flag is passed to Apache Beam (--runner, --temp_location, ...).",
         allow_abbrev=False,
@@ -89,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "--db_url",
         default=None,
-        help="libpq URL or key=value DSN (default: $DATABASE_URL). A password "
+        help="libpq URL or key=value DSN, or mysql://user@host:3306/db (or "
+        "mariadb://; password from the URL, MYSQL_PWD or ~/.my.cnf) "
+        "(default: $DATABASE_URL). A password "
         "typed here is visible to other users of the machine in the process list "
         "(ps); keep it out with PGPASSWORD, ~/.pgpass, $DATABASE_URL or "
         "--db_url_file. In a URL percent-encode special characters of the password "
