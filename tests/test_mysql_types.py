@@ -281,3 +281,35 @@ def test_odd_table_and_column_names(mysql_url, mysql_table, name, column):
     assert sorted(zip(table.column("id").to_pylist(),
                       table.column(column).to_pylist(), strict=True),
                   key=lambda r: r[0]) == [(1, 10), (2, 20), (3, None)]
+
+
+@pytest.mark.parametrize("ddl", ["v VARCHAR(20)", "v INT", "v DATE"])
+def test_one_column_rows_holding_null_are_rows(mysql_url, mysql_table, ddl):
+    """A one-column row holding NULL is an empty line of the read: never skipped."""
+    value = {"VARCHAR(20)": "", "INT": 0, "DATE": "1970-01-01"}[ddl.split()[1]]
+    name = mysql_table(f"CREATE TABLE {{table}} ({ddl})")
+    conn = admin(mysql_url, "")
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO `{name}` VALUES (%s)", [(None,), (value,), (None,)]
+        )
+    conn.close()
+    _, table, _ = read_all(mysql_url, table=name)
+    got = table.column("v").to_pylist()
+    assert sorted(got, key=lambda v: v is None) == [0 if ddl != "v VARCHAR(20)" else "",
+                                                     None, None]
+
+
+def test_text_with_csv_and_line_characters(mysql_url, mysql_table):
+    values = ['"', '""', ",", "\r\n", "\n", "a\r", ' "x" ', "\\", "\\N", "NULL", "é\x00z"]
+    name = mysql_table("CREATE TABLE {table} (id INT PRIMARY KEY, t TEXT, n INT)")
+    conn = admin(mysql_url, "STRICT_ALL_TABLES")
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO `{name}` VALUES (%s, %s, %s)",
+            [(i, v, i) for i, v in enumerate(values)],
+        )
+    conn.close()
+    _, table, _ = read_all(mysql_url, table=name, num_partitions=3)
+    got = {r["id"]: (r["t"], r["n"]) for r in table.to_pylist()}
+    assert got == {i: (v, i) for i, v in enumerate(values)}

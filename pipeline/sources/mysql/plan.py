@@ -97,15 +97,30 @@ def _where(partition: Partition, key: str | None) -> str:
 
 
 def select_sql(plan: ReadPlan, partition: Partition) -> str:
-    """`SELECT <read expressions> FROM <relation> AS src WHERE <partition>`."""
-    select = ", ".join(
-        f"{read_expression('src.' + quote(c.name), c)} AS {quote(c.name)}"
-        for c in plan.columns
-    )
+    """`SELECT <one CSV line per row> FROM <relation> AS src WHERE <partition>`.
+
+    Each row comes as one text: its read expressions (`read_expression`) joined
+    by commas, text quoted CSV-style (`"` doubled) so an empty string stays
+    apart from NULL (an empty, unquoted field). One value per row instead of
+    one per cell is what makes the client fast; pyarrow's CSV reader parses
+    the lines with the plan's types (`partition_reader.csv_to_batch`).
+    """
+    cells = []
+    for column in plan.columns:
+        value = read_expression("src." + quote(column.name), column)
+        if catalog.family(column) == "text":
+            text = f"CONVERT({value} USING utf8mb4) COLLATE utf8mb4_bin"
+            cells.append(
+                f"IF({value} IS NULL, '', CONCAT('\"', REPLACE({text}, '\"', "
+                "'\"\"'), '\"'))"
+            )
+        else:
+            cells.append(f"IFNULL({value}, '')")
+    row = ", ',', ".join(cells)
     where = _where(partition, plan.partition_key)
     if plan.row_filter:
         where = f"({where}) AND ({plan.row_filter})"
-    return f"SELECT {select} FROM {plan.relation} AS src WHERE {where}"
+    return f"SELECT CONCAT({row}) FROM {plan.relation} AS src WHERE {where}"
 
 
 def plan_read(
