@@ -153,3 +153,38 @@ def test_wrong_password_is_one_line_without_it(mysql_url):
         with conn.cursor() as cur:
             cur.execute(f"DROP USER '{user}'@'%'")
         conn.close()
+
+
+@pytest.mark.mysql
+def test_password_from_an_option_file(mysql_url, tmp_path):
+    from tests.mysql_fixtures import admin
+
+    user = f"s2t_{uuid.uuid4().hex[:8]}"
+    conn = admin(mysql_url)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (SECRET,))
+        database = parse_url(mysql_url).database
+        cur.execute(f"GRANT SELECT ON `{database}`.* TO '{user}'@'%'")
+    try:
+        base = parse_url(mysql_url)
+        option_file = tmp_path / "my.cnf"
+        option_file.write_text(f"[client]\npassword={SECRET}\n", encoding="utf-8")
+        url = parse_url(
+            f"mysql://{user}@{base.host}:{base.port}/{base.database}"
+            f"?read_default_file={option_file}",
+            environ={},
+        )
+        assert url.password is None and SECRET not in url.masked
+        session = connect(url)
+        session.close()
+        missing = parse_url(
+            f"mysql://{user}@{base.host}:{base.port}/?read_default_file="
+            f"{tmp_path / 'absent.cnf'}",
+            environ={},
+        )
+        with pytest.raises(DatabaseError):
+            connect(missing)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP USER '{user}'@'%'")
+        conn.close()

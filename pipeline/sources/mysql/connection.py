@@ -233,7 +233,7 @@ def connect(url: MySqlUrl, *, what: str = "connecting"):
         kwargs["ssl_disabled"] = url.param("ssl_disabled").lower() in ("1", "true")
     try:
         conn = mysql.connector.connect(**kwargs)
-    except mysql.connector.Error as err:
+    except (mysql.connector.Error, ValueError, OSError) as err:  # + option files
         raise DatabaseError(driver_error(err, f"{what} to {url.masked}", url)) from None
     try:
         _configure(conn, url)
