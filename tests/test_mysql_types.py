@@ -313,3 +313,23 @@ def test_text_with_csv_and_line_characters(mysql_url, mysql_table):
     _, table, _ = read_all(mysql_url, table=name, num_partitions=3)
     got = {r["id"]: (r["t"], r["n"]) for r in table.to_pylist()}
     assert got == {i: (v, i) for i, v in enumerate(values)}
+
+
+def test_random_double_and_float_bit_patterns_are_exact(mysql_url, mysql_table):
+    """2,000 random finite DOUBLE and FLOAT bit patterns (subnormals included)."""
+    import random
+
+    rng = random.Random(5)
+    rows = []
+    while len(rows) < 2000:
+        d = struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0]
+        f = struct.unpack("<f", struct.pack("<I", rng.getrandbits(32)))[0]
+        if all(x == x and abs(x) != float("inf") for x in (d, f)):
+            rows.append((len(rows), d, f))
+    name = mysql_table(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, d DOUBLE, f FLOAT)",
+        ("INSERT INTO {table} VALUES (%s, %s, %s)", rows),
+    )
+    _, table, _ = read_all(mysql_url, table=name, num_partitions=4)
+    got = {r["id"]: (r["d"], r["f"]) for r in table.to_pylist()}
+    assert got == {i: (d, f) for i, d, f in rows}
