@@ -269,6 +269,9 @@ def postgres_run(database_url, features_file, tmp_path_factory):
 
 
 def test_postgresql_and_mysql_give_the_same_examples(postgres_run, mysql_examples):
+    manifest = json.loads(Path(postgres_run, "manifest.json").read_text())
+    assert manifest["read_plan"]["consistency"] == "one_snapshot"
+    assert manifest["zero_dates"] == {}
     for split in ("train", "eval"):
         pg = _read(postgres_run, split)
         my = mysql_examples[split]
