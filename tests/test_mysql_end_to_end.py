@@ -280,3 +280,23 @@ def test_postgresql_and_mysql_give_the_same_examples(postgres_run, mysql_example
             assert pg[i].keys() == my[i].keys()
             for key in pg[i]:
                 assert pg[i][key] == my[i][key], (split, i, key, pg[i][key], my[i][key])
+
+
+def test_one_instant_through_beam_writes_the_same_examples(
+    mysql_rich, mysql_url, features_file, mysql_examples, tmp_path
+):
+    """The launcher's pre-opened snapshots reach the readers through the runner
+    (multi-threaded DirectRunner), and the examples are those of the default mode."""
+    out = tmp_path / "instant"
+    assert main(["--db_url", mysql_url, "--table", mysql_rich, "--label", "y",
+                 "--output_dir", str(out), "--features", features_file,
+                 "--num_partitions", "4", "--consistency", "one_instant",
+                 "--direct_running_mode", "multi_threading",
+                 "--direct_num_workers", "2"]) == 0
+    manifest = json.loads(Path(out, "manifest.json").read_text())
+    assert manifest["read_plan"]["consistency"] == "one_instant"
+    assert manifest["read_plan"]["snapshot"] is True
+    assert manifest["read_plan"]["reread_for_transform"] is False
+    assert manifest["rows_read"] == N
+    for split in ("train", "eval"):
+        assert _read(str(out), split) == mysql_examples[split]
