@@ -14,6 +14,9 @@ REQUIRED = [
     "tfx-bsl>=1.21,<1.22",
     "pyarrow>=14",
     "psycopg2-binary>=2.9,<3",
+    # The MySQL/MariaDB source (C extension); 9.x clashes with OpenSSL here
+    # (bench/RESULTS.md, MySQL client choice).
+    "mysql-connector-python>=8.4,<9",
     "numpy",
     "pyyaml>=6",
     "pglast>=7,<9",  # PostgreSQL's own parser: --query must be one read-only statement

@@ -28,6 +28,9 @@ def _user_error(err: BaseException) -> str | None:
     from pipeline.drift import AnomaliesError
     from pipeline.output import OutputError
     from pipeline.sources.jdbc import JdbcUnavailableError
+    from pipeline.sources.mysql.connection import MySqlUrlError
+    from pipeline.sources.mysql.partition_reader import ColumnValueError
+    from pipeline.sources.mysql.query_guard import QueryRefusedError as MySqlQueryError
     from pipeline.sources.parquet import SnapshotError
     from pipeline.sources.postgres.beam import PartitionReadError
     from pipeline.sources.postgres.connection import DatabaseError, DsnSyntaxError
@@ -40,6 +43,9 @@ def _user_error(err: BaseException) -> str | None:
         AnomaliesError,
         DatabaseError,
         DsnSyntaxError,
+        MySqlUrlError,
+        MySqlQueryError,
+        ColumnValueError,
         JdbcUnavailableError,
         OutputError,
         ConfigError,

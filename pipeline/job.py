@@ -151,6 +151,7 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         query=config.query,
         statement_timeout_ms=config.statement_timeout_ms,
         lock_timeout_ms=config.lock_timeout_ms,
+        consistency=config.consistency,
     )
     snapshot = None
     if not config.input_parquet:
@@ -311,7 +312,9 @@ def rereads(job: Job, snapshot_id: str | None) -> bool:
     `--query` or a view is read once: it need not give the same rows twice even in
     one snapshot (`random()`, `now()`, `LIMIT` without `ORDER BY`, sequences); a
     foreign table lives outside the snapshot. So are reads without a shared
-    snapshot, `--reader jdbc` and `--input_parquet` (whose plan has no table); the
+    snapshot, `--reader jdbc`, `--input_parquet` (whose plan has no table) and
+    every MySQL read (its `TableRef.stored_locally` is False: partitions cannot
+    re-enter one snapshot there, so a second read may see other rows); the
     runner then holds the rows between the two passes: in memory on the
     DirectRunner (~175 bytes per row), in its shuffle on Dataflow or Flink.
     """
@@ -525,6 +528,9 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     try:
         if snapshot is None and use_snapshot:  # a Job made without prepare_job
             snapshot = sources.open_session(job.source, export=True)
+            if not snapshot.snapshot_id:  # nothing the partitions can share
+                snapshot.close()
+                snapshot = None
         # Written once the snapshot exists (tests wait for it in the staging dir).
         metadata_io.write_metadata(
             raw_metadata(job.plan.columns, job.names),

@@ -93,6 +93,8 @@ def build_manifest(
             "description": job.plan.description,
             "partitions": [p.label for p in job.plan.partitions],
             "snapshot": snapshot_used,
+            "consistency": job.plan.consistency
+            or ("one_snapshot" if snapshot_used else "per_partition"),
             "reread_for_transform": reread,
             "row_estimate": job.plan.row_estimate,
             "locks": list(job.plan.locks),
@@ -113,6 +115,7 @@ def build_manifest(
         },
         "rows_dropped_null": by_column(counts, "dropped_null:"),
         "non_finite_values": by_column(counts, "non_finite:"),
+        "zero_dates": by_column(counts, "zero_date:"),
         "null_values": by_column(counts, "nulls:"),
         "null_split_keys": by_column(counts, "null_split_key:"),
         "warnings": warnings,

@@ -15,6 +15,10 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.sources import engine
+from pipeline.sources.mysql.connection import MySqlUrlError, check_url
+from pipeline.sources.mysql.query_guard import QueryRefusedError as MySqlQueryError
+from pipeline.sources.mysql.query_guard import check_query as check_mysql_query
 from pipeline.sources.postgres.connection import (
     DEFAULT_LOCK_TIMEOUT_MS,
     DsnSyntaxError,
@@ -70,12 +74,14 @@ class JobConfig:
     span_lag: str | None = None
     transform_from: str | None = None
     analyze_spans: int | None = None
+    consistency: str | None = None  # MySQL only (see pipeline.sources.mysql.session)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
-        description="Read a PostgreSQL table or query, analyze and transform it with "
+        description="Read a PostgreSQL, MySQL or MariaDB table or query, analyze and "
+        "transform it with "
         "tf.Transform, and write gzip TFRecords per split plus the transform graph. "
         "Any other flag is passed to Apache Beam (--runner, --temp_location, ...).",
         allow_abbrev=False,
@@ -84,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "--db_url",
         default=None,
-        help="libpq URL or key=value DSN (default: $DATABASE_URL). A password "
+        help="libpq URL or key=value DSN, or mysql://user@host:3306/db (or "
+        "mariadb://; password from the URL, MYSQL_PWD or ~/.my.cnf) "
+        "(default: $DATABASE_URL). A password "
         "typed here is visible to other users of the machine in the process list "
         "(ps); keep it out with PGPASSWORD, ~/.pgpass, $DATABASE_URL or "
         "--db_url_file. In a URL percent-encode special characters of the password "
@@ -176,6 +184,15 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="with --span_column: fit the analyzers on the train rows of the last N "
         "spans (this one included; earlier ones from their raw Parquet)",
+    )
+    add(
+        "--consistency",
+        choices=("per_partition", "one_instant"),
+        default=None,
+        help="MySQL/MariaDB only: per_partition (default): each partition reads "
+        "its own consistent snapshot, partitions may see different instants; "
+        "one_instant: every partition's snapshot starts under a brief global "
+        "commit block (needs RELOAD; in-process DirectRunner only)",
     )
     add("--verbose", action="store_true", help="show tracebacks and debug logs")
     add(
@@ -274,6 +291,12 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
     else:
         if not db_url and db_url_source:
             problems.append("`--db_url` is required (or set DATABASE_URL)")
+        elif db_url and engine(db_url) == "mysql":
+            try:
+                check_url(db_url, db_url_source)
+            except MySqlUrlError as err:
+                problems.append(str(err))
+            _check_mysql_flags(args, beam_args, problems)
         elif db_url:
             try:
                 check_dsn(db_url, db_url_source)
@@ -314,7 +337,15 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
                 f"`--baseline_stats` {baseline} has no statistics/statistics.json "
                 "(give an output directory written with statistics)"
             )
-    if args.query is not None:
+    mysql = bool(db_url) and engine(db_url) == "mysql" and not args.input_parquet
+    if args.consistency is not None and not mysql:
+        problems.append("`--consistency` is for MySQL/MariaDB sources (mysql:// URLs)")
+    if args.query is not None and mysql:
+        try:
+            check_mysql_query(args.query)
+        except MySqlQueryError as err:
+            problems.append(str(err))
+    elif args.query is not None:
         try:
             check_query(args.query)
         except QueryRefusedError as err:
@@ -379,8 +410,51 @@ def parse_args(argv: Sequence[str]) -> tuple[JobConfig, list[str]]:
         span_column=args.span_column,
         transform_from=args.transform_from,
         analyze_spans=args.analyze_spans,
+        consistency=args.consistency,
     )
     return config, beam_args
+
+
+# Flags of the PostgreSQL source the MySQL source does not support (yet).
+_POSTGRES_ONLY = (
+    ("--span_column", lambda a: a.span_column is not None),
+    ("--span_lag", lambda a: a.span_lag is not None),
+    ("--analyze_spans", lambda a: a.analyze_spans is not None),
+    ("--reader jdbc", lambda a: a.reader == "jdbc"),
+    ("--no_snapshot", lambda a: a.no_snapshot),
+)
+
+
+def _check_mysql_flags(args, beam_args, problems: list[str]) -> None:
+    """What a mysql:// source refuses (see pipeline.sources.mysql.session).
+
+    PostgreSQL-only flags, and one_instant reads outside the in-process
+    DirectRunner.
+    """
+    for flag, given in _POSTGRES_ONLY:
+        if given(args):
+            problems.append(
+                f"`{flag}` is PostgreSQL only for now (the --db_url is MySQL/MariaDB)"
+            )
+    if args.consistency == "one_instant":
+        from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+        options = PipelineOptions(list(beam_args))
+        runner = options.view_as(StandardOptions).runner
+        mode = options.view_as(DirectOptions).direct_running_mode
+        if runner not in (None, "DirectRunner", "SwitchingDirectRunner") or (
+            mode == "multi_processing"
+        ):
+            problems.append(
+                "`--consistency one_instant` needs the in-process DirectRunner (the "
+                "partitions' snapshots are opened by the launcher); got "
+                f"--runner {runner or 'DirectRunner'}"
+                + (
+                    " --direct_running_mode multi_processing"
+                    if mode == "multi_processing"
+                    else ""
+                )
+            )
 
 
 def _check_span_flags(args: argparse.Namespace, problems: list[str]) -> None:

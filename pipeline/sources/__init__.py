@@ -75,14 +75,22 @@ def source_spec(
     query: str | None = None,
     statement_timeout_ms: int | None = None,
     lock_timeout_ms: int | None = None,
+    consistency: str | None = None,
 ) -> SourceSpec:
-    """The spec for `db_url`'s database (its connection object built, not opened)."""
+    """The spec for `db_url`'s database (its connection object built, not opened).
+
+    `consistency` (`--consistency`) is passed only when given: a MySQL option
+    (`pipeline.options` refuses it for PostgreSQL, which always shares one
+    exported snapshot unless `--no_snapshot`).
+    """
+    extra = {} if consistency is None else {"consistency": consistency}
     return _package(engine(db_url)).source_spec(
         db_url,
         table=table,
         query=query,
         statement_timeout_ms=statement_timeout_ms,
         lock_timeout_ms=lock_timeout_ms,
+        **extra,
     )
 
 

@@ -37,6 +37,10 @@ class ReadPlan:
         lock_method: how they were locked (the engine's session says).
         row_filter: a condition on `src` every partition's read adds (see
             `pipeline.spans`), or None.
+        consistency: what instants the partitions see, for the manifest
+            (`one_snapshot`, `per_partition`, `one_instant`); None: the
+            manifest says `one_snapshot` when they share an exported snapshot,
+            else `per_partition`.
     """
 
     relation: str
@@ -49,6 +53,7 @@ class ReadPlan:
     locks: tuple[str, ...] = ()
     lock_method: str = "none"
     row_filter: str | None = None  # SQL ANDed to every partition's WHERE (spans)
+    consistency: str | None = None
 
     @property
     def source_name(self) -> str:
