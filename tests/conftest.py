@@ -230,27 +230,6 @@ def wait_for_staging(output_dir, proc, timeout: float = 120.0):
     raise AssertionError(f"no run building {out} started within {timeout} s")
 
 
-# --- MySQL placeholder (the `mariadbd` branch's fixtures replace it on merge) ---
-# `mysql_url`: `MYSQL_URL` (e.g. mysql://root@127.0.0.1:3306/sql2tfrecord_test, a
-# database tests may create tables in); without it the MySQL tests are skipped
-# with one line saying so. Defined only where this file has no `mysql_url` yet,
-# so the merged file keeps the throwaway-server fixture defined above it.
-if "mysql_url" not in globals():
-
-    def pytest_configure(config):  # noqa: F811 - only without the real one
-        config.addinivalue_line("markers", "mysql: needs a MySQL/MariaDB server")
-
-    @pytest.fixture(scope="session")
-    def mysql_url():
-        """A mysql:// URL where tests may create tables (`MYSQL_URL`)."""
-        url = os.environ.get("MYSQL_URL")
-        if not url:
-            pytest.skip("MySQL tests not run: MYSQL_URL is not set")
-        return url
-
-
-# --- end of the MySQL placeholder ---
-
 
 @pytest.fixture(scope="session")
 def mysql_table(mysql_url):

@@ -181,6 +181,12 @@ def test_manifest_says_what_was_read(mysql_run, mysql_rich):
     assert "***" in manifest["source"]["db"]
     types = {c["name"]: c["type"] for c in manifest["source"]["columns"]}
     assert types["cat"].startswith("enum(") and types["flag"] == "tinyint(1)"
+    # Each column's conversion note is MySQL's, not PostgreSQL's (no ±infinity).
+    notes = {c["name"]: c["conversion"] for c in manifest["source"]["columns"]}
+    assert "zero dates" in notes["born"] and "infinity" not in notes["born"]
+    assert "taken as UTC" in notes["ts"] and "infinity" not in notes["ts"]
+    assert notes["price"].startswith("read as the nearest float64")
+    assert notes["cat"] == "its label(s), as text"
 
 
 def test_the_password_is_nowhere(mysql_run, password_url):

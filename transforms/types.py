@@ -102,6 +102,9 @@ class Column:
         ndims: the array dimensions the table declares (`pg_attribute.attndims`;
             0 when none are declared, as for `--query` columns). Declared or not,
             every value is checked to be one-dimensional as it is read.
+        note: how the source converts the values, when it differs from what
+            `conversion` says for `pg_type` (a source other than PostgreSQL sets
+            it: e.g. MySQL's zero dates); None otherwise.
     """
 
     name: str
@@ -110,6 +113,7 @@ class Column:
     is_array: bool = False
     not_null: bool = False
     ndims: int = 0
+    note: str | None = None
 
     @property
     def kind(self) -> Kind:
@@ -231,6 +235,8 @@ def conversion(column: Column) -> str | None:
     Recorded per column in the manifest (`source.columns[].conversion`): every
     value is exact or changed as this says.
     """
+    if column.note is not None:
+        return column.note
     note = _CONVERSIONS.get(column.pg_type)
     if column.pg_type == "enum":
         note = "its label"

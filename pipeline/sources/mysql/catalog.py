@@ -120,6 +120,45 @@ _FAMILIES = {
 }
 
 
+_ZERO_DATES = "zero dates ('0000-00-00', partial zero dates) read as NULL, counted"
+_NOTES = {
+    "decimal": "read as the nearest float64 (precision beyond ~16 significant "
+    "digits is lost), then float32 in features",
+    "float": "FLOAT widened to float64 exactly, then float32 in features",
+    "double": "float32 in features (float64 in the raw Arrow and Parquet)",
+    "bit": "0/1",
+    "year": "the year as an integer (the zero year is 0)",
+    "date": f"days since 1970-01-01; {_ZERO_DATES} in zero_dates",
+}
+
+
+def conversion_note(column: Column) -> str | None:
+    """How the MySQL source changes `column`'s values (the manifest's note)."""
+    kind = family(column)
+    shown = column.display_type.lower()
+    if kind == "datetime":
+        zone = "UTC" if column.pg_type == "timestamptz" else "taken as UTC"
+        return (
+            f"seconds since 1970-01-01, floored ({zone}); {_ZERO_DATES} in zero_dates"
+        )
+    if unsigned_bigint(column):
+        return "int64; a value above 2**63-1 fails the read"
+    if kind == "int" and column.pg_type == "int8":
+        return "float64 where a built-in transform scales it"
+    if kind == "text":
+        if shown.startswith(("enum", "set")):
+            return "its label(s), as text"
+        if shown.startswith("char"):
+            return "trailing blanks dropped (MySQL's CHAR retrieval)"
+        return "UTF-8 (converted from the column's character set)"
+    return _NOTES.get(kind)
+
+
+def with_note(column: Column) -> Column:
+    """`column` with its `conversion_note` (see `transforms.types.Column.note`)."""
+    return dataclasses.replace(column, note=conversion_note(column))
+
+
 def unsigned_bigint(column: Column) -> bool:
     """BIGINT UNSIGNED: values above 2**63-1 are refused as they are read."""
     shown = column.display_type.lower()
@@ -285,11 +324,13 @@ def table_columns(conn, table: TableRef) -> list[MySqlColumn]:
         pg_type, refused = _map_table_type(data_type, column_type, charset)
         columns.append(
             MySqlColumn(
-                Column(
-                    name,
-                    pg_type or data_type,
-                    column_type,
-                    not_null=_text(nullable) == "NO",
+                with_note(
+                    Column(
+                        name,
+                        pg_type or data_type,
+                        column_type,
+                        not_null=_text(nullable) == "NO",
+                    )
                 ),
                 refused.replace("`{c}`", quote(name)) if refused else None,
             )
@@ -376,7 +417,7 @@ def query_columns(conn, relation: str) -> list[MySqlColumn]:
                 FieldType.JSON: "CAST(… AS CHAR)",
                 FieldType.NULL: "CAST(NULL AS SIGNED) (a typed NULL)",
             }.get(code, "HEX(…) or CAST(… AS CHAR CHARACTER SET utf8mb4)")
-        columns.append(MySqlColumn(Column(name, pg_type, display), refused))
+        columns.append(MySqlColumn(with_note(Column(name, pg_type, display)), refused))
     return columns
 
 
