@@ -48,7 +48,7 @@ EXTRAS = {
 setuptools.setup(
     name="sql2tfrecord",
     version="0.1.0",
-    description="PostgreSQL to TFRecords with tf.Transform, on Apache Beam",
+    description="PostgreSQL or MySQL/MariaDB to TFRecords with tf.Transform, on Apache Beam",
     python_requires=">=3.10,<3.13",
     packages=setuptools.find_packages(include=["pipeline*", "transforms*", "trainer*", "localdev*"]),
     install_requires=REQUIRED,
