@@ -181,8 +181,8 @@ def prepare_job(config: JobConfig, temp_location: str | None = None) -> Job:
         if snapshot is not None:
             snapshot.close()
         raise
-    if snapshot is not None and not snapshot.snapshot_id:
-        snapshot.close()  # planned under lock; nothing shared to hold
+    if snapshot is not None and not snapshot.holds_for_run:
+        snapshot.close()  # planned under lock; nothing to hold for the run
         job = dataclasses.replace(job, snapshot=None)
     return job
 
@@ -528,7 +528,7 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     try:
         if snapshot is None and use_snapshot:  # a Job made without prepare_job
             snapshot = sources.open_session(job.source, export=True)
-            if not snapshot.snapshot_id:  # nothing the partitions can share
+            if not snapshot.holds_for_run:  # nothing to hold for the run
                 snapshot.close()
                 snapshot = None
         # Written once the snapshot exists (tests wait for it in the staging dir).
@@ -589,7 +589,7 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         counts=counts,
         tft_output=tft_output,
         built=built,
-        snapshot_used=bool(snapshot),
+        snapshot_used=bool(snapshot_id),
         reread=reread,
         warnings=warnings,
         elapsed=elapsed,

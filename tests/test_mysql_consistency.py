@@ -71,10 +71,14 @@ class Writers:
                     with conn.cursor() as cur:
                         cur.execute(
                             f"UPDATE `{self._table}` SET balance = balance - %s "
-                            "WHERE id = %s", (amount, a))
+                            "WHERE id = %s",
+                            (amount, a),
+                        )
                         cur.execute(
                             f"UPDATE `{self._table}` SET balance = balance + %s "
-                            "WHERE id = %s", (amount, b))
+                            "WHERE id = %s",
+                            (amount, b),
+                        )
                     conn.commit()
                 except pymysql.err.OperationalError as err:  # deadlock: retry
                     conn.rollback()
@@ -107,8 +111,11 @@ def accounts(mysql_table):
 
 def test_one_instant_partitions_keep_the_invariant(mysql_url, accounts):
     spec = sources.source_spec(
-        mysql_url, table=accounts, statement_timeout_ms=60_000,
-        lock_timeout_ms=10_000, consistency="one_instant",
+        mysql_url,
+        table=accounts,
+        statement_timeout_ms=60_000,
+        lock_timeout_ms=10_000,
+        consistency="one_instant",
     )
     with Writers(mysql_url, accounts) as writers:
         writers.wait_for(20)
@@ -149,3 +156,63 @@ def test_per_partition_mode_says_so(mysql_url, accounts):
         assert plan.table.stored_locally is False  # never read twice (job.rereads)
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("consistency", ["per_partition", "one_instant"])
+def test_ddl_waits_for_the_job_instead_of_changing_what_it_reads(
+    mysql_url, mysql_table, tmp_path, consistency
+):
+    """From planning to the run's end the launcher holds the table's metadata lock.
+
+    A TRUNCATE (or ALTER) in between would otherwise empty (or change) the
+    partitions read after it, with exit 0. Checked on the job as prepared by the
+    command line: the DDL times out while the job holds the table, and runs once
+    the job is closed.
+    """
+    from pipeline.job import prepare_job
+    from pipeline.options import parse_args
+
+    name = mysql_table(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, y INT)",
+        ("INSERT INTO {table} VALUES (%s, %s)", [(i, i % 2) for i in range(200)]),
+    )
+    config, _ = parse_args(
+        [
+            "--db_url",
+            mysql_url,
+            "--table",
+            name,
+            "--label",
+            "y",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--num_partitions",
+            "3",
+            "--consistency",
+            consistency,
+        ]
+    )
+    job = prepare_job(config)
+    ddl = pymysql.connect(**connect_args(mysql_url))
+    try:
+        with ddl.cursor() as cur:
+            cur.execute("SET SESSION lock_wait_timeout = 1")
+            assert job.snapshot is not None and job.plan.locks == (
+                job.plan.source_name,
+            )
+            for statement in (
+                f"TRUNCATE TABLE `{name}`",
+                f"ALTER TABLE `{name}` ADD z INT",
+            ):
+                with pytest.raises(pymysql.err.OperationalError) as info:
+                    cur.execute(statement)
+                assert info.value.args[0] == 1205  # lock wait timeout: it waited
+            cur.execute(f"SELECT COUNT(*) FROM `{name}`")
+            assert cur.fetchone()[0] == 200
+            job.close()
+            cur.execute(f"TRUNCATE TABLE `{name}`")  # the job let go
+            cur.execute(f"SELECT COUNT(*) FROM `{name}`")
+            assert cur.fetchone()[0] == 0
+    finally:
+        job.close()
+        ddl.close()

@@ -11,7 +11,8 @@ functions below pick by the URL's scheme:
   locks and the snapshot the partitions read, plans the read inside them
   (`session.plan(...) -> ReadPlan`), knows the table's primary key
   (`session.primary_key(table)`), and exposes `snapshot_id` (None when the
-  partitions do not share one instant) and `close()`;
+  partitions do not share one instant), `holds_for_run` (True: keep it open
+  until the run ends, its locks guard the read) and `close()`;
 - `ReadRows(spec, plan, snapshot_id, namespace)`: the parallel read, a PTransform
   producing `pa.RecordBatch`es.
 """

@@ -192,7 +192,7 @@ def plan_read(
         row_estimate=row_estimate,
         description=description,
         table=table,
-        locks=(),  # MySQL holds no table lock across the run (see session)
+        locks=(str(table),) if table is not None else (),  # MDL (see session)
         lock_method=session.lock_method,
         consistency=session.consistency,
     )

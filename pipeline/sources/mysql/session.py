@@ -3,8 +3,8 @@
 MySQL cannot share one snapshot between connections (no exported snapshots), so:
 
 - `per_partition` (the default): the launcher plans in a `START TRANSACTION WITH
-  CONSISTENT SNAPSHOT, READ ONLY` of its own, then closes it; each partition's
-  reader opens its own consistent, read-only snapshot. Every partition is
+  CONSISTENT SNAPSHOT, READ ONLY` of its own; each partition's reader opens its
+  own consistent, read-only snapshot. Every partition is
   consistent in itself; partitions may see different instants. The manifest says
   so (`read_plan.consistency`).
 - `one_instant` (`--consistency one_instant`): after planning, under a brief
@@ -19,9 +19,13 @@ MySQL cannot share one snapshot between connections (no exported snapshots), so:
   reader that finds no connection fails naming the flag). The global block
   needs the RELOAD privilege (BACKUP STAGE: RELOAD too).
 
-No table lock is held across the run: a table's metadata lock lasts as long as
-the transaction that read it (the launcher's in `one_instant` mode, each
-partition's while it reads).
+In both modes the launcher's planning transaction stays open for the whole run
+(`holds_for_run`) and holds the shared metadata lock (MDL) of what is read, taken
+by `plan`: DDL on it (ALTER, TRUNCATE, DROP, RENAME) waits for the job instead of
+changing the table between two partitions' reads (a TRUNCATE would otherwise
+empty the later partitions, exit 0). As in PostgreSQL, readers queued behind a
+waiting DDL wait at most `--lock_timeout_ms` (`lock_wait_timeout`), then the job
+fails in one line; the DDL runs once the job ends.
 """
 
 from __future__ import annotations
@@ -102,12 +106,15 @@ class MySqlSession:
         self.mysql_columns: dict = {}
         self._pk_cache: dict = {}
 
+    # The planning transaction guards the read for the run (module docstring).
+    holds_for_run = True
+
     @property
     def lock_method(self) -> str:
         """How the read is protected from DDL, for the manifest."""
         return (
-            "none held across the run: each transaction holds the metadata lock "
-            "of what it read until it ends"
+            "shared metadata lock held by the launcher's transaction for the run: "
+            "DDL on what is read waits for the job"
         )
 
     @property
@@ -165,9 +172,19 @@ class MySqlSession:
                 ) from None
             raise
         self.mysql_columns = columns
+        self._hold_metadata_lock(plan)
         if self.consistency == "one_instant":
             self.snapshot_id = self._open_one_instant(len(plan.partitions))
         return plan
+
+    def _hold_metadata_lock(self, plan) -> None:
+        """Opens what is read in this transaction: its MDL is held until close."""
+        cur = self.conn.cursor()
+        try:
+            cur.execute(f"SELECT 1 FROM {plan.relation} AS src LIMIT 0")
+            cur.fetchall()
+        finally:
+            cur.close()
 
     def _open_one_instant(self, count: int) -> str:
         token = _TOKEN_PREFIX + uuid.uuid4().hex

@@ -245,6 +245,11 @@ class ExportedSnapshot:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def holds_for_run(self) -> bool:
+        """Kept open for the run when exported: the partitions import it."""
+        return bool(self.snapshot_id)
+
     def plan(self, spec, *, num_partitions=None, partition_column=None):
         """`plan.plan_read` of `spec` inside this snapshot (the seam's `plan`)."""
         from pipeline.sources.postgres.plan import plan_read
