@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_transform import analyzers, tf_utils
 
-__all__ = ["mean_and_var"]
+__all__ = ["mean_and_var", "mean_and_var_vectors"]
 
 
 class _PackedMeanAndVarCombiner(analyzers.WeightedMeanAndVarCombiner):
@@ -72,21 +72,14 @@ class _PackedMeanAndVarCombiner(analyzers.WeightedMeanAndVarCombiner):
         )
 
 
-def mean_and_var(
+def mean_and_var_vectors(
     columns: Sequence[tf.Tensor],
-) -> list[tuple[tf.Tensor, tf.Tensor]]:
-    """`(tft.mean(x), tft.var(x))` for each 1-D float64 `x` of `columns`, one analyzer.
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """`tft.mean(x)` and `tft.var(x)` of each 1-D float64 `x`, as two `[n]` vectors.
 
-    Args:
-        columns: 1-D float64 tensors (the batch's usable values of each column;
-            NaN and ±Infinity are ignored, as by `tft.mean`).
-
-    Returns:
-        Per column, scalar float64 tensors equal bit for bit to `tft.mean(x)` and
-        `tft.var(x)`.
+    One analyzer; element i equals bit for bit `tft.mean(columns[i])` and
+    `tft.var(columns[i])` (NaN and ±Infinity ignored).
     """
-    if not columns:
-        return []
     with tf.compat.v1.name_scope("packed_mean_and_var"):
         stats = [
             tf_utils.reduce_batch_count_mean_and_var(x, reduce_instance_dims=True)
@@ -103,4 +96,23 @@ def mean_and_var(
         )
         mean.set_shape([n])
         var.set_shape([n])
-        return list(zip(tf.unstack(mean), tf.unstack(var), strict=True))
+        return mean, var
+
+
+def mean_and_var(
+    columns: Sequence[tf.Tensor],
+) -> list[tuple[tf.Tensor, tf.Tensor]]:
+    """`(tft.mean(x), tft.var(x))` for each 1-D float64 `x` of `columns`, one analyzer.
+
+    Args:
+        columns: 1-D float64 tensors (the batch's usable values of each column;
+            NaN and ±Infinity are ignored, as by `tft.mean`).
+
+    Returns:
+        Per column, scalar float64 tensors equal bit for bit to `tft.mean(x)` and
+        `tft.var(x)`.
+    """
+    if not columns:
+        return []
+    mean, var = mean_and_var_vectors(columns)
+    return list(zip(tf.unstack(mean), tf.unstack(var), strict=True))
