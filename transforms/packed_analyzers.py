@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_transform import analyzers, tf_utils
+from tensorflow_transform import analyzers
 
 __all__ = ["mean_and_var", "mean_and_var_vectors"]
 
@@ -73,23 +73,32 @@ class _PackedMeanAndVarCombiner(analyzers.WeightedMeanAndVarCombiner):
 
 
 def mean_and_var_vectors(
-    columns: Sequence[tf.Tensor],
+    flat: tf.Tensor, counts: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """`tft.mean(x)` and `tft.var(x)` of each 1-D float64 `x`, as two `[n]` vectors.
+    """`tft.mean` and `tft.var` of n columns, as two `[n]` float64 vectors.
 
-    One analyzer; element i equals bit for bit `tft.mean(columns[i])` and
-    `tft.var(columns[i])` (NaN and ±Infinity ignored).
+    Args:
+        flat: 1-D float64, the finite values of column 0, then of column 1, …
+        counts: `[n]` int64 (n static), how many values of `flat` each column has.
+
+    Returns:
+        `(mean, var)`; element i equals bit for bit `tft.mean(x_i)` and
+        `tft.var(x_i)` of the column's 1-D vector `x_i`. One analyzer. Per batch
+        only the two sums are per column (each over `x_i` itself, as in
+        `tf_utils.reduce_batch_count_mean_and_var`); counts, divisions and
+        deviations are element-wise over all columns at once, which is exact.
     """
+    n = counts.shape[0]
     with tf.compat.v1.name_scope("packed_mean_and_var"):
-        stats = [
-            tf_utils.reduce_batch_count_mean_and_var(x, reduce_instance_dims=True)
-            for x in columns
-        ]
-        counts, means, variances = (tf.stack(list(s)) for s in zip(*stats, strict=True))
-        n = len(columns)
+        count = tf.cast(counts, tf.float64)
+        sums = [tf.reduce_sum(x) for x in tf.split(flat, counts, num=n)]
+        means = tf.math.divide_no_nan(tf.stack(sums), count)
+        squares = tf.square(flat - tf.repeat(means, counts))
+        sums_of_squares = [tf.reduce_sum(x) for x in tf.split(squares, counts, num=n)]
+        variances = tf.math.divide_no_nan(tf.stack(sums_of_squares), count)
         mean, var = analyzers._apply_cacheable_combiner(  # noqa: SLF001
             _PackedMeanAndVarCombiner(np.float64, (n,)),
-            counts,
+            count,
             means,
             variances,
             tf.zeros([], tf.float32),
@@ -105,8 +114,8 @@ def mean_and_var(
     """`(tft.mean(x), tft.var(x))` for each 1-D float64 `x` of `columns`, one analyzer.
 
     Args:
-        columns: 1-D float64 tensors (the batch's usable values of each column;
-            NaN and ±Infinity are ignored, as by `tft.mean`).
+        columns: 1-D float64 tensors (NaN and ±Infinity are ignored, as by
+            `tft.mean`).
 
     Returns:
         Per column, scalar float64 tensors equal bit for bit to `tft.mean(x)` and
@@ -114,5 +123,7 @@ def mean_and_var(
     """
     if not columns:
         return []
-    mean, var = mean_and_var_vectors(columns)
+    finite = [tf.boolean_mask(x, tf.math.is_finite(x)) for x in columns]
+    counts = tf.stack([tf.size(x, out_type=tf.int64) for x in finite])
+    mean, var = mean_and_var_vectors(tf.concat(finite, axis=0), counts)
     return list(zip(tf.unstack(mean), tf.unstack(var), strict=True))

@@ -141,21 +141,14 @@ class _Numbers:
 
     NULL, NaN, ±Infinity, magnitudes beyond float32's range and infinite dates and
     timestamps are all "missing": statistics skip them and imputation replaces them.
-    `value` comes from `_float_values`; `present` and `values`, when given, are
-    `_usable(value)` and the usable values, computed elsewhere (stacked).
+    `value` comes from `_float_values`; `present`, when given, is `_usable(value)`
+    computed elsewhere (stacked).
     """
 
-    def __init__(
-        self,
-        value: tf.Tensor,
-        present: tf.Tensor | None = None,
-        values: tf.Tensor | None = None,
-    ):
+    def __init__(self, value: tf.Tensor, present: tf.Tensor | None = None):
         self.value = value
         self.present = _usable(value) if present is None else present
-        if values is None:
-            values = tf.boolean_mask(value, self.present)
-        self.values = values  # for analyzers
+        self.values = tf.boolean_mask(value, self.present)  # for analyzers
         self._mean: tf.Tensor | None = None
 
     def missing(self) -> tf.Tensor:
@@ -294,15 +287,14 @@ def _apply(feature: Feature, x, kind: Kind) -> dict[str, tf.Tensor]:
     return out
 
 
-def _usable_by_column(matrix: tf.Tensor, present: tf.Tensor) -> list[tf.Tensor]:
-    """Per column of `matrix` [batch, n], its usable values in row order.
+def _usable_flat(matrix: tf.Tensor, present: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`mean_and_var_vectors`'s input: the usable values of `matrix` [batch, n].
 
-    What `tf.boolean_mask(matrix[:, i], present[:, i])` gives, from one mask and one
-    split of the transposed matrix instead of one boolean_mask (~24 ops) per column.
+    Column after column, each in row order, and the `[n]` int64 counts: one mask
+    over the transposed matrix instead of one per column.
     """
     flat = tf.boolean_mask(tf.transpose(matrix), tf.transpose(present))
-    counts = tf.reduce_sum(tf.cast(present, tf.int64), axis=0)
-    return tf.split(flat, counts, num=matrix.shape[1])
+    return flat, tf.reduce_sum(tf.cast(present, tf.int64), axis=0)
 
 
 def _stacked_zscores(
@@ -311,10 +303,10 @@ def _stacked_zscores(
     """The outputs of every z-score feature (name -> its value and indicator).
 
     Per column stay only what must be per column to equal `tft.mean`/`tft.var` bit
-    for bit: the dense float64 values and the 1-D vector of usable ones that one
-    packed analyzer (`mean_and_var_vectors`) reduces. The rest (the usable mask,
-    imputation, shift, scale, cast, indicator) runs once over the `[batch, n]`
-    matrix of all z-scored columns: element-wise float64 ops are correctly
+    for bit: the dense float64 values and the two sums over the column's usable
+    values in one packed analyzer (`mean_and_var_vectors`). The rest (the usable
+    mask, imputation, shift, scale, cast, indicator) runs once over the
+    `[batch, n]` matrix of all z-scored columns: element-wise float64 ops are correctly
     rounded, so each column's output is what its own ops would give, while the
     graph (traced, loaded and run several times per job) no longer grows by some
     fifty ops per column. Median imputation keeps its own quantiles analyzer.
@@ -325,24 +317,19 @@ def _stacked_zscores(
     values = [_float_values(inputs[keys[f.column]], kinds[f.column]) for f in features]
     matrix = tf.stack(values, axis=1)
     present = _usable(matrix)
-    columns = [
-        _Numbers(v, p, usable)
-        for v, p, usable in zip(
-            values,
-            tf.unstack(present, axis=1),
-            _usable_by_column(matrix, present),
-            strict=True,
-        )
-    ]
-    mean, var = mean_and_var_vectors([c.values for c in columns])
+    mean, var = mean_and_var_vectors(*_usable_flat(matrix, present))
     mean = _finite_or(mean, 0.0)
     std = _finite_or(tf.sqrt(var), 0.0)
     scale = tf.where(std > 0, std, tf.constant(1.0, tf.float64))
     fill = mean
     if any(f.imputation in ("constant", "median") for f in features):
         fills = [
-            column.fill_value(f) if f.imputation in ("constant", "median") else None
-            for f, column in zip(features, columns, strict=True)
+            _Numbers(v, p).fill_value(f)
+            if f.imputation in ("constant", "median")
+            else None
+            for f, v, p in zip(
+                features, values, tf.unstack(present, axis=1), strict=True
+            )
         ]
         own = [x is not None for x in fills]
         fill = tf.where(
