@@ -91,10 +91,13 @@ def mean_and_var_vectors(
     n = counts.shape[0]
     with tf.compat.v1.name_scope("packed_mean_and_var"):
         count = tf.cast(counts, tf.float64)
-        sums = [tf.reduce_sum(x) for x in tf.split(flat, counts, num=n)]
+        axis = tf.constant([0])  # one node shared by the 2n sums
+        sums = [tf.reduce_sum(x, axis) for x in tf.split(flat, counts, num=n)]
         means = tf.math.divide_no_nan(tf.stack(sums), count)
         squares = tf.square(flat - tf.repeat(means, counts))
-        sums_of_squares = [tf.reduce_sum(x) for x in tf.split(squares, counts, num=n)]
+        sums_of_squares = [
+            tf.reduce_sum(x, axis) for x in tf.split(squares, counts, num=n)
+        ]
         variances = tf.math.divide_no_nan(tf.stack(sums_of_squares), count)
         mean, var = analyzers._apply_cacheable_combiner(  # noqa: SLF001
             _PackedMeanAndVarCombiner(np.float64, (n,)),
