@@ -1,25 +1,24 @@
 """Mean and variance of many columns in one tf.Transform analyzer, bit for bit.
 
 `tft.mean(x)` and `tft.var(x)` are one analyzer each, and every analyzer costs the
-job a fixed amount whatever the data: graph bookkeeping while tracing, several
-Beam stages (extract, bind, side inputs) and their share of the graph loads.
+job a fixed amount whatever the data: ops in the graph that is traced, loaded and
+run several times per job, and Beam stages (extract, bind, side inputs).
 tf.Transform packs the accumulation of its combiners but not those per-analyzer
-costs, so a table of hundreds of numeric columns spent most of its time on them.
-`mean_and_var` gives every column the statistics `tft.mean`/`tft.var` give, from a
-single analyzer:
+costs. `mean_and_var_vectors` gives n columns the statistics `tft.mean`/`tft.var`
+give, from a single analyzer:
 
-* per batch, each column's count, mean and variance come from the same TF ops on
-  the same 1-D tensor as in `tft.mean` (`tf_utils.reduce_batch_count_mean_and_var`),
-  then are stacked into vectors (stacking is exact);
-* across batches, `_PackedMeanAndVarCombiner` merges the vectors with
+* per batch, each column's sum and sum of squared deviations come from the same
+  reduction (`tf.reduce_sum` over the column's own 1-D vector of finite values)
+  as in `tf_utils.reduce_batch_count_mean_and_var`; counts, divisions and
+  deviations are element-wise over all columns at once (element-wise float64
+  arithmetic is correctly rounded, so this is exact);
+* across batches, `_PackedMeanAndVarCombiner` merges the `[n]` vectors with
   tf.Transform's own formulas, element by element, deciding per column what
-  tf.Transform decides per analyzer (which side is larger, an empty side). NumPy's
-  element-wise float64 arithmetic is correctly rounded, so each column's result
-  is the one its own analyzer would give, to the last bit.
+  tf.Transform decides per analyzer (which side is larger, an empty side).
 
-What is not done, on purpose: one reduction over a stacked `[batch, n]` tensor
-(`reduce_instance_dims=False`). It sums in another order than the 1-D reduction
-over a column's present values, so means differ in the last bits.
+So each column's result is the one its own analyzer would give, to the last bit.
+Not done, on purpose: one reduction over a stacked `[batch, n]` tensor
+(`reduce_instance_dims=False`), which sums in another order.
 """
 
 from __future__ import annotations

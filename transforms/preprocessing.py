@@ -64,7 +64,8 @@ def escape_token(x: tf.Tensor) -> tf.Tensor:
     """Escapes backslash, newline and carriage return (reversible, vocabulary-safe).
 
     The three rewrites run only when some value of the batch needs them, which
-    one match over the joined batch tells (50,000 clean tokens: 9.5 ms -> 2.5 ms).
+    one match over the joined batch tells (clean batches, the usual case, skip
+    them).
     """
 
     def escape():
