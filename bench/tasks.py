@@ -397,9 +397,13 @@ def main(argv=None) -> int:
     parser.add_argument("--table", required=True)
     parser.add_argument("--out")
     args = parser.parse_args(argv)
-    print(json.dumps(TASKS[args.task](args.db_url, args.table, args.out)))
+    print(json.dumps(TASKS[args.task](args.db_url, args.table, args.out)), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    sys.stderr.flush()
+    # As the job does (`pipeline.__main__`): no interpreter teardown, which with
+    # TensorFlow and Beam loaded is slow and has crashed (SIGSEGV) after the result.
+    os._exit(status)
