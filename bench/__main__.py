@@ -233,10 +233,13 @@ def _job(url: str, table: str, out: str, root: str = ROOT):
 
 
 def _headline(sections: set, url: str, tables: dict, work: str, args) -> dict:
-    """Measures the selected headline pairs; name -> its runs and notes."""
-    out = {}
+    """Measures the selected headline pairs; name -> its runs and notes.
+
+    A pair whose command fails is reported as failed; the others still run.
+    """
     mid, small = tables.get(args.rows), tables.get(20_000)
-    if "fixed" in sections:
+
+    def fixed():
         runs = _rounds(
             {
                 "job": _job(url, small, os.path.join(work, "fixed")),
@@ -245,8 +248,9 @@ def _headline(sections: set, url: str, tables: dict, work: str, args) -> dict:
             args.pairs,
             "fixed",
         )
-        out["fixed"] = {"runs": runs, "ratios": _ratios(runs, "job", "imports")}
-    if "copy" in sections:
+        return {"runs": runs, "ratios": _ratios(runs, "job", "imports")}
+
+    def copy():
         psql = shutil.which("psql")
         if psql:
             copy = [psql, url, "-Xqc", f'COPY "{mid}" TO STDOUT (FORMAT binary)']
@@ -262,12 +266,13 @@ def _headline(sections: set, url: str, tables: dict, work: str, args) -> dict:
             args.pairs,
             "copy",
         )
-        out["copy"] = {
+        return {
             "runs": runs,
             "ratios": _ratios(runs, "job", "copy"),
             "note": note,
         }
-    if "wide" in sections:
+
+    def wide():
         commands = {}
         if args.baseline:
             for name, table in (("base_narrow", small), ("base_wide", WIDE_TABLE)):
@@ -278,7 +283,7 @@ def _headline(sections: set, url: str, tables: dict, work: str, args) -> dict:
         commands["wide"] = _job(url, WIDE_TABLE, os.path.join(work, "wide"))
         runs = _rounds(commands, args.pairs, "wide")
         extra = WIDE_COLUMNS - NARROW_COLUMNS
-        out["wide"] = {
+        result = {
             "runs": runs,
             "ratios": _ratios(runs, "wide", "narrow"),
             "cpu_ratio": statistics.median(_ratios(runs, "wide", "narrow", "cpu")),
@@ -290,14 +295,16 @@ def _headline(sections: set, url: str, tables: dict, work: str, args) -> dict:
             ),
         }
         if args.baseline:
-            out["wide"]["baseline"] = {
+            result["baseline"] = {
                 "ratios": _ratios(runs, "base_wide", "base_narrow"),
                 "cpu_ratio": statistics.median(
                     _ratios(runs, "base_wide", "base_narrow", "cpu")
                 ),
                 "after_before": _ratios(runs, "wide", "base_wide"),
             }
-    if "docs" in sections:
+        return result
+
+    def docs():
         runs = _rounds(
             {
                 "job": _job(url, mid, os.path.join(work, "docs_job")),
@@ -309,12 +316,25 @@ def _headline(sections: set, url: str, tables: dict, work: str, args) -> dict:
             args.pairs,
             "docs",
         )
-        out["docs"] = {"runs": runs, "ratios": _ratios(runs, "job", "docs")}
-    if "rss4m" in sections:
+        return {"runs": runs, "ratios": _ratios(runs, "job", "docs")}
+
+    def rss4m():
         big = tables[4 * args.rows]
         runs = _rounds({"job": _job(url, big, os.path.join(work, "rss"))}, 1, "rss4m")
-        out["rss4m"] = {"runs": runs}
-    return out
+        return {"runs": runs}
+
+    measured = {}
+    pairs = {"fixed": fixed, "copy": copy, "wide": wide, "docs": docs}
+    pairs["rss4m"] = rss4m
+    for name in HEADLINE:
+        if name not in sections:
+            continue
+        try:
+            measured[name] = pairs[name]()
+        except RuntimeError as error:
+            print(f"  {name}: failed: {error}", file=sys.stderr)
+            measured[name] = {"error": str(error).splitlines()[0][:120]}
+    return measured
 
 
 def _details(sections: set, url: str, tables: dict, work: str, args) -> dict:
@@ -403,6 +423,9 @@ def _report_headline(headline: dict, args) -> list[str]:
         if name not in headline:
             continue
         h = headline[name]
+        if "error" in h:
+            lines.append(f"| {name} | failed: {h['error']} | | | no |")
+            continue
         if name == "rss4m":
             rss = max(h["runs"]["job"]["rss"])
             lines.append(
@@ -419,9 +442,9 @@ def _report_headline(headline: dict, args) -> list[str]:
             + f" | ≤ {target:g}× | {'yes' if ratio <= target else 'no'} |"
         )
     lines.append("")
-    if "copy" in headline:
+    if "note" in headline.get("copy", {}):
         lines.append(f"COPY baseline: {headline['copy']['note']}.")
-    if "wide" in headline:
+    if "per_column" in headline.get("wide", {}):
         w = headline["wide"]
         lines.append(
             f"Wide: seconds per extra column ((wide − narrow) ÷ "
@@ -442,6 +465,8 @@ def _report_headline(headline: dict, args) -> list[str]:
     lines.append("Seconds, as context only:")
     lines.append("")
     for name, h in headline.items():
+        if "error" in h:
+            continue
         lines.append(
             f"* {name}: "
             + "; ".join(
