@@ -197,6 +197,85 @@ def handwritten(url: str, table: str, out: str) -> dict:
     return {"rows": len(frame), "seconds": time.perf_counter() - started}
 
 
+def copy_binary_null(url: str, table: str, out: str | None) -> dict:
+    """psycopg2 `COPY t TO STDOUT (FORMAT binary)` into a null sink: the stand-in
+    for `psql -c "COPY …" > /dev/null` where psql is not installed."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    started = time.perf_counter()
+    sink = _NullSink()
+    with conn.cursor() as cur:
+        cur.copy_expert(f'COPY "{table}" TO STDOUT (FORMAT binary)', sink)
+    return {"seconds": time.perf_counter() - started, "bytes": sink.bytes}
+
+
+_DOCS_FLOATS = [f"f{i}" for i in range(8)]
+_DOCS_TEXTS = ["c10", "c100", "c1k", "c50k"]
+
+
+def tft_docs(url: str, table: str, out: str) -> dict:
+    """The pipeline of tf.Transform's documentation (census example) on the sample
+    table: rows fetched as instance dicts (a NULL is an empty list) into
+    `beam.Create`, `AnalyzeAndTransformDataset` (z-score per float, vocabulary per
+    text column, NULLs filled before the analyzers as the example does),
+    `ExampleProtoCoder`, `WriteToTFRecord` gzip. No splits."""
+    import tempfile
+
+    import apache_beam as beam
+    import psycopg2
+    import tensorflow as tf
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    started = time.perf_counter()
+    columns = _DOCS_FLOATS + _DOCS_TEXTS + ["label"]
+    conn = psycopg2.connect(url)
+    with conn.cursor(name="export") as cur:
+        cur.itersize = 10_000
+        cur.execute(f'SELECT {", ".join(columns)} FROM "{table}"')
+        rows = [
+            {c: [] if v is None else [v] for c, v in zip(columns, row, strict=True)}
+            for row in cur
+        ]
+    conn.close()
+    spec = {c: tf.io.VarLenFeature(tf.float32) for c in _DOCS_FLOATS}
+    spec.update({c: tf.io.VarLenFeature(tf.string) for c in _DOCS_TEXTS})
+    spec["label"] = tf.io.FixedLenFeature([], tf.int64)
+    for row in rows:
+        row["label"] = row["label"][0]
+    schema = schema_utils.schema_from_feature_spec(spec)
+    metadata = dataset_metadata.DatasetMetadata(schema)
+
+    def preprocessing_fn(inputs):
+        outputs = {"label": inputs["label"]}
+        for c in _DOCS_FLOATS:
+            dense = tft.sparse_tensor_to_dense_with_shape(inputs[c], [None, 1], 0.0)
+            outputs[c] = tft.scale_to_z_score(tf.squeeze(dense, axis=1))
+        for c in _DOCS_TEXTS:
+            dense = tft.sparse_tensor_to_dense_with_shape(inputs[c], [None, 1], "")
+            outputs[c] = tft.compute_and_apply_vocabulary(tf.squeeze(dense, axis=1))
+        return outputs
+
+    with tempfile.TemporaryDirectory() as temp, beam.Pipeline() as p:
+        with tft_beam.Context(temp_dir=temp):
+            data = p | beam.Create(rows)
+            (transformed, transformed_metadata), _ = (
+                data,
+                metadata,
+            ) | tft_beam.AnalyzeAndTransformDataset(preprocessing_fn)
+            coder = tft.coders.ExampleProtoCoder(transformed_metadata.schema)
+            _ = (
+                transformed
+                | beam.Map(coder.encode)
+                | beam.io.WriteToTFRecord(
+                    os.path.join(out, "part"), file_name_suffix=".tfrecord.gz"
+                )
+            )
+    return {"rows": len(rows), "seconds": time.perf_counter() - started}
+
+
 def _spec_and_files(out: str, split: str):
     import tensorflow_transform as tft
 
@@ -303,6 +382,8 @@ TASKS = {
     "copy_null": copy_null,
     "source": source,
     "handwritten": handwritten,
+    "copy_binary_null": copy_binary_null,
+    "tft_docs": tft_docs,
     "read_make_dataset": read_make_dataset,
     "read_ceiling": read_ceiling,
     "read_fetchmany": read_fetchmany,
@@ -316,9 +397,13 @@ def main(argv=None) -> int:
     parser.add_argument("--table", required=True)
     parser.add_argument("--out")
     args = parser.parse_args(argv)
-    print(json.dumps(TASKS[args.task](args.db_url, args.table, args.out)))
+    print(json.dumps(TASKS[args.task](args.db_url, args.table, args.out)), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    sys.stderr.flush()
+    # As the job does (`pipeline.__main__`): no interpreter teardown, which with
+    # TensorFlow and Beam loaded is slow and has crashed (SIGSEGV) after the result.
+    os._exit(status)

@@ -6,7 +6,8 @@ failure. Every failure is one line on stderr (`sql2tfrecord: error: …`, see
 
 The command exits through `exit_now`: the atexit handlers run as usual, then the
 process ends without Python's interpreter teardown, which with TensorFlow, Beam and
-tf.Transform loaded takes ~1.3 s here and does nothing a finished job needs.
+tf.Transform loaded takes over a second (bench/RESULTS.md) and does nothing a
+finished job needs.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 `RecordBatchCoder` is registered for PCollections typed `pa.RecordBatch`; `batches`
 and `batch_pairs` declare that type on our steps' outputs (the job runs with
 `pipeline_type_check=False`, which also turns off Beam's output type inference).
-Untyped, batches fall back to pickling, and Beam's element-size sampling pickled each
-sampled batch only to take its length: ~190 batches, 1.3 GB, ~0.5 s of the main
-thread per million rows. `estimate_size` is the batch's buffer size instead, as
+Untyped, batches fall back to pickling, and Beam's element-size sampling pickles each
+sampled batch only to take its length (bench/RESULTS.md). `estimate_size` is the
+batch's buffer size instead, as
 Beam's `Coder.estimate_size` invites. Real encodes (a shuffle, a remote worker) use
 the Arrow IPC stream format.
 """

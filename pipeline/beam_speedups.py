@@ -1,40 +1,37 @@
 """Cuts four Beam costs that dominate a small run's fixed cost; results unchanged.
 
+What each saved is in bench/RESULTS.md.
+
 1. DoFn state/timer inspection.
 
 `apache_beam.transforms.userstate.get_dofn_specs(dofn)` wraps every bound method of
 a DoFn in a `MethodWrapper`, which calls `inspect.signature` on it, and Beam calls it
 about five times per ParDo (construction, `to_runner_api` twice, the runner's
-visitors, each bundle processor). tf.Transform's graph has ~100 ParDos: on this
-2-core machine that was 2.5 s of a 20,000-row run (py-spy; bench/RESULTS.md).
-
+visitors, each bundle processor); tf.Transform's graph has ~100 ParDos.
 The result depends only on the DoFn's bound methods (their default arguments hold
 the state and timer specs; plain functions stored on an instance are skipped by Beam
 too), so it is cached per tuple of those methods' functions: exactly Beam's answer,
 computed once per DoFn class. Errors (duplicate parameters) are never cached.
 
 2. Options views. `PipelineOptions.view_as(cls)` builds and runs an argparse parser
-for `cls` on every call, and `Pipeline.apply` calls it several times per transform
-(~0.6 s of a 20,000-row run's 1.5 s of graph construction, py-spy). A view holds no
-state of its own: it reads and writes the options' shared `_all_options` dict, and
-its parser depends only on `cls` and the options' fixed flags. So one view per
-(options object, class) is cached, keyed weakly by the options object and
-checked against its `_flags` and `_all_options` objects: a later write through any
-view is seen through the cached one, exactly as through a new view.
+for `cls` on every call, and `Pipeline.apply` calls it several times per transform.
+A view holds no state of its own: it reads and writes the options' shared
+`_all_options` dict, and its parser depends only on `cls` and the options' fixed
+flags. So one view per (options object, class) is cached, keyed weakly by the
+options object and checked against its `_flags` and `_all_options` objects: a later
+write through any view is seen through the cached one, exactly as through a new view.
 
 3. Pickled-function compression. Beam pickles every DoFn about eight times per run
 (`to_runner_api`, the runner's copies, each bundle processor) and compresses each
-pickle with bz2 at level 9, which costs ~0.2 ms even for 1 KB: ~2,000 compressions
-and as many decompressions, 0.6 s of a 20,000-row run, for ~550 distinct payloads.
-`install()` gives Beam's pickler a bz2 whose `compress` and `decompress` remember
-their last 4,096 results (keyed by the input bytes): the same bz2 bytes as before,
-so every worker and runner reads them as usual.
+pickle with bz2 at level 9, slow even for small payloads, though there are only a
+few hundred distinct ones. `install()` gives Beam's pickler a bz2 whose `compress`
+and `decompress` remember their last 4,096 results (keyed by the input bytes): the
+same bz2 bytes as before, so every worker and runner reads them as usual.
 
 4. The state sampler's sleep. Each bundle starts a thread that samples which step is
-running, sleeping between samples for up to 200 ms, and the bundle's end joins it:
-83-85 such joins per run waited 0.45 s in all at 20,000 rows and 0.73 s at 1M.
-`install()` caps the sleep at `STATE_SAMPLING_PERIOD_MS` (20 ms): 0.11-0.14 s at
-both sizes. The sampler wakes more often, without the GIL, and measures the same
+running, sleeping between samples for up to 200 ms, and the bundle's end joins it,
+waiting out the sleep. `install()` caps the sleep at `STATE_SAMPLING_PERIOD_MS`
+(20 ms). The sampler wakes more often, without the GIL, and measures the same
 step times.
 
 `install()` is idempotent and is called by the launcher before the graph is built;

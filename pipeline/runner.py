@@ -3,8 +3,8 @@
 Beam 2.77's `DirectRunner` (`SwitchingDirectRunner`) first tries the Prism runner:
 it translates the whole graph into a runner-API proto, looks for the Prism binary,
 downloads it from GitHub when it is missing, and only if that fails falls back to
-the FnApiRunner, which then translates the graph again. For this job that detour
-costs about a second of every run (py-spy, bench/RESULTS.md), and on a machine with
+the FnApiRunner, which then translates the graph again. That detour is a fixed
+cost of every run (bench/RESULTS.md), and on a machine with
 internet access it would run the job on a Go binary fetched at run time, a runner
 this project does not test. So a batch job asked to run on the DirectRunner (the
 default) goes straight to the FnApiRunner, built as `SwitchingDirectRunner` builds

@@ -2,9 +2,9 @@
 
 Whole batches are encoded as tf.Examples and framed as TFRecords by
 `pipeline.records` (vectorised for dense numeric features, tfx-bsl's C++ encoder
-otherwise) and gzip-compressed with ISA-L (`isal`, level 1:
-~590 MB/s here against zlib level 1's ~150 MB/s, same ratio; plain zlib when `isal`
-is missing) straight into a shard file: no Beam element per example. Encoding,
+otherwise) and gzip-compressed with ISA-L (`isal`, level 1: several times zlib
+level 1's speed at the same ratio, bench/RESULTS.md; plain zlib when `isal` is
+missing) straight into a shard file: no Beam element per example. Encoding,
 framing, compression and the file write run on one writer thread per open shard
 (the encoder and the compressor release the GIL), overlapping the main thread's
 Beam and TensorFlow work; at most `MAX_PENDING_BATCHES` batches wait per shard, so

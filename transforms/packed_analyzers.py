@@ -1,25 +1,24 @@
 """Mean and variance of many columns in one tf.Transform analyzer, bit for bit.
 
 `tft.mean(x)` and `tft.var(x)` are one analyzer each, and every analyzer costs the
-job a fixed amount whatever the data: graph bookkeeping while tracing, several
-Beam stages (extract, bind, side inputs) and their share of the graph loads.
+job a fixed amount whatever the data: ops in the graph that is traced, loaded and
+run several times per job, and Beam stages (extract, bind, side inputs).
 tf.Transform packs the accumulation of its combiners but not those per-analyzer
-costs, so a table of hundreds of numeric columns spent most of its time on them.
-`mean_and_var` gives every column the statistics `tft.mean`/`tft.var` give, from a
-single analyzer:
+costs. `mean_and_var_vectors` gives n columns the statistics `tft.mean`/`tft.var`
+give, from a single analyzer:
 
-* per batch, each column's count, mean and variance come from the same TF ops on
-  the same 1-D tensor as in `tft.mean` (`tf_utils.reduce_batch_count_mean_and_var`),
-  then are stacked into vectors (stacking is exact);
-* across batches, `_PackedMeanAndVarCombiner` merges the vectors with
+* per batch, each column's sum and sum of squared deviations come from the same
+  reduction (`tf.reduce_sum` over the column's own 1-D vector of finite values)
+  as in `tf_utils.reduce_batch_count_mean_and_var`; counts, divisions and
+  deviations are element-wise over all columns at once (element-wise float64
+  arithmetic is correctly rounded, so this is exact);
+* across batches, `_PackedMeanAndVarCombiner` merges the `[n]` vectors with
   tf.Transform's own formulas, element by element, deciding per column what
-  tf.Transform decides per analyzer (which side is larger, an empty side). NumPy's
-  element-wise float64 arithmetic is correctly rounded, so each column's result
-  is the one its own analyzer would give, to the last bit.
+  tf.Transform decides per analyzer (which side is larger, an empty side).
 
-What is not done, on purpose: one reduction over a stacked `[batch, n]` tensor
-(`reduce_instance_dims=False`). It sums in another order than the 1-D reduction
-over a column's present values, so means differ in the last bits.
+So each column's result is the one its own analyzer would give, to the last bit.
+Not done, on purpose: one reduction over a stacked `[batch, n]` tensor
+(`reduce_instance_dims=False`), which sums in another order.
 """
 
 from __future__ import annotations
@@ -28,9 +27,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_transform import analyzers, tf_utils
+from tensorflow_transform import analyzers
 
-__all__ = ["mean_and_var"]
+__all__ = ["mean_and_var", "mean_and_var_vectors"]
 
 
 class _PackedMeanAndVarCombiner(analyzers.WeightedMeanAndVarCombiner):
@@ -72,14 +71,53 @@ class _PackedMeanAndVarCombiner(analyzers.WeightedMeanAndVarCombiner):
         )
 
 
+def mean_and_var_vectors(
+    flat: tf.Tensor, counts: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """`tft.mean` and `tft.var` of n columns, as two `[n]` float64 vectors.
+
+    Args:
+        flat: 1-D float64, the finite values of column 0, then of column 1, …
+        counts: `[n]` int64 (n static), how many values of `flat` each column has.
+
+    Returns:
+        `(mean, var)`; element i equals bit for bit `tft.mean(x_i)` and
+        `tft.var(x_i)` of the column's 1-D vector `x_i`. One analyzer. Per batch
+        only the two sums are per column (each over `x_i` itself, as in
+        `tf_utils.reduce_batch_count_mean_and_var`); counts, divisions and
+        deviations are element-wise over all columns at once, which is exact.
+    """
+    n = counts.shape[0]
+    with tf.compat.v1.name_scope("packed_mean_and_var"):
+        count = tf.cast(counts, tf.float64)
+        axis = tf.constant([0])  # one node shared by the 2n sums
+        sums = [tf.reduce_sum(x, axis) for x in tf.split(flat, counts, num=n)]
+        means = tf.math.divide_no_nan(tf.stack(sums), count)
+        squares = tf.square(flat - tf.repeat(means, counts))
+        sums_of_squares = [
+            tf.reduce_sum(x, axis) for x in tf.split(squares, counts, num=n)
+        ]
+        variances = tf.math.divide_no_nan(tf.stack(sums_of_squares), count)
+        mean, var = analyzers._apply_cacheable_combiner(  # noqa: SLF001
+            _PackedMeanAndVarCombiner(np.float64, (n,)),
+            count,
+            means,
+            variances,
+            tf.zeros([], tf.float32),
+        )
+        mean.set_shape([n])
+        var.set_shape([n])
+        return mean, var
+
+
 def mean_and_var(
     columns: Sequence[tf.Tensor],
 ) -> list[tuple[tf.Tensor, tf.Tensor]]:
     """`(tft.mean(x), tft.var(x))` for each 1-D float64 `x` of `columns`, one analyzer.
 
     Args:
-        columns: 1-D float64 tensors (the batch's usable values of each column;
-            NaN and ±Infinity are ignored, as by `tft.mean`).
+        columns: 1-D float64 tensors (NaN and ±Infinity are ignored, as by
+            `tft.mean`).
 
     Returns:
         Per column, scalar float64 tensors equal bit for bit to `tft.mean(x)` and
@@ -87,20 +125,7 @@ def mean_and_var(
     """
     if not columns:
         return []
-    with tf.compat.v1.name_scope("packed_mean_and_var"):
-        stats = [
-            tf_utils.reduce_batch_count_mean_and_var(x, reduce_instance_dims=True)
-            for x in columns
-        ]
-        counts, means, variances = (tf.stack(list(s)) for s in zip(*stats, strict=True))
-        n = len(columns)
-        mean, var = analyzers._apply_cacheable_combiner(  # noqa: SLF001
-            _PackedMeanAndVarCombiner(np.float64, (n,)),
-            counts,
-            means,
-            variances,
-            tf.zeros([], tf.float32),
-        )
-        mean.set_shape([n])
-        var.set_shape([n])
-        return list(zip(tf.unstack(mean), tf.unstack(var), strict=True))
+    finite = [tf.boolean_mask(x, tf.math.is_finite(x)) for x in columns]
+    counts = tf.stack([tf.size(x, out_type=tf.int64) for x in finite])
+    mean, var = mean_and_var_vectors(tf.concat(finite, axis=0), counts)
+    return list(zip(tf.unstack(mean), tf.unstack(var), strict=True))
