@@ -27,7 +27,7 @@ def _user_error(err: BaseException) -> str | None:
     from pipeline.console import one_line
     from pipeline.degenerate import EmptySplitError
     from pipeline.drift import AnomaliesError
-    from pipeline.output import OutputError
+    from pipeline.sink.output import OutputError
     from pipeline.sources.jdbc import JdbcUnavailableError
     from pipeline.sources.mysql.connection import MySqlUrlError
     from pipeline.sources.mysql.partition_reader import ColumnValueError

@@ -22,8 +22,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import output
 from pipeline.assign import SPLIT_COLUMN, _split_indices, _split_parts
+from pipeline.sink import output
 from pipeline.statistics import SplitStatistics, to_proto
 
 __all__ = ["STATISTICS_DIR", "STATISTICS_JSON", "WriteStatistics", "read_statistics"]

@@ -20,15 +20,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import (
-    METRICS_NAMESPACE,
-    degenerate,
-    output,
-    ownership,
-    publish,
-    sources,
-    spans,
-)
+from pipeline import METRICS_NAMESPACE, degenerate, ownership, publish, sources, spans
 from pipeline.assign import (
     SPLIT_COLUMN,
     AssignSplit,
@@ -38,9 +30,10 @@ from pipeline.assign import (
 )
 from pipeline.manifest import build_manifest, raw_snapshot_info
 from pipeline.options import JobConfig
+from pipeline.sink import output
+from pipeline.sink.write import WriteExamples
 from pipeline.sources import SourceSpec
 from pipeline.sources.read_plan import ReadPlan
-from pipeline.write import WriteExamples
 from transforms.features import ConfigError, FeatureConfig, infer_features, load_config
 from transforms.names import feature_names
 from transforms.types import Kind

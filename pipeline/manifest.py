@@ -14,8 +14,8 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import output
-from pipeline.write import SHARD_SUFFIX
+from pipeline.sink import output
+from pipeline.sink.write import SHARD_SUFFIX
 from transforms.types import conversion
 
 __all__ = [

@@ -16,7 +16,7 @@ import re
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.output import MANIFEST, OutputError, OutputExistsError
+from pipeline.sink.output import MANIFEST, OutputError, OutputExistsError
 
 __all__ = [
     "MARKER",

@@ -39,8 +39,8 @@ import uuid
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import ownership
-from pipeline.output import OutputError, join
 from pipeline.ownership import FORMAT, MARKER, DirState, check_target, inspect_dir
+from pipeline.sink.output import OutputError, join
 
 __all__ = [
     "Publication",

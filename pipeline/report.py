@@ -367,7 +367,7 @@ def write_report(
 
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline import output
+    from pipeline.sink import output
 
     final = output.join(output_dir, name)
     temp = output.join(output_dir, f".{name}.{uuid.uuid4().hex}.tmp")
@@ -436,8 +436,8 @@ def _thresholds(config, manifest: Mapping[str, Any]):
 
 def _previous_output(path: str) -> tuple[tuple | None, str | None]:
     """(statistics, manifest) of a complete output with statistics at `path`."""
-    from pipeline import output
     from pipeline.compute_statistics import read_statistics
+    from pipeline.sink import output
 
     try:
         previous = read_statistics(path)
@@ -460,9 +460,9 @@ def publish_statistics(config, manifest: dict[str, Any], built: str) -> None:
     Raises:
         AnomaliesError: with `--fail_on_anomalies`, when a check failed.
     """
-    from pipeline import output
     from pipeline.compute_statistics import read_statistics
     from pipeline.drift import AnomaliesError, check
+    from pipeline.sink import output
 
     statistics = read_statistics(built)
     if statistics is None:
@@ -522,8 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads (via Beam)
-    from pipeline import output
     from pipeline.compute_statistics import read_statistics
+    from pipeline.sink import output
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) != 1 or argv[0].startswith("-"):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import apache_beam as beam
 import pyarrow as pa
 
-from pipeline import METRICS_NAMESPACE, arrow_coder, output, spans
+from pipeline import METRICS_NAMESPACE, arrow_coder, spans
+from pipeline.sink import output
 from pipeline.sources.parquet import SnapshotError, read_snapshot_info
 
 __all__ = ["RAW_DIR", "EARLIER_NAMESPACE", "earlier_spans", "ReadEarlierSpans"]

@@ -35,8 +35,8 @@ import re
 from apache_beam.io.filesystems import FileSystems
 from psycopg2 import sql
 
-from pipeline import output
 from pipeline.ownership import inspect_dir, is_local
+from pipeline.sink import output
 from transforms.features import ConfigError
 
 __all__ = [

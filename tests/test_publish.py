@@ -18,9 +18,10 @@ import sys
 import pytest
 
 import trainer
-from pipeline import ownership, publish, write
+from pipeline import ownership, publish
 from pipeline.__main__ import main
-from pipeline.output import OutputError, OutputExistsError
+from pipeline.sink import write
+from pipeline.sink.output import OutputError, OutputExistsError
 from tests.conftest import query, reference_split, wait_for_staging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

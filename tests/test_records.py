@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
 
-from pipeline import records
+from pipeline.sink import records
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 FLOAT32 = st.floats(width=32, allow_nan=False)  # NaN != NaN: compared separately

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import tensorflow as tf
 
-from pipeline import records, write
+from pipeline.sink import records, write
 
 
 def _batch(n: int, start: int = 0) -> pa.RecordBatch:

@@ -27,7 +27,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import METRICS_NAMESPACE, arrow_coder
-from pipeline.output import join, publish_shards, write_json
+from pipeline.sink.output import join, publish_shards, write_json
 from transforms.types import Column, arrow_type
 
 __all__ = [

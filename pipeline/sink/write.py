@@ -1,7 +1,7 @@
 """WriteExamples: transformed record batches -> gzip TFRecord shards of tf.Examples.
 
 Whole batches are encoded as tf.Examples and framed as TFRecords by
-`pipeline.records` (vectorised for dense numeric features, tfx-bsl's C++ encoder
+`pipeline.sink.records` (vectorised for dense numeric features, tfx-bsl's C++ encoder
 otherwise) and gzip-compressed with ISA-L (`isal`, level 1: several times zlib
 level 1's speed at the same ratio, bench/RESULTS.md; plain zlib when `isal` is
 missing) straight into a shard file: no Beam element per example. Encoding,
@@ -35,8 +35,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import METRICS_NAMESPACE
-from pipeline.output import join, publish_shards
-from pipeline.records import RecordsEncoder
+from pipeline.sink.output import join, publish_shards
+from pipeline.sink.records import RecordsEncoder
 
 try:
     from isal import isal_zlib as _deflate
