@@ -47,23 +47,82 @@ ROWS = [
     # id, i8, i4, i3, i2, i1, u4, u8, b, dec65, dec10, f, d, vc, l1, ch, tx, e, s,
     # da, dtm, ts, y, bit1
     (
-        1, -(2**63), -(2**31), -(2**23), -(2**15), -128, 0, 2**63 - 1, 0,
+        1,
+        -(2**63),
+        -(2**31),
+        -(2**23),
+        -(2**15),
+        -128,
+        0,
+        2**63 - 1,
+        0,
         "-99999999999999999999999999999999999.999999999999999999999999999999",
-        "-99999999.99", -3.4028234663852886e38, -1.7976931348623157e308,
-        "😀 emoji ✓", "café", "ab", "", "red", "", "1000-01-01",
-        "1000-01-01 00:00:00.000000", "1970-01-01 00:00:01.000", 1901, 0,
+        "-99999999.99",
+        -3.4028234663852886e38,
+        -1.7976931348623157e308,
+        "😀 emoji ✓",
+        "café",
+        "ab",
+        "",
+        "red",
+        "",
+        "1000-01-01",
+        "1000-01-01 00:00:00.000000",
+        "1970-01-01 00:00:01.000",
+        1901,
+        0,
     ),
     (
-        2, 2**63 - 1, 2**31 - 1, 2**23 - 1, 2**15 - 1, 127, 2**32 - 1, 0, 1,
-        "0.000000000000000000000000000001", "0.10", 1.401298464324817e-45,
-        5e-324, "", "Zürich", "x  ", "long " * 100, "green", "a,c", "9999-12-31",
-        "9999-12-31 23:59:59.999999", "2038-01-19 03:14:07.999", 2155, 1,
+        2,
+        2**63 - 1,
+        2**31 - 1,
+        2**23 - 1,
+        2**15 - 1,
+        127,
+        2**32 - 1,
+        0,
+        1,
+        "0.000000000000000000000000000001",
+        "0.10",
+        1.401298464324817e-45,
+        5e-324,
+        "",
+        "Zürich",
+        "x  ",
+        "long " * 100,
+        "green",
+        "a,c",
+        "9999-12-31",
+        "9999-12-31 23:59:59.999999",
+        "2038-01-19 03:14:07.999",
+        2155,
+        1,
     ),
     (
-        3, 0, 0, 0, 0, 0, 0, 0, 1, "12345678901234567890.123456789012345678901234567890",
-        "0.00", 0.1, 0.1, "a\tb\nc,\"q\"", "", "", "'quoted'", "green", "a,b,c",
-        "1969-12-31", "1969-12-31 23:59:59.500000", "2000-02-29 12:34:56.789",
-        2000, 0,
+        3,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        1,
+        "12345678901234567890.123456789012345678901234567890",
+        "0.00",
+        0.1,
+        0.1,
+        'a\tb\nc,"q"',
+        "",
+        "",
+        "'quoted'",
+        "green",
+        "a,b,c",
+        "1969-12-31",
+        "1969-12-31 23:59:59.500000",
+        "2000-02-29 12:34:56.789",
+        2000,
+        0,
     ),
     (4, *([None] * 23)),
 ]
@@ -74,9 +133,7 @@ def typed(mysql_url, mysql_table):
     name = mysql_table(TYPES_DDL)
     conn = admin(mysql_url, "STRICT_ALL_TABLES")
     with conn.cursor() as cur:
-        cur.executemany(
-            f"INSERT INTO `{name}` VALUES ({', '.join(['%s'] * 24)})", ROWS
-        )
+        cur.executemany(f"INSERT INTO `{name}` VALUES ({', '.join(['%s'] * 24)})", ROWS)
     conn.close()
     return read_all(mysql_url, table=name, num_partitions=3)
 
@@ -104,29 +161,86 @@ def test_types_map_to_the_shared_vocabulary(typed):
 
 def _expected(row):
     (
-        id_, i8, i4, i3, i2, i1, u4, u8, b, dec65, dec10, f, d, vc, l1, ch, tx, e, s,
-        da, dtm, ts, y, bit1,
+        id_,
+        i8,
+        i4,
+        i3,
+        i2,
+        i1,
+        u4,
+        u8,
+        b,
+        dec65,
+        dec10,
+        f,
+        d,
+        vc,
+        l1,
+        ch,
+        tx,
+        e,
+        s,
+        da,
+        dtm,
+        ts,
+        y,
+        bit1,
     ) = row
     if id_ == 4:
         return {"id": 4, **{k: None for k in COLUMNS[1:]}}
     return {
-        "id": id_, "i8": i8, "i4": i4, "i3": i3, "i2": i2, "i1": i1, "u4": u4,
-        "u8": u8, "b": b,
+        "id": id_,
+        "i8": i8,
+        "i4": i4,
+        "i3": i3,
+        "i2": i2,
+        "i1": i1,
+        "u4": u4,
+        "u8": u8,
+        "b": b,
         "dec65": float(decimal.Decimal(dec65)),
         "dec10": float(decimal.Decimal(dec10)),
-        "f": _float32(f), "d": d, "vc": vc, "l1": l1,
+        "f": _float32(f),
+        "d": d,
+        "vc": vc,
+        "l1": l1,
         "ch": ch.rstrip(" "),  # CHAR drops trailing blanks on read
-        "tx": tx, "e": e, "s": s,
+        "tx": tx,
+        "e": e,
+        "s": s,
         "da": _days(dt.date.fromisoformat(da)),
         "dtm": _seconds(dt.datetime.fromisoformat(dtm)),
         "ts": _seconds(dt.datetime.fromisoformat(ts)),
-        "y": y, "bit1": bit1,
+        "y": y,
+        "bit1": bit1,
     }
 
 
 COLUMNS = [
-    "id", "i8", "i4", "i3", "i2", "i1", "u4", "u8", "b", "dec65", "dec10", "f",
-    "d", "vc", "l1", "ch", "tx", "e", "s", "da", "dtm", "ts", "y", "bit1",
+    "id",
+    "i8",
+    "i4",
+    "i3",
+    "i2",
+    "i1",
+    "u4",
+    "u8",
+    "b",
+    "dec65",
+    "dec10",
+    "f",
+    "d",
+    "vc",
+    "l1",
+    "ch",
+    "tx",
+    "e",
+    "s",
+    "da",
+    "dtm",
+    "ts",
+    "y",
+    "bit1",
 ]
 
 
@@ -171,8 +285,12 @@ def test_zero_dates_read_as_null_and_counted(mysql_url, mysql_table):
     assert rows[1] == {"id": 1, "da": None, "dtm": None, "ts": None}
     assert rows[2] == {"id": 2, "da": None, "dtm": None, "ts": None}
     seconds = _seconds(dt.datetime(2020, 1, 2, 3, 4, 5))
-    assert rows[3] == {"id": 3, "da": _days(dt.date(2020, 1, 2)), "dtm": seconds,
-                       "ts": seconds}
+    assert rows[3] == {
+        "id": 3,
+        "da": _days(dt.date(2020, 1, 2)),
+        "dtm": seconds,
+        "ts": seconds,
+    }
 
 
 def test_unsigned_bigint_above_int64_is_refused_naming_the_column(
@@ -180,8 +298,7 @@ def test_unsigned_bigint_above_int64_is_refused_naming_the_column(
 ):
     name = mysql_table(
         "CREATE TABLE {table} (id INT PRIMARY KEY, big_u BIGINT UNSIGNED)",
-        "INSERT INTO {table} VALUES (1, 9223372036854775807), "
-        "(2, 9223372036854775808)",
+        "INSERT INTO {table} VALUES (1, 9223372036854775807), (2, 9223372036854775808)",
     )
     with pytest.raises(ColumnValueError) as info:
         read_all(mysql_url, table=name)
@@ -253,24 +370,39 @@ def test_query_columns_are_typed_from_result_metadata(mysql_url, mysql_table):
     )
     types = {c.name: c.pg_type for c in plan.columns}
     assert types == {
-        "id": "int4", "a1": "int8", "d": "date", "x2": "numeric", "v": "text",
+        "id": "int4",
+        "a1": "int8",
+        "d": "date",
+        "x2": "numeric",
+        "v": "text",
         "t": "timestamp",
     }
     rows = {r["id"]: r for r in table.to_pylist()}
-    assert rows[1] == {"id": 1, "a1": 8, "d": _days(dt.date(2001, 2, 3)), "x2": 2.5,
-                       "v": "v1", "t": _seconds(dt.datetime(2001, 2, 3))}
+    assert rows[1] == {
+        "id": 1,
+        "a1": 8,
+        "d": _days(dt.date(2001, 2, 3)),
+        "x2": 2.5,
+        "v": "v1",
+        "t": _seconds(dt.datetime(2001, 2, 3)),
+    }
     assert rows[2]["a1"] is None and rows[2]["v"] == "v2"
 
 
 @pytest.mark.parametrize(
     "name, column",
-    [("odd `name` here", "col `x`"), ("ünïcødé tåble", "spaced column"),
-     ("dot.ted", "sel;ect")],
+    [
+        ("odd `name` here", "col `x`"),
+        ("ünïcødé tåble", "spaced column"),
+        ("dot.ted", "sel;ect"),
+    ],
 )
 def test_odd_table_and_column_names(mysql_url, mysql_table, name, column):
     made = mysql_table(
         "CREATE TABLE {table} (id INT PRIMARY KEY, "
-        + "`" + column.replace("`", "``") + "` INT)",
+        + "`"
+        + column.replace("`", "``")
+        + "` INT)",
         "INSERT INTO {table} VALUES (1, 10), (2, 20), (3, NULL)",
         prefix=name,
     )
@@ -278,9 +410,14 @@ def test_odd_table_and_column_names(mysql_url, mysql_table, name, column):
     table_arg = quoted if "." in made or "`" in made else made
     plan, table, _ = read_all(mysql_url, table=table_arg, num_partitions=2)
     assert [c.name for c in plan.columns] == ["id", column]
-    assert sorted(zip(table.column("id").to_pylist(),
-                      table.column(column).to_pylist(), strict=True),
-                  key=lambda r: r[0]) == [(1, 10), (2, 20), (3, None)]
+    assert sorted(
+        zip(
+            table.column("id").to_pylist(),
+            table.column(column).to_pylist(),
+            strict=True,
+        ),
+        key=lambda r: r[0],
+    ) == [(1, 10), (2, 20), (3, None)]
 
 
 @pytest.mark.parametrize("ddl", ["v VARCHAR(20)", "v INT", "v DATE"])
@@ -296,12 +433,27 @@ def test_one_column_rows_holding_null_are_rows(mysql_url, mysql_table, ddl):
     conn.close()
     _, table, _ = read_all(mysql_url, table=name)
     got = table.column("v").to_pylist()
-    assert sorted(got, key=lambda v: v is None) == [0 if ddl != "v VARCHAR(20)" else "",
-                                                     None, None]
+    assert sorted(got, key=lambda v: v is None) == [
+        0 if ddl != "v VARCHAR(20)" else "",
+        None,
+        None,
+    ]
 
 
 def test_text_with_csv_and_line_characters(mysql_url, mysql_table):
-    values = ['"', '""', ",", "\r\n", "\n", "a\r", ' "x" ', "\\", "\\N", "NULL", "é\x00z"]
+    values = [
+        '"',
+        '""',
+        ",",
+        "\r\n",
+        "\n",
+        "a\r",
+        ' "x" ',
+        "\\",
+        "\\N",
+        "NULL",
+        "é\x00z",
+    ]
     name = mysql_table("CREATE TABLE {table} (id INT PRIMARY KEY, t TEXT, n INT)")
     conn = admin(mysql_url, "STRICT_ALL_TABLES")
     with conn.cursor() as cur:
@@ -333,3 +485,34 @@ def test_random_double_and_float_bit_patterns_are_exact(mysql_url, mysql_table):
     _, table, _ = read_all(mysql_url, table=name, num_partitions=4)
     got = {r["id"]: (r["d"], r["f"]) for r in table.to_pylist()}
     assert got == {i: (d, f) for i, d, f in rows}
+
+
+@pytest.mark.parametrize(
+    "expression, says",
+    [
+        ("v * 1e300", "out of range"),  # overflow: 0 where MySQL only warns
+        ("CAST(IF(v > 1, CONCAT(id, 'abc'), id) AS SIGNED)", "truncated"),  # 2abc: 2
+        ("CAST(v AS DECIMAL(3,1))", "out of range"),  # clamped to 99.9
+    ],
+)
+def test_values_the_server_computed_with_a_warning_fail_the_read(
+    mysql_url, mysql_table, expression, says
+):
+    """MySQL stands in a value (0, a prefix, a clamp) and warns: never written.
+
+    (MariaDB raises the overflow as an error in a select list and warns in a
+    virtual column: either way the read fails, without a retry.)
+    """
+    name = mysql_table(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, v DOUBLE)",
+        ("INSERT INTO {table} VALUES (%s, %s)", [(1, 2.0), (2, 5e10), (3, 0.5)]),
+    )
+    query = f"SELECT id, {expression} AS x FROM `{name}`"
+    with pytest.raises(PartitionReadError) as info:
+        read_all(mysql_url, query=query)
+    message = str(info.value)
+    assert says in message.lower() and "\n" not in message
+    assert "rerun" not in message  # a statement error, not a lost connection
+    # The same query over rows it computes exactly is read.
+    _, table, _ = read_all(mysql_url, query=query + " WHERE id = 3")
+    assert table.num_rows == 1

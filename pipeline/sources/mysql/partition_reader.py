@@ -47,6 +47,9 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 BATCH_ROWS = 65_536
+# Client/server error numbers of a lost connection (the only ones retried): server
+# gone, lost during the query, lost before it, killed (MariaDB), shutdown.
+CONNECTION_LOST = frozenset({2006, 2013, 2055, 1927, 1053})
 
 
 class PartitionReadError(DatabaseError):
@@ -179,15 +182,61 @@ def _value_message(column, err: Exception) -> str:
 def read_partition(
     conn, plan: ReadPlan, partition: Partition, zero_dates
 ) -> Iterator[pa.RecordBatch]:
-    """Streams one partition on `conn`, already in its snapshot; ends it after."""
+    """Streams one partition on `conn`, already in its snapshot; ends it after.
+
+    A SELECT the server answered with warnings fails the read: MySQL returns a
+    value it could not compute (an out-of-range DOUBLE, a truncated CAST, an
+    invalid character) as a warning and a stand-in value (0, NULL, '?'), which
+    must not reach the outputs. The last batch is held back until the warnings
+    are checked, so no partition ends without the check.
+    """
     try:
+        pending = None
         for rows in open_stream(conn, select_sql(plan, partition)):
-            yield csv_to_batch(rows, plan, zero_dates)
+            if pending is not None:
+                yield pending
+            pending = csv_to_batch(rows, plan, zero_dates)
+        _check_warnings(conn, plan, partition)
+        if pending is not None:
+            yield pending
     finally:
         try:
             conn.rollback()
         except Exception:  # noqa: BLE001 - a lost connection: the caller reports it
             pass
+
+
+def _check_warnings(conn, plan: ReadPlan, partition: Partition) -> None:
+    cur = conn.cursor()
+    try:
+        cur.execute("SHOW WARNINGS LIMIT 3")
+        warnings = cur.fetchall()
+    finally:
+        cur.close()
+    if warnings:
+        shown = "; ".join(
+            f"{_decoded(code)} {_decoded(message)}" for _, code, message in warnings
+        )
+        raise PartitionReadError(
+            f"partition {partition.label} of {plan.source_name}: the server "
+            f"computed values with warnings ({shown}): it stands in 0, NULL or '?' "
+            "for a value it cannot compute, so nothing is written; fix the "
+            "--query or the data"
+        )
+
+
+def _connection_lost(conn, err: BaseException) -> bool:
+    """Whether `err` lost the connection (retried) rather than failed a statement."""
+    if getattr(err, "errno", None) in CONNECTION_LOST:
+        return True
+    try:
+        return not conn.is_connected()
+    except Exception:  # noqa: BLE001 - asking failed too: it is gone
+        return True
+
+
+def _decoded(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class PartitionReader:
@@ -237,6 +286,12 @@ class PartitionReader:
                 if not type(err).__module__.startswith("mysql.connector"):
                     raise
                 what = f"partition {partition.label} of {self._plan.source_name}"
+                if not _connection_lost(conn, err):
+                    # The statement failed (an error in SQL, not a lost link):
+                    # it would fail again.
+                    raise PartitionReadError(
+                        driver_error(err, what, self._spec.dsn)
+                    ) from None
                 if (
                     emitted
                     or self._snapshot_id is not None
