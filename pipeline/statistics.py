@@ -301,6 +301,10 @@ class QuantileSummary:
             self._chunks = [(values, weights)]
         return self._chunks[0]
 
+    def __getstate__(self) -> dict[str, Any]:
+        self._joined()  # one array each when pickled (Beam ships accumulators)
+        return self.__dict__
+
     @property
     def values(self) -> np.ndarray:
         """The points' values (float64)."""
