@@ -154,11 +154,15 @@ class Histogram:
         counts[self.lo - new_lo : self.lo - new_lo + len(self.counts)] = self.counts
         self.lo, self.counts = new_lo, counts
 
-    def add(self, values: np.ndarray) -> None:
-        """Counts finite `values` (int64 for an integer histogram, else float64)."""
+    def add(self, values: np.ndarray, vmin=None, vmax=None) -> None:
+        """Counts finite `values` (int64 for an integer histogram, else float64).
+
+        `vmin`/`vmax`: the values' min and max if the caller has them.
+        """
         if not len(values):
             return
-        vmin, vmax = values.min(), values.max()
+        if vmin is None or vmax is None:
+            vmin, vmax = values.min(), values.max()
         self._coarsen(self._fit(vmin, vmax))
         index = self._indices(values, self.k)
         self._extend(self._index(vmin, self.k), self._index(vmax, self.k))
@@ -285,8 +289,31 @@ class QuantileSummary:
 
     def __init__(self, points: int = 4096):
         self.points = points
-        self.values = np.zeros(0, dtype=np.float64)
-        self.weights = np.zeros(0, dtype=np.float64)
+        # Appended (values, weights) chunks, concatenated only when read or when
+        # they grow past 8 x `points` (the same points as concatenating each time).
+        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        self._size = 0
+
+    def _joined(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self._chunks) != 1:
+            values = np.concatenate([np.zeros(0)] + [v for v, _ in self._chunks])
+            weights = np.concatenate([np.zeros(0)] + [w for _, w in self._chunks])
+            self._chunks = [(values, weights)]
+        return self._chunks[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._joined()  # one array each when pickled (Beam ships accumulators)
+        return self.__dict__
+
+    @property
+    def values(self) -> np.ndarray:
+        """The points' values (float64)."""
+        return self._joined()[0]
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The points' weights (float64)."""
+        return self._joined()[1]
 
     @staticmethod
     def _pick(values: np.ndarray, weights: np.ndarray | None, points: int):
@@ -314,16 +341,15 @@ class QuantileSummary:
         self._append(picked, weights)
 
     def _append(self, values: np.ndarray, weights: np.ndarray) -> None:
-        self.values = np.concatenate([self.values, values])
-        self.weights = np.concatenate([self.weights, weights])
-        if len(self.values) > 8 * self.points:
-            self.values, self.weights = self._pick(
-                self.values, self.weights, self.points
-            )
+        self._chunks.append((values, weights))
+        self._size += len(values)
+        if self._size > 8 * self.points:
+            picked = self._pick(*self._joined(), self.points)
+            self._chunks, self._size = [picked], len(picked[0])
 
     def merge(self, other: QuantileSummary) -> None:
         """Adds `other`'s points."""
-        if len(other.values):
+        if other._size:  # noqa: SLF001 - same class
             self._append(other.values, other.weights)
 
     def quantiles(self, count: int, lowest, highest) -> list[float] | None:
@@ -447,17 +473,38 @@ class TokenCounts:
         return int(self.kmv.Estimate()), False, tokens
 
 
+def _validity(array: pa.Array) -> np.ndarray:
+    """Whether each row of `array` (with nulls, so with a bitmap) is valid."""
+    bitmap = np.frombuffer(array.buffers()[0], dtype=np.uint8)
+    bits = np.unpackbits(bitmap, bitorder="little")
+    return bits[array.offset : array.offset + len(array)].astype(bool)
+
+
 def _list_parts(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """(values per row, the flat values) of a list column or a flat column."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     if _is_list(array.type):
-        lengths = pc.fill_null(pc.list_value_length(array), 0)
-        values = array.flatten()
+        if pa.types.is_fixed_size_list(array.type):
+            lengths = pc.fill_null(pc.list_value_length(array), 0)
+            lengths = lengths.to_numpy(zero_copy_only=False).astype(np.int64)
+            values = array.flatten()
+        else:
+            # Offsets of the (sliced) rows; a NULL row has length 0 whatever
+            # its offsets say (flatten() skips it the same way). Without NULL
+            # rows, the values between the first and last offset are flatten()'s.
+            offsets = array.offsets.to_numpy()
+            lengths = (offsets[1:] - offsets[:-1]).astype(np.int64)
+            if array.null_count:
+                lengths[~_validity(array)] = 0
+                values = array.flatten()
+            else:
+                start = int(offsets[0])
+                values = array.values.slice(start, int(offsets[-1]) - start)
         while _is_list(values.type):
             values = values.flatten()
         values = values.drop_null() if values.null_count else values
-        return lengths.to_numpy(zero_copy_only=False).astype(np.int64), values
+        return lengths, values
     lengths = pc.cast(pc.is_valid(array), pa.int64()).to_numpy(zero_copy_only=False)
     return lengths, array.drop_null()
 
@@ -512,21 +559,25 @@ class FeatureStatistics:
         else:
             numbers = values.to_numpy(zero_copy_only=False).astype(np.float64)
             ok = np.isfinite(numbers)
-            self.nan += int(np.count_nonzero(np.isnan(numbers)))
-            self.non_finite += int(len(numbers) - np.count_nonzero(ok))
-            finite = numbers if ok.all() else numbers[ok]
+            finite = numbers
+            if not ok.all():
+                self.nan += int(np.count_nonzero(np.isnan(numbers)))
+                self.non_finite += int(len(numbers) - np.count_nonzero(ok))
+                finite = numbers[ok]
         if not len(finite):
             return
         self.zeros += int(np.count_nonzero(finite == 0))
-        as_float = finite.astype(np.float64)
+        as_float = finite if finite.dtype == np.float64 else finite.astype(np.float64)
         n = len(as_float)
-        mean = float(as_float.mean())
-        m2 = float(np.square(as_float - mean).sum())
+        # 1-D reductions as ndarray.mean()/.sum() do them (same summation order).
+        mean = float(np.add.reduce(as_float) / n)
+        m2 = float(np.add.reduce(np.square(as_float - mean)))
         self._merge_moments(n, mean, m2)
-        vmin, vmax = finite.min().item(), finite.max().item()
+        low, high = np.minimum.reduce(finite), np.maximum.reduce(finite)
+        vmin, vmax = low.item(), high.item()
         self.min = vmin if self.min is None else min(self.min, vmin)
         self.max = vmax if self.max is None else max(self.max, vmax)
-        self.hist.add(finite)
+        self.hist.add(finite, low, high)
         self.quantiles.add(as_float)
 
     def _merge_moments(self, n: int, mean: float, m2: float) -> None:
@@ -633,10 +684,10 @@ class SplitStatistics:
     def add(self, batch: pa.RecordBatch) -> None:
         """Adds a batch's rows (columns by name; an absent column counts missing)."""
         self.rows += batch.num_rows
-        names = set(batch.schema.names)
+        names = {name: i for i, name in enumerate(batch.schema.names)}
         for name, stats in self.features.items():
             if name in names:
-                stats.add(batch.column(name))
+                stats.add(batch.column(names[name]))
             else:
                 stats.rows += batch.num_rows
                 stats.missing += batch.num_rows

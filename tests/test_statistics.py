@@ -149,6 +149,31 @@ def test_array_list_lengths():
     assert arr["mean"] == pytest.approx(np.mean(values))
 
 
+@pytest.mark.parametrize("large", [False, True])
+def test_sliced_lists_with_null_rows_backed_by_values(large):
+    # Row 1 is NULL but its offsets cover [9.0]; slices start mid-array.
+    offsets = pa.array([0, 1, 2, 2, 4, 5, 7], pa.int64() if large else pa.int32())
+    values = pa.array([1.0, 9.0, 2.0, 3.0, 4.0, 5.0, 6.0], pa.float32())
+    cls = pa.LargeListArray if large else pa.ListArray
+    mask = pa.array([False, True, False, False, False, False])
+    with_null = cls.from_arrays(offsets, values, mask=mask)
+    without_null = cls.from_arrays(offsets, values)
+    for column, rows in (
+        (with_null.slice(1, 4), [None, [], [2.0, 3.0], [4.0]]),
+        (without_null.slice(2, 4), [[], [2.0, 3.0], [4.0], [5.0, 6.0]]),
+    ):
+        feature = st.FeatureStatistics("float")
+        feature.add(column)
+        out = feature.to_json()
+        present = [v for r in rows if r for v in r]
+        assert out["rows"] == len(rows)
+        assert out["missing"] == sum(1 for r in rows if not r)
+        assert out["num_values"]["total"] == len(present)
+        assert out["num_values"]["max"] == max(len(r or []) for r in rows)
+        assert (out["min"], out["max"]) == (min(present), max(present))
+        assert out["mean"] == pytest.approx(np.mean(present))
+
+
 def test_many_distinct_tokens_are_estimated_and_flagged():
     tokens = [f"t{i}".encode() for i in range(st.TOKEN_CAP * 2)] + [b"hot"] * 50
     batch = pa.RecordBatch.from_arrays([pa.array(tokens, pa.binary())], names=["t"])
