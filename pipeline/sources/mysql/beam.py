@@ -16,8 +16,9 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline import METRICS_NAMESPACE, arrow_coder, progress
+from pipeline import METRICS_NAMESPACE, progress
 from pipeline.sources.mysql.partition_reader import PartitionReader
+from pipeline.sources.parallel_read import read_partitions
 from pipeline.sources.partitioning import Partition
 
 __all__ = ["ReadFromMySql", "ZERO_DATE_COUNTER"]
@@ -67,14 +68,10 @@ class ReadFromMySql(beam.PTransform):
         self._namespace = namespace
 
     def expand(self, pbegin):
-        return arrow_coder.batches(
-            pbegin
-            | "CreatePartitions" >> beam.Create(list(self._plan.partitions))
-            | "Spread" >> beam.Reshuffle()
-            | "ReadPartition"
-            >> beam.ParDo(
-                _ReadPartitionFn(
-                    self._spec, self._plan, self._snapshot_id, self._namespace
-                )
-            )
+        return read_partitions(
+            pbegin,
+            self._plan,
+            _ReadPartitionFn(
+                self._spec, self._plan, self._snapshot_id, self._namespace
+            ),
         )

@@ -15,7 +15,8 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from pipeline import METRICS_NAMESPACE, arrow_coder, progress
+from pipeline import METRICS_NAMESPACE, progress
+from pipeline.sources.parallel_read import read_partitions
 from pipeline.sources.partitioning import Partition
 from pipeline.sources.postgres.partition_reader import (
     PartitionReader,
@@ -113,14 +114,10 @@ class ReadFromPostgres(beam.PTransform):
         self._namespace = namespace
 
     def expand(self, pbegin):
-        return arrow_coder.batches(
-            pbegin
-            | "CreatePartitions" >> beam.Create(list(self._plan.partitions))
-            | "Spread" >> beam.Reshuffle()
-            | "ReadPartition"
-            >> beam.ParDo(
-                _ReadPartitionFn(
-                    self._source, self._plan, self._snapshot_id, self._namespace
-                )
-            )
+        return read_partitions(
+            pbegin,
+            self._plan,
+            _ReadPartitionFn(
+                self._source, self._plan, self._snapshot_id, self._namespace
+            ),
         )
