@@ -74,9 +74,15 @@ def test_shard_writer_raises_the_writer_threads_error(tmp_path):
     unsupported = pa.RecordBatch.from_arrays(
         [pa.array([{"a": 1}, {"a": 2}])], names=["s"]
     )  # not a list column: the encoder refuses it
-    writer.write(unsupported)
-    with pytest.raises(Exception, match='Error encoding feature "s"'):
-        writer.close()
+    # The error surfaces at the next write() once the thread has failed, else at
+    # close(): whichever comes first (it depends on the threads' timing), never
+    # neither.
+    try:
+        with pytest.raises(Exception, match='Error encoding feature "s"'):
+            writer.write(unsupported)
+            writer.close()
+    finally:
+        writer.abort()
 
 
 def test_publish_renames_only_complete_shards_and_pads_to_num_shards(tmp_path):
