@@ -547,6 +547,8 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             raise RuntimeError(
                 f"the pipeline ended in state {state}; no manifest written"
             )
+        if snapshot is not None:
+            snapshot.check_held()  # its locks guarded every partition's read
     finally:
         if snapshot is not None:
             snapshot.__exit__(None, None, None)

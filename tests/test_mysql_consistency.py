@@ -216,3 +216,52 @@ def test_ddl_waits_for_the_job_instead_of_changing_what_it_reads(
     finally:
         job.close()
         ddl.close()
+
+
+def test_a_launcher_session_lost_during_the_run_is_not_published(
+    mysql_url, mysql_table, tmp_path
+):
+    """A killed launcher transaction dropped its metadata lock: the run fails.
+
+    (An idle-transaction killer would do this on a busy server; DDL could then
+    have changed what later partitions read.)
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.job import prepare_job, run_job
+    from pipeline.options import parse_args
+
+    name = mysql_table(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, x DOUBLE, y INT)",
+        (
+            "INSERT INTO {table} VALUES (%s, %s, %s)",
+            [(i, i * 0.5, i % 2) for i in range(300)],
+        ),
+    )
+    out = tmp_path / "out"
+    config, beam_args = parse_args(
+        [
+            "--db_url",
+            mysql_url,
+            "--table",
+            name,
+            "--label",
+            "y",
+            "--output_dir",
+            str(out),
+            "--num_partitions",
+            "2",
+        ]
+    )
+    job = prepare_job(config)
+    killer = pymysql.connect(**connect_args(mysql_url))
+    try:
+        with killer.cursor() as cur:
+            cur.execute(f"KILL {int(job.snapshot.conn.connection_id)}")
+        with pytest.raises(DatabaseError, match="lost during the run") as info:
+            run_job(job, PipelineOptions(beam_args, pipeline_type_check=False))
+        assert "\n" not in str(info.value) and "rerun" in str(info.value)
+        assert not out.exists() or not (out / "manifest.json").exists()
+    finally:
+        job.close()
+        killer.close()

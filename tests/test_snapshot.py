@@ -447,3 +447,36 @@ def test_lock_timeout_flag_reaches_every_session(database_url, make_table):
                             "current_setting('idle_in_transaction_session_timeout')")
                 assert cur.fetchone() == ("1234ms", "0")
         reader.close()
+
+
+def test_a_launcher_session_lost_during_the_run_is_not_published(
+    database_url, make_table, tmp_path
+):
+    """A terminated launcher dropped its snapshot and locks (a TRUNCATE could then
+    empty later partitions, as MVCC does not cover it): nothing is published."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.job import prepare_job, run_job
+    from pipeline.options import parse_args
+
+    table = make_table(
+        "CREATE TABLE {table} (id int PRIMARY KEY, x float8, y int)",
+        "INSERT INTO {table} SELECT g, g * 0.5, g % 2 FROM generate_series(1, 300) g",
+    )
+    out = tmp_path / "out"
+    config, beam_args = parse_args(
+        ["--db_url", database_url, "--table", table, "--label", "y",
+         "--output_dir", str(out), "--num_partitions", "2"]
+    )
+    job = prepare_job(config)
+    try:
+        assert job.snapshot is not None and job.snapshot.snapshot_id
+        pid = int(job.snapshot.conn.get_backend_pid())
+        _exec(database_url, f"SELECT pg_terminate_backend({pid})")
+        # The partitions cannot import the snapshot of a session that is gone, and
+        # the launcher's own check (`check_held`) fails the run in any case.
+        with pytest.raises(Exception, match="snapshot|lost during the run"):
+            run_job(job, PipelineOptions(beam_args, pipeline_type_check=False))
+        assert not (out / "manifest.json").exists()
+    finally:
+        job.close()

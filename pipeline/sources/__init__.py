@@ -12,7 +12,9 @@ functions below pick by the URL's scheme:
   (`session.plan(...) -> ReadPlan`), knows the table's primary key
   (`session.primary_key(table)`), and exposes `snapshot_id` (None when the
   partitions do not share one instant), `holds_for_run` (True: keep it open
-  until the run ends, its locks guard the read) and `close()`;
+  until the run ends, its locks guard the read), `check_held()` (raises
+  DatabaseError when its connection was lost, so its guard may have lapsed) and
+  `close()`;
 - `ReadRows(spec, plan, snapshot_id, namespace)`: the parallel read, a PTransform
   producing `pa.RecordBatch`es.
 """

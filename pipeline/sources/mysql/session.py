@@ -177,6 +177,31 @@ class MySqlSession:
             self.snapshot_id = self._open_one_instant(len(plan.partitions))
         return plan
 
+    def check_held(self) -> None:
+        """Raises DatabaseError when the launcher's transaction was lost.
+
+        A killed session (an idle-transaction killer, a restart) drops its
+        metadata lock: DDL may then have changed what later partitions read, so
+        the run is not published.
+        """
+        try:
+            cur = self.conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+                cur.fetchall()
+            finally:
+                cur.close()
+        except Exception as err:
+            raise DatabaseError(
+                driver_error(
+                    err,
+                    "the launcher's transaction holding the metadata lock was lost "
+                    "during the run (DDL may have changed what later partitions "
+                    "read; nothing is published, rerun the job)",
+                    self._spec.dsn,
+                )
+            ) from None
+
     def _hold_metadata_lock(self, plan) -> None:
         """Opens what is read in this transaction: its MDL is held until close."""
         cur = self.conn.cursor()

@@ -112,6 +112,14 @@ def lock_timeout_message(conn, relations: Sequence[str], what: str, dsn: Dsn) ->
     )
 
 
+def _lost_message(err: BaseException) -> str:
+    return (
+        "the launcher's session holding the snapshot and its locks was lost during "
+        f"the run ({_first_line(err)}): DDL may have changed what later partitions "
+        "read; nothing is published, rerun the job"
+    )
+
+
 class ExportedSnapshot:
     """Context manager: locks, then a REPEATABLE READ READ ONLY exported snapshot.
 
@@ -249,6 +257,22 @@ class ExportedSnapshot:
     def holds_for_run(self) -> bool:
         """Kept open for the run when exported: the partitions import it."""
         return bool(self.snapshot_id)
+
+    def check_held(self) -> None:
+        """Raises DatabaseError when a session holding the locks was lost.
+
+        A killed session (an idle-transaction killer, a restart) drops its locks:
+        DDL may then have changed what later partitions read, so the run is not
+        published.
+        """
+        for conn in (self.conn, self._holder):
+            if conn is None:
+                continue
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+            except psycopg2.Error as err:
+                raise DatabaseError(_lost_message(err)) from None
 
     def plan(self, spec, *, num_partitions=None, partition_column=None):
         """`plan.plan_read` of `spec` inside this snapshot (the seam's `plan`)."""
