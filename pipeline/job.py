@@ -70,9 +70,9 @@ class Job:
     primary_key: tuple[str, ...] = ()
     snapshot_info: dict | None = None  # of the --input_parquet snapshot
     names: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> key
-    # The launcher's locked, exported snapshot the plan was made in; run_job
-    # holds it while the pipeline reads and closes it.
-    snapshot: Any = dataclasses.field(  # the source's session (`sources`)
+    # The source's session the plan was made in (locks, snapshot; see
+    # `pipeline.sources`); run_job holds it while the pipeline reads, then closes it.
+    snapshot: Any = dataclasses.field(
         default=None, repr=False, compare=False
     )
     # Where the run builds --output_dir / --raw_parquet_dir (see pipeline.publish).
