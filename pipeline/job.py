@@ -72,9 +72,7 @@ class Job:
     names: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> key
     # The source's session the plan was made in (locks, snapshot; see
     # `pipeline.sources`); run_job holds it while the pipeline reads, then closes it.
-    snapshot: Any = dataclasses.field(
-        default=None, repr=False, compare=False
-    )
+    snapshot: Any = dataclasses.field(default=None, repr=False, compare=False)
     # Where the run builds --output_dir / --raw_parquet_dir (see pipeline.publish).
     output: publish.Publication | None = None
     raw_parquet: publish.Publication | None = None
