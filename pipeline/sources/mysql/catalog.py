@@ -365,6 +365,17 @@ def query_columns(conn, relation: str) -> list[MySqlColumn]:
         FieldType.LONG: ("int4", "int8", "int"),
         FieldType.LONGLONG: ("int8", "int8", "bigint"),
     }
+    scalars = {  # result type -> (shared type, MySQL spelling)
+        FieldType.YEAR: ("int2", "year"),
+        FieldType.DECIMAL: ("numeric", "decimal"),
+        FieldType.NEWDECIMAL: ("numeric", "decimal"),
+        FieldType.FLOAT: ("float4", "float"),
+        FieldType.DOUBLE: ("float8", "double"),
+        FieldType.DATE: ("date", "date"),
+        FieldType.NEWDATE: ("date", "date"),
+        FieldType.DATETIME: ("timestamp", "datetime"),
+        FieldType.TIMESTAMP: ("timestamptz", "timestamp"),
+    }
     texts = {
         FieldType.VARCHAR,
         FieldType.VAR_STRING,
@@ -386,20 +397,8 @@ def query_columns(conn, relation: str) -> list[MySqlColumn]:
             signed_type, unsigned_type, shown = ints[code]
             pg_type = unsigned_type if unsigned else signed_type
             display = shown + (" unsigned" if unsigned else "")
-        elif code == FieldType.YEAR:
-            pg_type, display = "int2", "year"
-        elif code in (FieldType.DECIMAL, FieldType.NEWDECIMAL):
-            pg_type, display = "numeric", "decimal"
-        elif code == FieldType.FLOAT:
-            pg_type, display = "float4", "float"
-        elif code == FieldType.DOUBLE:
-            pg_type, display = "float8", "double"
-        elif code in (FieldType.DATE, FieldType.NEWDATE):
-            pg_type, display = "date", "date"
-        elif code == FieldType.DATETIME:
-            pg_type, display = "timestamp", "datetime"
-        elif code == FieldType.TIMESTAMP:
-            pg_type, display = "timestamptz", "timestamp"
+        elif code in scalars:
+            pg_type, display = scalars[code]
         elif code in texts and charset != _BINARY_CHARSET:
             if flags & _ENUM_FLAG:
                 pg_type, display = "enum", "enum"
