@@ -64,7 +64,7 @@ def _columns(rng, n):
     }
 
 
-def _run(columns, n, batch_size, temp):
+def _run(columns, n, batch_size, temp, compat_v1):
     names = sorted(columns)
     rows = []
     for i in range(n):
@@ -124,7 +124,7 @@ def _run(columns, n, batch_size, temp):
         tft_beam.Context(
             temp_dir=os.path.join(temp, "tmp"),
             desired_batch_size=batch_size,
-            force_tf_compat_v1=True,
+            force_tf_compat_v1=compat_v1,
         ),
     ):
         data = p | beam.Create(rows, reshuffle=False)
@@ -151,13 +151,15 @@ def _file_bytes(output, name):
         return f.read()
 
 
-@pytest.mark.parametrize("seed,batch_size", [(0, 7), (1, 64)])
-def test_packed_vocabularies_equal_tft_vocabularies(seed, batch_size):
+@pytest.mark.parametrize(
+    "seed,batch_size,compat_v1", [(0, 7, True), (1, 64, True), (2, 16, False)]
+)
+def test_packed_vocabularies_equal_tft_vocabularies(seed, batch_size, compat_v1):
     rng = np.random.default_rng(seed)
     n = 600
     columns = _columns(rng, n)
     with tempfile.TemporaryDirectory() as temp:
-        names, rows, output = _run(columns, n, batch_size, temp)
+        names, rows, output = _run(columns, n, batch_size, temp, compat_v1)
         for k in names:
             assert (
                 os.path.basename(output.vocabulary_file_by_name(f"p_{k}")) == f"p_{k}"

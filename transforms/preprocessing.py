@@ -22,10 +22,13 @@ Missing values of the other transforms:
   has no value), or `constant` rounded half to even.
 
 Vocabularies are named after their feature (`vocab_filename`), so the trainer can
-ask `TFTransformOutput.vocabulary_size_by_name(name)`. tf.Transform drops the empty
-token and tokens containing newlines from vocabulary files; here `\\`, `\\n` and `\\r`
-are escaped first (reversibly) so multi-line values keep their own ids, and the empty
-string maps to an OOV id while NULL maps to the missing token: they stay distinct.
+ask `TFTransformOutput.vocabulary_size_by_name(name)`. All of them (and a text
+label's) come from one analyzer (`transforms.packed_vocabulary`): byte for byte the
+files `tft.compute_and_apply_vocabulary` writes, applied with `tft.apply_vocabulary`.
+tf.Transform drops the empty token and tokens containing newlines from vocabulary
+files; here `\\`, `\\n` and `\\r` are escaped first (reversibly) so multi-line
+values keep their own ids, and the empty string maps to an OOV id while NULL maps to
+the missing token: they stay distinct.
 
 Inputs and outputs are keyed by feature names (`FeatureConfig.names`, see
 `transforms.names`), never by raw column names.
