@@ -22,10 +22,13 @@ Missing values of the other transforms:
   has no value), or `constant` rounded half to even.
 
 Vocabularies are named after their feature (`vocab_filename`), so the trainer can
-ask `TFTransformOutput.vocabulary_size_by_name(name)`. tf.Transform drops the empty
-token and tokens containing newlines from vocabulary files; here `\\`, `\\n` and `\\r`
-are escaped first (reversibly) so multi-line values keep their own ids, and the empty
-string maps to an OOV id while NULL maps to the missing token: they stay distinct.
+ask `TFTransformOutput.vocabulary_size_by_name(name)`. All of them (and a text
+label's) come from one analyzer (`transforms.packed_vocabulary`): byte for byte the
+files `tft.compute_and_apply_vocabulary` writes, applied with `tft.apply_vocabulary`.
+tf.Transform drops the empty token and tokens containing newlines from vocabulary
+files; here `\\`, `\\n` and `\\r` are escaped first (reversibly) so multi-line
+values keep their own ids, and the empty string maps to an OOV id while NULL maps to
+the missing token: they stay distinct.
 
 Inputs and outputs are keyed by feature names (`FeatureConfig.names`, see
 `transforms.names`), never by raw column names.
@@ -50,6 +53,7 @@ import tensorflow_transform as tft
 
 from transforms.features import Feature, FeatureConfig
 from transforms.packed_analyzers import mean_and_var_vectors
+from transforms.packed_vocabulary import VocabularySpec, vocabularies
 from transforms.types import NEG_INFINITY, POS_INFINITY, TIME_KINDS, Column, Kind
 
 __all__ = ["build_preprocessing_fn", "escape_token", "label_token", "unescape_token"]
@@ -200,25 +204,51 @@ def _strings(x, feature: Feature) -> tf.Tensor:
     return escape_token(_dense(x, tf.constant(feature.missing_token.encode())))
 
 
-def _vocabulary(x, feature: Feature) -> tf.Tensor:
+def _vocabulary_tokens(x, feature: Feature):
+    """The tokens a vocabulary feature counts and looks up (dense or sparse)."""
     if feature.imputation == "most_frequent" and isinstance(x, tf.SparseTensor):
         # Ids of present tokens; a NULL takes id 0, the most frequent train token.
-        tokens = tf.SparseTensor(x.indices, escape_token(x.values), x.dense_shape)
-        weights = tf.ones_like(tokens.values, dtype=tf.float32)
-    else:
-        tokens = _strings(x, feature)
-        weights = tf.ones_like(tokens, dtype=tf.float32)
-    ids = tft.compute_and_apply_vocabulary(
-        tokens,
-        top_k=feature.top_k,
-        frequency_threshold=feature.frequency_threshold,
-        num_oov_buckets=feature.num_oov_buckets,
-        vocab_filename=feature.vocab_filename,
-        # Weighted counts are pre-reduced per batch: the same vocabulary, far fewer
-        # Beam elements than one per token.
-        weights=weights,
-    )
-    return _dense(ids, tf.constant(0, tf.int64))
+        return tf.SparseTensor(x.indices, escape_token(x.values), x.dense_shape)
+    return _strings(x, feature)
+
+
+def _label_tokens(y) -> tf.Tensor:
+    return label_token(_dense(y, tf.constant(b"")))
+
+
+def _packed_vocabularies(
+    config: FeatureConfig, inputs, keys: Mapping[str, str], kinds: Mapping[str, Kind]
+) -> dict[str, tf.Tensor]:
+    """The ids of every vocabulary feature and of a text label (name -> ids).
+
+    All vocabularies come from one analyzer (`packed_vocabulary.vocabularies`),
+    the same files `tft.compute_and_apply_vocabulary` writes; each is applied
+    with `tft.apply_vocabulary` and its default value and OOV buckets.
+    """
+    features = [
+        f
+        for f in config.features
+        if f.transform == "vocabulary" and kinds[f.column] is Kind.BYTES
+    ]
+    tokens = [_vocabulary_tokens(inputs[keys[f.column]], f) for f in features]
+    specs = [
+        VocabularySpec(f.vocab_filename, f.top_k, f.frequency_threshold)
+        for f in features
+    ]
+    oov = [f.num_oov_buckets for f in features]
+    names = [f.name for f in features]
+    if kinds[config.label.column] is Kind.BYTES:
+        tokens.append(_label_tokens(inputs[config.label_key]))
+        specs.append(VocabularySpec(config.label_key))
+        oov.append(0)
+        names.append(config.label_key)
+    out = {}
+    for name, x, (path, _), buckets in zip(
+        names, tokens, vocabularies(tokens, specs), oov, strict=True
+    ):
+        ids = tft.apply_vocabulary(x, path, default_value=-1, num_oov_buckets=buckets)
+        out[name] = _dense(ids, tf.constant(0, tf.int64))
+    return out
 
 
 def _passthrough(x, feature: Feature, kind: Kind, numbers: _Numbers) -> tf.Tensor:
@@ -258,15 +288,18 @@ _NUMERIC_TRANSFORMS = {  # z-scores: `_stacked_zscores`
 }
 
 
-def _apply(feature: Feature, x, kind: Kind) -> dict[str, tf.Tensor]:
+def _apply(
+    feature: Feature, x, kind: Kind, ids: Mapping[str, tf.Tensor]
+) -> dict[str, tf.Tensor]:
     """The feature's output(s): its value and, if asked, its is-missing indicator.
 
-    Not for z-scores, which `_stacked_zscores` builds for all columns at once.
+    Not for z-scores, which `_stacked_zscores` builds for all columns at once, nor
+    vocabulary ids, which `_packed_vocabularies` builds for all features (`ids`).
     """
     t = feature.transform
     if kind is Kind.BYTES:
         if t == "vocabulary":
-            value = _vocabulary(x, feature)
+            value = ids[feature.name]
         elif t == "hash":
             value = tft.hash_strings(_strings(x, feature), feature.hash_buckets)
         else:  # passthrough
@@ -359,23 +392,19 @@ def build_preprocessing_fn(
     def preprocessing_fn(inputs):
         outputs = {}
         stacked = _stacked_zscores(config, inputs, keys, kinds)
+        ids = _packed_vocabularies(config, inputs, keys, kinds)
         for feature in config.features:
             column = feature.column
             if feature.name in stacked:
                 outputs.update(stacked[feature.name])
             else:
-                outputs.update(_apply(feature, inputs[keys[column]], kinds[column]))
+                x = inputs[keys[column]]
+                outputs.update(_apply(feature, x, kinds[column], ids))
         label = config.label
         key = config.label_key
         y = inputs[key]
         if kinds[label.column] is Kind.BYTES:
-            tokens = label_token(_dense(y, tf.constant(b"")))
-            outputs[key] = tft.compute_and_apply_vocabulary(
-                tokens,
-                num_oov_buckets=0,
-                vocab_filename=key,
-                weights=tf.ones_like(tokens, dtype=tf.float32),
-            )
+            outputs[key] = ids[key]
         elif label.threshold is not None:
             value = _float_values(y)
             outputs[key] = tf.cast(value > label.threshold, tf.int64)
