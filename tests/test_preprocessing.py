@@ -357,3 +357,69 @@ def test_time_parts_of_missing_values_are_24_and_7_with_indicators(typed):
             want = 7 if days is None else (EPOCH + dt.timedelta(days=days)).weekday()
             assert o[name] == want
         assert o["d_dow_is_missing"] == (d is None)
+
+
+def _sparse(values, present, dtype):
+    import tensorflow as tf
+
+    rows = np.flatnonzero(present)
+    return tf.SparseTensor(
+        np.stack([rows, np.zeros_like(rows)], axis=1).astype(np.int64),
+        tf.constant(np.asarray(values)[rows], dtype),
+        [len(present), 1],
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_float_matrix_is_each_columns_densified_values_bit_for_bit(seed):
+    """The stacked densifying equals `_float_values` per column, NaN bits included."""
+    import tensorflow as tf
+
+    from transforms.preprocessing import _float_matrix, _float_values
+    from transforms.types import NEG_INFINITY, POS_INFINITY, Kind
+
+    rng = np.random.default_rng(seed)
+    batch = int(rng.integers(0, 40))
+    odd = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 3.4e38, 1e-45, -1.5])
+    xs, kinds = [], []
+    for _ in range(int(rng.integers(2, 12))):
+        present = rng.random(batch) < rng.choice([0.0, 0.5, 0.95, 1.0])
+        shape = rng.integers(0, 5)
+        if shape == 0:  # nullable float32, with odd values
+            values = np.where(rng.random(batch) < 0.3, rng.choice(odd, batch),
+                              rng.normal(size=batch) * 1e6)
+            xs.append(_sparse(values, present, tf.float32))
+            kinds.append(Kind.FLOAT)
+        elif shape == 1:  # nullable int64
+            values = rng.integers(-(2**62), 2**62, batch)
+            xs.append(_sparse(values, present, tf.int64))
+            kinds.append(Kind.INT)
+        elif shape == 2:  # nullable timestamp with ±infinity
+            values = rng.choice([POS_INFINITY, NEG_INFINITY, 0, 1_700_000_000], batch)
+            xs.append(_sparse(values, present, tf.int64))
+            kinds.append(Kind.TIMESTAMP)
+        elif shape == 3:  # NOT NULL float32
+            xs.append(tf.constant(rng.normal(size=batch), tf.float32))
+            kinds.append(Kind.FLOAT)
+        else:  # NOT NULL date
+            xs.append(tf.constant(rng.choice([POS_INFINITY, 19000], batch), tf.int64))
+            kinds.append(Kind.DATE)
+    got = _float_matrix(xs, kinds).numpy()
+    want = np.stack(
+        [_float_values(x, k).numpy() for x, k in zip(xs, kinds, strict=True)], axis=1
+    ).reshape(batch, len(xs))
+    assert got.shape == (batch, len(xs))
+    assert got.view(np.int64).tolist() == want.view(np.int64).tolist()
+
+
+def test_float_matrix_refuses_two_values_in_a_row():
+    """A nullable scalar with two values in one row fails, as its own densifying did."""
+    import tensorflow as tf
+
+    from transforms.preprocessing import _float_matrix
+    from transforms.types import Kind
+
+    good = _sparse([1.0, 2.0], np.array([True, True]), tf.float32)
+    bad = tf.SparseTensor([[0, 0], [0, 1]], tf.constant([1.0, 2.0]), [2, 2])
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        _float_matrix([good, bad], [Kind.FLOAT, Kind.FLOAT])
