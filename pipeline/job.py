@@ -289,9 +289,10 @@ def _preprocessing_fn(job: Job) -> Callable:
         from transforms.user_module import load_preprocessing_fn
 
         return load_preprocessing_fn(job.config.preprocessing_module, job.label)
+    from pipeline.vocabulary_writer import WriteVocabularies
     from transforms.preprocessing import build_preprocessing_fn
 
-    return build_preprocessing_fn(job.features, job.plan.columns)
+    return build_preprocessing_fn(job.features, job.plan.columns, WriteVocabularies)
 
 
 def rereads(job: Job, snapshot_id: str | None) -> bool:

@@ -20,6 +20,7 @@ import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import schema_utils
 
+from pipeline.vocabulary_writer import WriteVocabularies
 from transforms.packed_vocabulary import VocabularySpec, vocabularies
 
 _SPECIAL = ["", "a\\b", "\\", "ünï", "列", "x y", "a\nb", "c\rd", "-", "Z", "z"]
@@ -98,7 +99,7 @@ def _run(columns, n, batch_size, temp, compat_v1):
             )
             for k in names
         ]
-        results = vocabularies([inputs[k] for k in names], specs)
+        results = vocabularies([inputs[k] for k in names], specs, WriteVocabularies)
         for k, (path, _) in zip(names, results, strict=True):
             _, sparse, top_k, threshold, oov = columns[k]
             x = inputs[k]
@@ -192,4 +193,25 @@ def test_vocabularies_need_distinct_file_names():
     with tf.Graph().as_default():
         x = tf.constant(["a"])
         with pytest.raises(ValueError, match="not distinct"):
-            vocabularies([x, x], [VocabularySpec("a b"), VocabularySpec("a-b")])
+            vocabularies(
+                [x, x], [VocabularySpec("a b"), VocabularySpec("a-b")], WriteVocabularies
+            )
+
+
+def test_transforms_and_trainer_never_import_beam():
+    """The TF half is Beam-free: the job injects `WriteVocabularies`."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pkgutil, importlib, transforms, trainer\n"
+        "for pkg in (transforms, trainer):\n"
+        "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+        "        if m.name != '__main__':\n"
+        "            importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
+        "print('apache_beam' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"

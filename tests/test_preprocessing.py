@@ -13,6 +13,7 @@ import pytest
 import tensorflow_transform.beam as tft_beam
 
 from transforms.features import parse_config
+from pipeline.vocabulary_writer import WriteVocabularies
 from transforms.preprocessing import build_preprocessing_fn
 from transforms.schema import raw_metadata
 from transforms.types import Column
@@ -44,7 +45,7 @@ def _rows(n=1200, seed=4):
 
 def _transform(config_raw, rows):
     config = parse_config(config_raw, COLUMNS, None)
-    fn = build_preprocessing_fn(config, COLUMNS)
+    fn = build_preprocessing_fn(config, COLUMNS, WriteVocabularies)
     with tempfile.TemporaryDirectory() as temp, tft_beam.Context(temp_dir=temp):
         (out, _), _ = (rows, raw_metadata(COLUMNS)) | tft_beam.AnalyzeAndTransformDataset(fn)
     return out
@@ -155,7 +156,7 @@ def odd_output(tmp_path_factory):
             "lab/el": labels[i].encode(),
         })
     rows = [{keys[k]: v for k, v in r.items()} for r in raw]
-    fn = build_preprocessing_fn(config, ODD_COLUMNS)
+    fn = build_preprocessing_fn(config, ODD_COLUMNS, WriteVocabularies)
     out_dir = str(tmp_path_factory.mktemp("odd") / "tft")
     with tempfile.TemporaryDirectory() as temp, tft_beam.Context(
         temp_dir=temp, force_tf_compat_v1=True
@@ -276,7 +277,7 @@ def _typed_rows(n=400, seed=11):
 def typed():
     rows = _typed_rows()
     config = parse_config(TYPED_CONFIG, TYPED, None)
-    fn = build_preprocessing_fn(config, TYPED)
+    fn = build_preprocessing_fn(config, TYPED, WriteVocabularies)
     with tempfile.TemporaryDirectory() as temp, tft_beam.Context(temp_dir=temp):
         analyze = tft_beam.AnalyzeAndTransformDataset(fn)
         (out, _), _ = (rows, raw_metadata(TYPED)) | analyze

@@ -265,7 +265,11 @@ def _label_tokens(y) -> tf.Tensor:
 
 
 def _packed_vocabularies(
-    config: FeatureConfig, inputs, keys: Mapping[str, str], kinds: Mapping[str, Kind]
+    config: FeatureConfig,
+    inputs,
+    keys: Mapping[str, str],
+    kinds: Mapping[str, Kind],
+    writer: Callable,
 ) -> dict[str, tf.Tensor]:
     """The ids of every vocabulary feature and of a text label (name -> ids).
 
@@ -292,7 +296,7 @@ def _packed_vocabularies(
         names.append(config.label_key)
     out = {}
     for name, x, (path, _), buckets in zip(
-        names, tokens, vocabularies(tokens, specs), oov, strict=True
+        names, tokens, vocabularies(tokens, specs, writer), oov, strict=True
     ):
         ids = tft.apply_vocabulary(x, path, default_value=-1, num_oov_buckets=buckets)
         out[name] = _dense(ids, tf.constant(0, tf.int64))
@@ -435,16 +439,20 @@ def _stacked_zscores(
 
 
 def build_preprocessing_fn(
-    config: FeatureConfig, columns: Sequence[Column]
+    config: FeatureConfig, columns: Sequence[Column], vocabulary_writer: Callable
 ) -> Callable[[Mapping[str, tf.Tensor]], dict[str, tf.Tensor]]:
-    """Returns `preprocessing_fn(inputs) -> outputs` for tf.Transform."""
+    """Returns `preprocessing_fn(inputs) -> outputs` for tf.Transform.
+
+    `vocabulary_writer` is the Beam half of the packed vocabulary analyzer
+    (`pipeline.vocabulary_writer.WriteVocabularies`; see `packed_vocabulary`).
+    """
     kinds = {c.name: c.kind for c in columns}
     keys = {c.name: config.names.get(c.name, c.name) for c in columns}
 
     def preprocessing_fn(inputs):
         outputs = {}
         stacked = _stacked_zscores(config, inputs, keys, kinds)
-        ids = _packed_vocabularies(config, inputs, keys, kinds)
+        ids = _packed_vocabularies(config, inputs, keys, kinds, vocabulary_writer)
         for feature in config.features:
             column = feature.column
             if feature.name in stacked:
