@@ -3,8 +3,9 @@
 `WriteStatistics` takes the split-tagged raw batches (`AssignSplit`'s output) and
 the transformed `(batch, passthrough)` pairs (`TransformDataset`'s output), both
 carrying `SPLIT_COLUMN`, and combines them into `SplitStatistics` per group and
-split (one lifted combine: each bundle reduces its batches to accumulators, only
-those are shuffled; no row is held, the database is not read again). It writes
+split (a lifted combine per input: each bundle reduces its batches to
+accumulators, only those are shuffled; no row is held, the database is not read
+again; the two results meet in one GroupByKey). It writes
 `<output>/statistics/<split>.pb` (a tensorflow_metadata
 `DatasetFeatureStatisticsList`, raw features by name and transformed ones as
 `transformed/<name>`) and `<output>/statistics/statistics.json` (all splits, with
