@@ -396,10 +396,12 @@ def _compact(values: np.ndarray) -> np.ndarray:
         return values
     bits = values.view(np.int64)
     low, high = values.min(), values.max()
+    head = values[:64]  # integer types only tried if these are whole numbers
+    whole = bool(np.array_equal(head, np.trunc(head)))
     for dtype in (np.int8, np.int16, np.float32, np.int32):
         if dtype is not np.float32:
             info = np.iinfo(dtype)
-            if not (info.min <= low and high <= info.max):
+            if not (whole and info.min <= low and high <= info.max):
                 continue
         small = values.astype(dtype)
         if np.array_equal(small.astype(np.float64).view(np.int64), bits):
