@@ -21,7 +21,6 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "publish_shards",
-    "dumps",
     "write_json",
     "write_manifest",
     "read_manifest",
@@ -69,82 +68,12 @@ def publish_shards(
     return final
 
 
-_SCALARS = {
-    str: json.encoder.encode_basestring_ascii,
-    int: int.__repr__,
-    float: lambda x: json.dumps(x),
-    bool: lambda x: "true" if x else "false",
-    type(None): lambda x: "null",
-}
-
-
-def _render(item: Any, level: int) -> str | None:
-    """A list as the indenting encoder writes it at `level`.
-
-    None if it holds anything but lists and plain str/int/float/bool/None.
-    """
-    if not item:
-        return "[]"
-    inner = "  " * (level + 1)
-    types = set(map(type, item))
-    if types <= {int, float}:  # the C encoder, then its separator replaced
-        body = json.dumps(item)[1:-1].replace(", ", ",\n" + inner)
-    else:
-        parts = []
-        for x in item:
-            kind = type(x)
-            if kind is list or kind is tuple:
-                text = _render(x, level + 1)
-                if text is None:
-                    return None
-                parts.append(text)
-            elif kind in _SCALARS:
-                parts.append(_SCALARS[kind](x))
-            else:
-                return None
-        body = (",\n" + inner).join(parts)
-    return f"[\n{inner}{body}\n{'  ' * level}]"
-
-
-def dumps(value: Any) -> str:
-    """`json.dumps(value, indent=2, sort_keys=True, default=str)`, the same text.
-
-    Lists of lists and plain scalars (histogram counts, token counts) are rendered
-    directly, numbers by the C encoder; the rest of the value, with a unique
-    placeholder string for each such list, by the (pure Python) indenting encoder.
-    """
-    nonce = uuid.uuid4().hex
-    lists: list[str] = []
-
-    def reduce(item: Any, level: int) -> Any:
-        if isinstance(item, dict):
-            return {k: reduce(v, level + 1) for k, v in item.items()}
-        if isinstance(item, list | tuple):
-            text = _render(item, level)
-            if text is None:
-                return [reduce(v, level + 1) for v in item]
-            lists.append(text)
-            return f"{nonce}:{len(lists) - 1}"
-        return item
-
-    text = json.dumps(reduce(value, 0), indent=2, sort_keys=True, default=str)
-    parts = text.split(f'"{nonce}:')
-    if len(parts) != len(lists) + 1:  # a placeholder lost (a key, or default=str)
-        return json.dumps(value, indent=2, sort_keys=True, default=str)
-    out = [parts[0]]
-    for part in parts[1:]:
-        index, rest = part.split('"', 1)
-        out.append(lists[int(index)])
-        out.append(rest)
-    return "".join(out)
-
-
 def write_json(path: str, name: str, value: dict[str, Any]) -> str:
     """Publishes `<path>/<name>` atomically (temp file, then rename)."""
     final = join(path, name)
     temp = join(path, f".{name}.{uuid.uuid4().hex}.tmp")
     with FileSystems.create(temp) as f:
-        f.write(dumps(value).encode())
+        f.write(json.dumps(value, indent=2, sort_keys=True, default=str).encode())
     FileSystems.rename([temp], [final])
     return final
 
