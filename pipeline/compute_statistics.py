@@ -3,8 +3,9 @@
 `WriteStatistics` takes the split-tagged raw batches (`AssignSplit`'s output) and
 the transformed `(batch, passthrough)` pairs (`TransformDataset`'s output), both
 carrying `SPLIT_COLUMN`, and combines them into `SplitStatistics` per group and
-split (one lifted combine: each bundle reduces its batches to accumulators, only
-those are shuffled; no row is held, the database is not read again). It writes
+split (a lifted combine per input: each bundle reduces its batches to
+accumulators, only those are shuffled; no row is held, the database is not read
+again; the two results meet in one GroupByKey). It writes
 `<output>/statistics/<split>.pb` (a tensorflow_metadata
 `DatasetFeatureStatisticsList`, raw features by name and transformed ones as
 `transformed/<name>`) and `<output>/statistics/statistics.json` (all splits, with
@@ -13,8 +14,11 @@ the exact histograms and token counts that drift checks and the report use).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
+import pickle
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +37,22 @@ _LOGGER = logging.getLogger(__name__)
 STATISTICS_DIR = "statistics"
 STATISTICS_JSON = "statistics.json"
 GROUPS = ("raw", "transformed")
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """No cyclic garbage collection inside (for building large acyclic results).
+
+    Building nested JSON values or unpickling them would trigger full collections,
+    each walking every object of a process holding TensorFlow and Beam.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _SplitStatisticsFn(beam.CombineFn):
@@ -73,6 +93,10 @@ class _SplitStatisticsFn(beam.CombineFn):
 
     def extract_output(self, accumulator) -> dict[str, Any]:
         empty = {"rows": 0, "features": {}}
+        with _gc_paused():
+            return self._extract(accumulator, empty)
+
+    def _extract(self, accumulator, empty) -> dict[str, Any]:
         return {
             name: {
                 group: accumulator[(group, name)].to_json()
@@ -88,6 +112,11 @@ def _tag(element, group: str):
     return group, element
 
 
+def _packed(result: dict, group: str):
+    """One combine's result as `(None, (group, pickled result))`, cheap to shuffle."""
+    return None, (group, pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
+
+
 def _write_bytes(directory: str, name: str, data: bytes) -> None:
     final = output.join(directory, name)
     temp = output.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
@@ -96,10 +125,13 @@ def _write_bytes(directory: str, name: str, data: bytes) -> None:
     FileSystems.rename([temp], [final])
 
 
-def _write_both(raw: dict, transformed: dict, output_dir: str, names) -> None:
-    """Writes the raw groups of `raw` with the transformed groups of `transformed`."""
+def _write_both(keyed, output_dir: str, names) -> None:
+    """Writes the `_packed` results (and a None): each group from its own combine."""
+    with _gc_paused():
+        by_group = {pair[0]: pickle.loads(pair[1]) for pair in keyed[1] if pair}
+    empty = _SplitStatisticsFn(names).extract_output({})  # a group without input
     everything = {
-        name: {"raw": raw[name]["raw"], "transformed": transformed[name]["transformed"]}
+        name: {group: by_group.get(group, empty)[name][group] for group in GROUPS}
         for name in names
     }
     _write(everything, output_dir, names)
@@ -132,23 +164,30 @@ class WriteStatistics(beam.PTransform):
     def expand(self, pcolls):
         raw, transformed = pcolls
         # One combine per input, each lifted into the stage that produces it: a
-        # Flatten of the two would hand the runner every batch to buffer.
-        raw_stats = (
-            raw
-            | "TagRaw" >> beam.Map(_tag, "raw")
-            | "CombineRaw" >> beam.CombineGlobally(_SplitStatisticsFn(self._names))
-        )
-        transformed_stats = (
-            transformed
-            | "TagTransformed" >> beam.Map(_tag, "transformed")
-            | "CombineTransformed"
-            >> beam.CombineGlobally(_SplitStatisticsFn(self._names))
-        )
-        return raw_stats | "Write" >> beam.Map(
-            _write_both,
-            beam.pvalue.AsSingleton(transformed_stats),
-            self._output_dir,
-            self._names,
+        # Flatten of the two would hand the runner every batch to buffer. The two
+        # results (one pickled element each) are joined by a Flatten and a
+        # GroupByKey, not by side inputs (an AsSingleton, or the one CombineGlobally
+        # uses for its default, whose cache walks the whole JSON to size it) nor as
+        # nested dicts (which each stage boundary would re-encode).
+        results = []
+        for group, pcoll in zip(GROUPS, (raw, transformed), strict=True):
+            title = group.capitalize()
+            results.append(
+                pcoll
+                | f"Tag{title}" >> beam.Map(_tag, group)
+                | f"Combine{title}"
+                >> beam.CombineGlobally(
+                    _SplitStatisticsFn(self._names)
+                ).without_defaults()
+                | f"Pack{title}" >> beam.Map(_packed, group)
+            )
+        # Written even when both inputs are empty (the CombineGlobally default).
+        results.append(raw.pipeline | "Always" >> beam.Create([(None, None)]))
+        return (
+            results
+            | "Join" >> beam.Flatten()
+            | "Gather" >> beam.GroupByKey()
+            | "Write" >> beam.Map(_write_both, self._output_dir, self._names)
         )
 
 
@@ -157,5 +196,5 @@ def read_statistics(output_dir: str) -> dict[str, Any] | None:
     path = output.join(output_dir, STATISTICS_DIR, STATISTICS_JSON)
     if not FileSystems.exists(path):
         return None
-    with FileSystems.open(path) as f:
+    with FileSystems.open(path) as f, _gc_paused():
         return json.loads(f.read().decode())

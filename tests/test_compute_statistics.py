@@ -52,3 +52,20 @@ def test_write_statistics_per_split_and_group(tmp_path):
     assert names == ["v", "transformed/v"] and proto.datasets[0].num_examples == 4
     assert not [n for n in os.listdir(os.path.join(out, "statistics")) if n.startswith(".")]
     assert json.load(open(os.path.join(out, "statistics", "statistics.json"))) == stats
+
+
+def test_write_statistics_with_an_empty_input(tmp_path):
+    """No transformed (or no) batches: the files are written, that group empty."""
+    empty = {"rows": 0, "features": {}}
+    for name, raw_batches in (("some", [_batch([1.0, 3.0], [0, 1])]), ("none", [])):
+        out = str(tmp_path / name)
+        with TestPipeline() as p:
+            raw = p | "Raw" >> beam.Create(raw_batches)
+            transformed = p | "Transformed" >> beam.Create([])
+            _ = (raw, transformed) | WriteStatistics(out, ["train", "eval"])
+        stats = read_statistics(out)
+        assert sorted(stats) == ["eval", "train"]
+        assert stats["train"]["transformed"] == stats["eval"]["transformed"] == empty
+        rows = 1 if raw_batches else 0
+        assert stats["train"]["raw"]["rows"] == stats["eval"]["raw"]["rows"] == rows
+        assert os.path.exists(os.path.join(out, "statistics", "train.pb"))

@@ -309,3 +309,108 @@ def test_long_tokens_are_counted_whole_and_written_cut():
     assert t["top"][0][0] == "x" * 200 + "…(+999801 bytes)"
     assert t["top"][2][0] == "€" * 66 + "…(+102 bytes)"  # whole characters only
     assert max(len(x) for x, _ in t["token_counts"]) < 300
+
+
+class _ReferenceSummary:
+    """QuantileSummary as first written: every point's weight held, one array each."""
+
+    def __init__(self, points=4096):
+        self.points, self.values, self.weights = points, np.zeros(0), np.zeros(0)
+
+    @staticmethod
+    def _pick(values, weights, points):
+        if weights is None:
+            values = np.sort(values)
+            index = ((np.arange(points) + 0.5) * (len(values) / points)).astype(int)
+            return values[index], np.full(points, len(values) / points)
+        order = np.argsort(values)
+        values, weights = values[order], weights[order]
+        cumulative = np.cumsum(weights)
+        total = cumulative[-1]
+        targets = (np.arange(points) + 0.5) * (total / points)
+        index = np.minimum(np.searchsorted(cumulative, targets), len(values) - 1)
+        return values[index], np.full(points, total / points)
+
+    def add(self, values):
+        if not len(values):
+            return
+        if len(values) > self.points:
+            self._append(*self._pick(values, None, self.points))
+        else:
+            self._append(values.astype(np.float64), np.ones(len(values)))
+
+    def _append(self, values, weights):
+        self.values = np.concatenate([self.values, values])
+        self.weights = np.concatenate([self.weights, weights])
+        if len(self.values) > 8 * self.points:
+            picked = self._pick(self.values, self.weights, self.points)
+            self.values, self.weights = picked
+
+    def merge(self, other):
+        if len(other.values):
+            self._append(other.values, other.weights)
+
+    def quantiles(self, count, lowest, highest):
+        if not len(self.values):
+            return None
+        order = np.argsort(self.values)
+        values, cumulative = self.values[order], np.cumsum(self.weights[order])
+        targets = np.arange(1, count) / count * cumulative[-1]
+        index = np.minimum(np.searchsorted(cumulative, targets), len(values) - 1)
+        return [float(lowest), *values[index].tolist(), float(highest)]
+
+
+def _bits(values):
+    return [np.float64(v).tobytes() for v in values]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rng, n: rng.lognormal(0, 2, n),  # float64, not float32-exact
+        lambda rng, n: rng.normal(0, 1, n).astype(np.float32).astype(np.float64),
+        lambda rng, n: rng.integers(-3, 4, n).astype(np.float64) * -1.0,  # -0.0 too
+        lambda rng, n: rng.integers(-(2**31), 2**31, n).astype(np.float64),
+        lambda rng, n: rng.integers(-(2**53), 2**53, n).astype(np.float64),
+    ],
+)
+def test_quantile_summary_pickled_and_merged_matches_reference(make):
+    """Same points, bit for bit, as the reference through adds, pickles and merges."""
+    rng = np.random.default_rng(13)
+    sizes = [int(rng.integers(1, 9000)) for _ in range(40)]
+    chunks = [make(rng, n) for n in sizes]
+    parts = [st.QuantileSummary() for _ in range(4)]
+    refs = [_ReferenceSummary() for _ in range(4)]
+    for i, chunk in enumerate(chunks):
+        parts[i % 4].add(chunk)
+        refs[i % 4].add(chunk)
+        if i % 7 == 0:  # a Beam stage boundary mid-way
+            parts[i % 4] = pickle.loads(pickle.dumps(parts[i % 4]))
+    merged, ref = st.QuantileSummary(), _ReferenceSummary()
+    for part, ref_part in zip(parts, refs, strict=True):
+        part = pickle.loads(pickle.dumps(part, pickle.HIGHEST_PROTOCOL))
+        assert _bits(part.values) == _bits(ref_part.values)
+        assert _bits(part.weights) == _bits(ref_part.weights)
+        merged.merge(part)
+        ref.merge(ref_part)
+        merged = pickle.loads(pickle.dumps(merged))
+    lo, hi = min(c.min() for c in chunks), max(c.max() for c in chunks)
+    assert _bits(merged.values) == _bits(ref.values)
+    assert _bits(merged.weights) == _bits(ref.weights)
+    for count in (10, 100):
+        got, want = merged.quantiles(count, lo, hi), ref.quantiles(count, lo, hi)
+        assert _bits(got) == _bits(want)
+
+
+def test_quantile_summary_pickle_is_small():
+    rng = np.random.default_rng(14)
+    summary = st.QuantileSummary()
+    for _ in range(8):
+        summary.add(rng.normal(0, 1, 4000).astype(np.float32).astype(np.float64))
+    assert len(summary.values) == 32_000  # no compaction yet: 8 chunks of weight 1
+    # float32-exact values as 4 bytes each, one weight per chunk (was 16 bytes a point)
+    assert len(pickle.dumps(summary, pickle.HIGHEST_PROTOCOL)) < 4 * 32_000 + 1000
+    small = st.QuantileSummary()
+    small.add(rng.integers(-100, 100, 4000).astype(np.float64))
+    assert len(pickle.dumps(small, pickle.HIGHEST_PROTOCOL)) < 4000 + 1000  # int8
+    assert pickle.loads(pickle.dumps(st.QuantileSummary())).quantiles(10, 0, 1) is None
