@@ -25,6 +25,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
 
 from pipeline.assign import SPLIT_COLUMN, _split_indices, _split_parts
 from pipeline.sink import output
@@ -108,13 +109,33 @@ class _SplitStatisticsFn(beam.CombineFn):
         }
 
 
-def _tag(element, group: str):
-    return group, element
+class _PartialStatisticsFn(beam.DoFn):
+    """One group's batches -> per bundle, `(None, pickled accumulator)`.
 
+    The lifted half of the combine, by hand: `CombineGlobally` first keys every
+    element, and Beam samples each untyped element's size by pickling it, so the
+    batches were pickled only to be measured. Here they arrive typed (sized for
+    free, see `arrow_coder`) and only the accumulator is pickled, once.
+    """
 
-def _packed(result: dict, group: str):
-    """One combine's result as `(None, (group, pickled result))`, cheap to shuffle."""
-    return None, (group, pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
+    def __init__(self, split_names: Sequence[str], group: str):
+        self._combine = _SplitStatisticsFn(split_names)
+        self._group = group
+        self._accumulator = None
+
+    def start_bundle(self):
+        self._accumulator = None
+
+    def process(self, batch):
+        if self._accumulator is None:
+            self._accumulator = self._combine.create_accumulator()
+        self._combine.add_input(self._accumulator, (self._group, batch))
+
+    def finish_bundle(self):
+        if self._accumulator is not None:
+            payload = pickle.dumps(self._accumulator, pickle.HIGHEST_PROTOCOL)
+            self._accumulator = None
+            yield GlobalWindows.windowed_value((None, payload))
 
 
 def _write_bytes(directory: str, name: str, data: bytes) -> None:
@@ -125,16 +146,13 @@ def _write_bytes(directory: str, name: str, data: bytes) -> None:
     FileSystems.rename([temp], [final])
 
 
-def _write_both(keyed, output_dir: str, names) -> None:
-    """Writes the `_packed` results (and a None): each group from its own combine."""
+def _merge_and_write(keyed, output_dir: str, names) -> None:
+    """Merges the bundles' pickled accumulators (and a None), writes the results."""
+    combine = _SplitStatisticsFn(names)
     with _gc_paused():
-        by_group = {pair[0]: pickle.loads(pair[1]) for pair in keyed[1] if pair}
-    empty = _SplitStatisticsFn(names).extract_output({})  # a group without input
-    everything = {
-        name: {group: by_group.get(group, empty)[name][group] for group in GROUPS}
-        for name in names
-    }
-    _write(everything, output_dir, names)
+        accumulators = [pickle.loads(payload) for payload in keyed[1] if payload]
+    merged = combine.merge_accumulators(accumulators)
+    _write(combine.extract_output(merged), output_dir, names)
 
 
 def _write(everything: dict, output_dir: str, names: Sequence[str]) -> None:
@@ -151,9 +169,10 @@ def _write(everything: dict, output_dir: str, names: Sequence[str]) -> None:
 class WriteStatistics(beam.PTransform):
     """Computes per-split statistics of raw and transformed rows and writes them.
 
-    Input: a pair (tagged raw batches, transformed `(batch, passthrough)` pairs),
-    both with `SPLIT_COLUMN`. Output: none used (the files). Parallelism: lifted
-    combines, one accumulator per bundle; the write is one element.
+    Input: a pair (raw batches, transformed `(batch, passthrough)` pairs), both
+    with `SPLIT_COLUMN`. Output: none used (the files). Parallelism: one
+    accumulator per bundle (the combine's lifted half); the merge and the write are
+    one element.
     """
 
     def __init__(self, output_dir: str, split_names: Sequence[str]):
@@ -163,31 +182,23 @@ class WriteStatistics(beam.PTransform):
 
     def expand(self, pcolls):
         raw, transformed = pcolls
-        # One combine per input, each lifted into the stage that produces it: a
-        # Flatten of the two would hand the runner every batch to buffer. The two
-        # results (one pickled element each) are joined by a Flatten and a
-        # GroupByKey, not by side inputs (an AsSingleton, or the one CombineGlobally
-        # uses for its default, whose cache walks the whole JSON to size it) nor as
-        # nested dicts (which each stage boundary would re-encode).
-        results = []
-        for group, pcoll in zip(GROUPS, (raw, transformed), strict=True):
-            title = group.capitalize()
-            results.append(
-                pcoll
-                | f"Tag{title}" >> beam.Map(_tag, group)
-                | f"Combine{title}"
-                >> beam.CombineGlobally(
-                    _SplitStatisticsFn(self._names)
-                ).without_defaults()
-                | f"Pack{title}" >> beam.Map(_packed, group)
-            )
-        # Written even when both inputs are empty (the CombineGlobally default).
-        results.append(raw.pipeline | "Always" >> beam.Create([(None, None)]))
+        # Each input is reduced in the stage that produces it (a Flatten of the
+        # batches would hand the runner every batch to buffer); the bundles'
+        # accumulators, one pickled element each, meet in one GroupByKey, not in
+        # side inputs (whose cache walks a whole value to size it).
+        partials = [
+            pcoll
+            | f"Partial{group.capitalize()}"
+            >> beam.ParDo(_PartialStatisticsFn(self._names, group))
+            for group, pcoll in zip(GROUPS, (raw, transformed), strict=True)
+        ]
+        # Written even when both inputs are empty.
+        partials.append(raw.pipeline | "Always" >> beam.Create([(None, None)]))
         return (
-            results
+            partials
             | "Join" >> beam.Flatten()
             | "Gather" >> beam.GroupByKey()
-            | "Write" >> beam.Map(_write_both, self._output_dir, self._names)
+            | "Write" >> beam.Map(_merge_and_write, self._output_dir, self._names)
         )
 
 

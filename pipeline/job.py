@@ -20,7 +20,15 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import METRICS_NAMESPACE, degenerate, ownership, publish, sources, spans
+from pipeline import (
+    METRICS_NAMESPACE,
+    arrow_coder,
+    degenerate,
+    ownership,
+    publish,
+    sources,
+    spans,
+)
 from pipeline.assign import (
     SPLIT_COLUMN,
     AssignSplit,
@@ -428,6 +436,8 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
             transformed, _ = ((rows_to_transform, adapter_config), transform_fn) | (
                 "Transform" >> tft_beam.TransformDataset(output_record_batches=True)
             )
+        # Typed, so Beam sizes the batches without pickling them (`arrow_coder`).
+        transformed = arrow_coder.batch_pairs(transformed)
         routed = transformed | "RouteSplits" >> RouteSplits(
             config.splits, _text_label_key(job)
         )
