@@ -147,11 +147,19 @@ def _write_bytes(directory: str, name: str, data: bytes) -> None:
 
 
 def _merge_and_write(keyed, output_dir: str, names) -> None:
-    """Merges the bundles' pickled accumulators (and a None), writes the results."""
+    """Merges the bundles' pickled accumulators (and a None), writes the results.
+
+    One accumulator is unpickled at a time, in order, and merged into the running
+    one (as `merge_accumulators` would over the list): a run of many bundles never
+    holds all of them.
+    """
     combine = _SplitStatisticsFn(names)
-    with _gc_paused():
-        accumulators = [pickle.loads(payload) for payload in keyed[1] if payload]
-    merged = combine.merge_accumulators(accumulators)
+    merged = combine.create_accumulator()
+    for payload in keyed[1]:
+        if payload:
+            with _gc_paused():
+                accumulator = pickle.loads(payload)
+            merged = combine.merge_accumulators([merged, accumulator])
     _write(combine.extract_output(merged), output_dir, names)
 
 
