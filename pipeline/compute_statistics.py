@@ -1,11 +1,11 @@
-"""Beam side of the statistics: one combine over the batches the job already has.
+"""Beam side of the statistics: a combine over the batches the job already has.
 
 `WriteStatistics` takes the split-tagged raw batches (`AssignSplit`'s output) and
 the transformed `(batch, passthrough)` pairs (`TransformDataset`'s output), both
 carrying `SPLIT_COLUMN`, and combines them into `SplitStatistics` per group and
-split (a lifted combine per input: each bundle reduces its batches to
-accumulators, only those are shuffled; no row is held, the database is not read
-again; the two results meet in one GroupByKey). It writes
+split (each bundle reduces its batches to one accumulator, `_PartialStatisticsFn`;
+only those are shuffled, into one GroupByKey, then merged in order and written; no
+row is held, the database is not read again). It writes
 `<output>/statistics/<split>.pb` (a tensorflow_metadata
 `DatasetFeatureStatisticsList`, raw features by name and transformed ones as
 `transformed/<name>`) and `<output>/statistics/statistics.json` (all splits, with
