@@ -173,7 +173,7 @@ def _float_matrix(xs: Sequence, kinds: Sequence[Kind | None]) -> tf.Tensor:
         default_value=tf.constant(float("nan"), tf.float64),
     )
     matrix = tf.transpose(tf.reshape(cube, tf.stack([len(order), -1])))
-    dense = [j for j in range(len(xs)) if j not in set(sparse)]
+    dense = [j for j, x in enumerate(xs) if not isinstance(x, tf.SparseTensor)]
     if dense:
         rest = [_as_float64(xs[j], kinds[j]) for j in dense]
         matrix = tf.concat([matrix, tf.stack(rest, axis=1)], axis=1)
