@@ -19,7 +19,6 @@ import gc
 import json
 import logging
 import pickle
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,14 +137,6 @@ class _PartialStatisticsFn(beam.DoFn):
             yield GlobalWindows.windowed_value((None, payload))
 
 
-def _write_bytes(directory: str, name: str, data: bytes) -> None:
-    final = output.join(directory, name)
-    temp = output.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
-    with FileSystems.create(temp) as f:
-        f.write(data)
-    FileSystems.rename([temp], [final])
-
-
 def _merge_and_write(keyed, output_dir: str, names) -> None:
     """Merges the bundles' pickled accumulators (and a None), writes the results.
 
@@ -169,7 +160,7 @@ def _write(everything: dict, output_dir: str, names: Sequence[str]) -> None:
         FileSystems.mkdirs(directory)
     for name in names:
         proto = to_proto(name, everything[name], GROUPS)
-        _write_bytes(directory, f"{name}.pb", proto.SerializeToString())
+        output.write_bytes(directory, f"{name}.pb", proto.SerializeToString())
     output.write_json(directory, STATISTICS_JSON, everything)
     _LOGGER.debug("Wrote feature statistics to %s", directory)
 

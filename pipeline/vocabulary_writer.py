@@ -11,18 +11,15 @@ when nothing is left. Files are written whole or not at all (temporary, rename).
 from __future__ import annotations
 
 import heapq
-import os
-import uuid
 from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform.beam as tft_beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from tensorflow_transform import analyzers
 
+from pipeline.sink import output
 from transforms.packed_vocabulary import VocabularySpec
 
 __all__ = ["WriteVocabularies"]
@@ -69,12 +66,9 @@ class _OrderColumnFn(beam.CombineFn):
         return sorted(self._cut(accumulator), reverse=True)
 
 
-def _write_text(path: str, tokens: Sequence[bytes]) -> None:
-    """Writes one token per line, whole or not at all (temporary file, rename)."""
-    temp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        f.write(b"".join(t + b"\n" for t in tokens))
-    FileSystems.rename([temp], [path])
+def _write_text(directory: str, filename: str, tokens: Sequence[bytes]) -> str:
+    """Publishes one token per line, whole or not at all; returns the path."""
+    return output.write_bytes(directory, filename, b"".join(t + b"\n" for t in tokens))
 
 
 def _keep_above_threshold(kv, thresholds):
@@ -85,7 +79,7 @@ def _keep_above_threshold(kv, thresholds):
 
 def _write_column(column_and_items, directory: str, filenames: Sequence[str]):
     column, items = column_and_items
-    _write_text(os.path.join(directory, filenames[column]), [t for _, _, t in items])
+    _write_text(directory, filenames[column], [t for _, _, t in items])
     return column, len(items)
 
 
@@ -93,9 +87,9 @@ def _outputs(written, directory: str, filenames: Sequence[str]):
     """Each vocabulary's path (tagged by its index), then the sizes (`"sizes"`)."""
     sizes = dict(written)
     for column, filename in enumerate(filenames):
-        path = os.path.join(directory, filename)
+        path = output.join(directory, filename)
         if column not in sizes:  # nothing left: tf.Transform's dummy token
-            _write_text(path, [_EMPTY_VOCABULARY_TOKEN])
+            _write_text(directory, filename, [_EMPTY_VOCABULARY_TOKEN])
             sizes[column] = 1
         yield beam.pvalue.TaggedOutput(str(column), np.array(path.encode()))
     sizes = np.array([sizes[c] for c in range(len(filenames))], np.int64)

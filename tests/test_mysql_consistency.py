@@ -109,6 +109,22 @@ def accounts(mysql_table):
     )
 
 
+def _job_args(mysql_url, table, output_dir, partitions: int) -> list[str]:
+    """The command line of a job reading `table` with label `y`."""
+    return [
+        "--db_url",
+        mysql_url,
+        "--table",
+        table,
+        "--label",
+        "y",
+        "--output_dir",
+        str(output_dir),
+        "--num_partitions",
+        str(partitions),
+    ]
+
+
 def test_one_instant_partitions_keep_the_invariant(mysql_url, accounts):
     spec = sources.source_spec(
         mysql_url,
@@ -177,20 +193,8 @@ def test_ddl_waits_for_the_job_instead_of_changing_what_it_reads(
         ("INSERT INTO {table} VALUES (%s, %s)", [(i, i % 2) for i in range(200)]),
     )
     config, _ = parse_args(
-        [
-            "--db_url",
-            mysql_url,
-            "--table",
-            name,
-            "--label",
-            "y",
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--num_partitions",
-            "3",
-            "--consistency",
-            consistency,
-        ]
+        _job_args(mysql_url, name, tmp_path / "out", 3)
+        + ["--consistency", consistency]
     )
     job = prepare_job(config)
     ddl = pymysql.connect(**connect_args(mysql_url))
@@ -239,20 +243,7 @@ def test_a_launcher_session_lost_during_the_run_is_not_published(
         ),
     )
     out = tmp_path / "out"
-    config, beam_args = parse_args(
-        [
-            "--db_url",
-            mysql_url,
-            "--table",
-            name,
-            "--label",
-            "y",
-            "--output_dir",
-            str(out),
-            "--num_partitions",
-            "2",
-        ]
-    )
+    config, beam_args = parse_args(_job_args(mysql_url, name, out, 2))
     job = prepare_job(config)
     killer = pymysql.connect(**connect_args(mysql_url))
     try:

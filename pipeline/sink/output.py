@@ -14,6 +14,7 @@ import posixpath
 import uuid
 from typing import Any
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "publish_shards",
+    "write_bytes",
     "write_json",
     "write_manifest",
     "read_manifest",
@@ -68,14 +70,20 @@ def publish_shards(
     return final
 
 
-def write_json(path: str, name: str, value: dict[str, Any]) -> str:
-    """Publishes `<path>/<name>` atomically (temp file, then rename)."""
+def write_bytes(path: str, name: str, data: bytes) -> str:
+    """Publishes `<path>/<name>` atomically (temp file, then rename); its path."""
     final = join(path, name)
     temp = join(path, f".{name}.{uuid.uuid4().hex}.tmp")
-    with FileSystems.create(temp) as f:
-        f.write(json.dumps(value, indent=2, sort_keys=True, default=str).encode())
+    with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(data)
     FileSystems.rename([temp], [final])
     return final
+
+
+def write_json(path: str, name: str, value: dict[str, Any]) -> str:
+    """Publishes `<path>/<name>` atomically (temp file, then rename)."""
+    text = json.dumps(value, indent=2, sort_keys=True, default=str)
+    return write_bytes(path, name, text.encode())
 
 
 def write_manifest(path: str, manifest: dict[str, Any]) -> str:
