@@ -424,3 +424,18 @@ def test_float_matrix_refuses_two_values_in_a_row():
     bad = tf.SparseTensor([[0, 0], [0, 1]], tf.constant([1.0, 2.0]), [2, 2])
     with pytest.raises(tf.errors.InvalidArgumentError):
         _float_matrix([good, bad], [Kind.FLOAT, Kind.FLOAT])
+
+
+def test_float_matrix_refuses_inputs_of_different_batch_sizes():
+    """A short nullable column fails, never reads as missing values (serving)."""
+    import tensorflow as tf
+
+    from transforms.preprocessing import _float_matrix
+    from transforms.types import Kind
+
+    three = _sparse([1.0, 2.0, 3.0], np.array([True, True, True]), tf.float32)
+    two = _sparse([1.0, 2.0], np.array([True, True]), tf.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="batch sizes"):
+        _float_matrix([three, two], [Kind.FLOAT, Kind.FLOAT])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="batch sizes"):
+        _float_matrix([two, three], [Kind.FLOAT, Kind.FLOAT])

@@ -145,8 +145,9 @@ def _float_matrix(xs: Sequence, kinds: Sequence[Kind | None]) -> tf.Tensor:
     per value type), each value placed at (its column's slot, row, 0) of a
     `[m, batch, 1]` tensor, transposed. That op checks, as each column's own
     densifying did, that every index is in bounds (at most one value per row),
-    sorted and unique. So a column costs one op (its value count) instead of about
-    ten; the values are moved, not computed, and the casts are element-wise.
+    sorted and unique, and all columns must share one batch size. So a column
+    costs one op (its value count) instead of about ten; the values are moved, not
+    computed, and the casts are element-wise.
     """
     sparse = [j for j, x in enumerate(xs) if isinstance(x, tf.SparseTensor)]
     if len(sparse) < 2:
@@ -165,13 +166,20 @@ def _float_matrix(xs: Sequence, kinds: Sequence[Kind | None]) -> tf.Tensor:
         values.append(_as_float64(group, kinds[members[0]]))
     sizes = tf.stack([tf.size(xs[j].values, out_type=tf.int64) for j in order])
     slots = tf.repeat(tf.range(len(order), dtype=tf.int64), sizes)
-    batch = xs[sparse[0]].dense_shape[0]
-    cube = tf.raw_ops.SparseToDense(
-        sparse_indices=tf.concat([slots[:, None], tf.concat(indices, axis=0)], 1),
-        output_shape=tf.stack([tf.constant(len(order), tf.int64), batch, 1]),
-        sparse_values=tf.concat(values, axis=0),
-        default_value=tf.constant(float("nan"), tf.float64),
+    # One batch size for all (each column's own densifying met a mismatch in
+    # the stack): a short column must not read as missing values.
+    shapes = tf.reshape(tf.concat([xs[j].dense_shape for j in order], 0), [-1, 2])
+    batch = shapes[0, 0]
+    same = tf.debugging.assert_equal(
+        shapes[:, 0], batch, message="nullable inputs of different batch sizes"
     )
+    with tf.control_dependencies([same]):
+        cube = tf.raw_ops.SparseToDense(
+            sparse_indices=tf.concat([slots[:, None], tf.concat(indices, axis=0)], 1),
+            output_shape=tf.stack([tf.constant(len(order), tf.int64), batch, 1]),
+            sparse_values=tf.concat(values, axis=0),
+            default_value=tf.constant(float("nan"), tf.float64),
+        )
     matrix = tf.transpose(tf.reshape(cube, tf.stack([len(order), -1])))
     dense = [j for j, x in enumerate(xs) if not isinstance(x, tf.SparseTensor)]
     if dense:
