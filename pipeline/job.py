@@ -538,10 +538,11 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
             raw_metadata(job.plan.columns, job.names),
             output.join(built, "metadata"),
         )
-        from pipeline import beam_speedups
+        from pipeline import beam_speedups, tft_speedups
         from pipeline.runner import pipeline_runner
 
         beam_speedups.install()
+        tft_speedups.install()
         p = beam.Pipeline(runner=pipeline_runner(beam_options), options=beam_options)
         snapshot_id = snapshot.snapshot_id if snapshot else None
         build_pipeline(p, job, snapshot_id)

@@ -199,12 +199,16 @@ def test_install_changes_nothing_on_another_beam_version_or_when_switched_off(
 def test_job_output_is_identical_with_and_without_the_speedups(
     database_url, make_table, tmp_path
 ):
-    """Two runs of the same table, patched and unpatched: every example, every file."""
+    """Two runs of the same table, patched and unpatched: every example, every file.
+
+    Both switches (Beam's and tf.Transform's speed-ups) flip together.
+    """
     import os
     import subprocess
     import sys
 
     from bench.compare import compare_outputs
+    from pipeline import tft_speedups
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     table = make_table(
@@ -217,7 +221,12 @@ def test_job_output_is_identical_with_and_without_the_speedups(
     outputs = {}
     for switch in ("1", "0"):
         out = tmp_path / f"out{switch}"
-        env = {**os.environ, "PYTHONPATH": root, beam_speedups.OFF_SWITCH: switch}
+        env = {
+            **os.environ,
+            "PYTHONPATH": root,
+            beam_speedups.OFF_SWITCH: switch,
+            tft_speedups.OFF_SWITCH: switch,
+        }
         done = subprocess.run(
             [sys.executable, "-m", "pipeline", "--db_url", database_url, "--table",
              table, "--label", "y", "--output_dir", str(out), "--num_partitions", "2",
@@ -225,7 +234,8 @@ def test_job_output_is_identical_with_and_without_the_speedups(
             cwd=root, env=env, capture_output=True, text=True, timeout=600,
         )
         assert done.returncode == 0, done.stderr[-2000:]
-        applied = "Beam speed-ups not applied" not in done.stderr
-        assert applied == (switch == "1")
+        for name in ("Beam speed-ups", "tf.Transform speed-up"):
+            applied = f"{name} not applied" not in done.stderr
+            assert applied == (switch == "1"), name
         outputs[switch] = str(out)
     assert compare_outputs(outputs["1"], outputs["0"]) == []

@@ -1,0 +1,110 @@
+"""Cuts a tf.Transform cost that grows with columns × outputs; results unchanged.
+
+What it saves is in bench/RESULTS.md.
+
+`tensorflow_transform.graph_tools.get_dependent_inputs(graph, inputs, outputs)`
+returns the inputs that the outputs transitively depend on. tf.Transform calls it
+each time it loads a transform graph to run it (`_RunMetaGraphDoFn`: the analysis
+phase's graph and the final one), and it checks every input against every output,
+decomposing each input's composite tensor (a `SparseTensor` per nullable column)
+anew each time: columns × outputs `tf.nest.flatten` calls, most of a wide graph's
+load time. `install()` swaps in `dependent_inputs`: the same graph analysis per
+output, then one pass over the inputs against the union of what the outputs
+depend on. That is the same answer by construction (an input is kept iff one of
+its components is a source of some output) and the same errors (the analysis
+raises them per output, translated by tf.Transform's own decorator).
+
+`install()` is idempotent and called by the launcher before the graph is built;
+nothing happens at import time. It applies only on the tf.Transform version it was
+tested with (`TESTED_TFT_VERSION`; on any other it logs once and changes nothing),
+and `SQL2TFRECORD_TFT_SPEEDUPS=0` in the environment turns it off. Either way the
+job's output is the same (a test compares two runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import tensorflow as tf
+import tensorflow_transform
+from tensorflow_transform import analyzer_nodes, graph_tools, tf_utils
+
+__all__ = ["OFF_SWITCH", "TESTED_TFT_VERSION", "dependent_inputs", "enabled", "install"]
+
+_LOGGER = logging.getLogger(__name__)
+
+TESTED_TFT_VERSION = "1.21.0"
+OFF_SWITCH = "SQL2TFRECORD_TFT_SPEEDUPS"
+
+_ORIGINAL = graph_tools.get_dependent_inputs
+_COMPOSITE_TYPES = (tf.Tensor, tf.SparseTensor, tf.RaggedTensor, tf.Operation)
+
+
+@graph_tools._reraise_unexpected_error  # noqa: SLF001 - the original's error contract
+def _sources(analyzer, tensor_or_op) -> set:
+    """The hashable sources `tensor_or_op` depends on (the original's first half)."""
+    if not isinstance(tensor_or_op, _COMPOSITE_TYPES):
+        raise TypeError(
+            "Expected Tensor, SparseTensor, RaggedTensor or Operation got {} of "
+            "type {}".format(tensor_or_op, type(tensor_or_op))
+        )
+    found = set()
+    graph_analyzer = analyzer._graph_analyzer  # noqa: SLF001
+    for component in graph_tools._decompose_tensor_or_op(tensor_or_op):  # noqa: SLF001
+        found.update(graph_analyzer.analyze_tensor(component).dependent_sources)
+    return found
+
+
+def dependent_inputs(graph, input_tensors: Mapping, output_tensors) -> dict:
+    """`graph_tools.get_dependent_inputs`, linear in inputs + outputs."""
+    outputs = (
+        output_tensors if isinstance(output_tensors, list) else output_tensors.values()
+    )
+    sinks = graph.get_collection(analyzer_nodes.TENSOR_REPLACEMENTS)
+    analyzer = graph_tools._QuietInitializableGraphAnalyzer(  # noqa: SLF001
+        graph, input_tensors, [(sink.tensor, False) for sink in sinks]
+    )
+    sources = set()
+    for output in outputs:
+        sources |= _sources(analyzer, output)
+    return {
+        name: tensor
+        for name, tensor in input_tensors.items()
+        if any(
+            tf_utils.hashable_tensor_or_op(component) in sources
+            for component in graph_tools._decompose_tensor_or_op(tensor)  # noqa: SLF001
+        )
+    }
+
+
+_skip_logged = False
+
+
+def enabled() -> bool:
+    """Whether `install()` patches: the tested version, and not switched off."""
+    if os.environ.get(OFF_SWITCH, "1").strip().lower() in ("0", "false", "off", "no"):
+        return False
+    return tensorflow_transform.__version__ == TESTED_TFT_VERSION
+
+
+def install() -> None:
+    """Routes `graph_tools.get_dependent_inputs` to `dependent_inputs` (idempotent).
+
+    Does nothing (and says so once) on another tf.Transform version or when off.
+    """
+    global _skip_logged
+    if not enabled():
+        if not _skip_logged:
+            _skip_logged = True
+            _LOGGER.info(
+                "tf.Transform speed-up not applied (tf.Transform %s, tested with %s; "
+                "%s=%s)",
+                tensorflow_transform.__version__,
+                TESTED_TFT_VERSION,
+                OFF_SWITCH,
+                os.environ.get(OFF_SWITCH, "unset"),
+            )
+        return
+    graph_tools.get_dependent_inputs = dependent_inputs
