@@ -47,8 +47,8 @@ def _sources(analyzer, tensor_or_op) -> set:
     """The hashable sources `tensor_or_op` depends on (the original's first half)."""
     if not isinstance(tensor_or_op, _COMPOSITE_TYPES):
         raise TypeError(
-            "Expected Tensor, SparseTensor, RaggedTensor or Operation got {} of "
-            "type {}".format(tensor_or_op, type(tensor_or_op))
+            "Expected Tensor, SparseTensor, RaggedTensor or Operation got "
+            f"{tensor_or_op} of type {type(tensor_or_op)}"
         )
     found = set()
     graph_analyzer = analyzer._graph_analyzer  # noqa: SLF001
