@@ -9,13 +9,12 @@ row is held, the database is not read again). It writes
 `<output>/statistics/<split>.pb` (a tensorflow_metadata
 `DatasetFeatureStatisticsList`, raw features by name and transformed ones as
 `transformed/<name>`) and `<output>/statistics/statistics.json` (all splits, with
-the exact histograms and token counts that drift checks and the report use).
+the exact histograms and token counts that drift checks and the report use; compact
+JSON, one line: `jq . statistics.json` indents it).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import logging
 import pickle
@@ -26,6 +25,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
+from pipeline import heap
 from pipeline.assign import SPLIT_COLUMN, _split_indices, _split_parts
 from pipeline.sink import output
 from pipeline.statistics import SplitStatistics, to_proto
@@ -37,22 +37,6 @@ _LOGGER = logging.getLogger(__name__)
 STATISTICS_DIR = "statistics"
 STATISTICS_JSON = "statistics.json"
 GROUPS = ("raw", "transformed")
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """No cyclic garbage collection inside (for building large acyclic results).
-
-    Building nested JSON values or unpickling them would trigger full collections,
-    each walking every object of a process holding TensorFlow and Beam.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class _SplitStatisticsFn(beam.CombineFn):
@@ -93,7 +77,7 @@ class _SplitStatisticsFn(beam.CombineFn):
 
     def extract_output(self, accumulator) -> dict[str, Any]:
         empty = {"rows": 0, "features": {}}
-        with _gc_paused():
+        with heap.collection_paused():
             return self._extract(accumulator, empty)
 
     def _extract(self, accumulator, empty) -> dict[str, Any]:
@@ -148,7 +132,7 @@ def _merge_and_write(keyed, output_dir: str, names) -> None:
     merged = combine.create_accumulator()
     for payload in keyed[1]:
         if payload:
-            with _gc_paused():
+            with heap.collection_paused():
                 accumulator = pickle.loads(payload)
             merged = combine.merge_accumulators([merged, accumulator])
     _write(combine.extract_output(merged), output_dir, names)
@@ -161,7 +145,7 @@ def _write(everything: dict, output_dir: str, names: Sequence[str]) -> None:
     for name in names:
         proto = to_proto(name, everything[name], GROUPS)
         output.write_bytes(directory, f"{name}.pb", proto.SerializeToString())
-    output.write_json(directory, STATISTICS_JSON, everything)
+    output.write_json(directory, STATISTICS_JSON, everything, compact=True)
     _LOGGER.debug("Wrote feature statistics to %s", directory)
 
 
@@ -206,5 +190,5 @@ def read_statistics(output_dir: str) -> dict[str, Any] | None:
     path = output.join(output_dir, STATISTICS_DIR, STATISTICS_JSON)
     if not FileSystems.exists(path):
         return None
-    with FileSystems.open(path) as f, _gc_paused():
+    with FileSystems.open(path) as f, heap.collection_paused():
         return json.loads(f.read().decode())

@@ -24,6 +24,7 @@ from pipeline import (
     METRICS_NAMESPACE,
     arrow_coder,
     degenerate,
+    heap,
     ownership,
     publish,
     sources,
@@ -504,6 +505,8 @@ def run_job(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         for target in targets:
             publish.abandon(target)
         raise
+    finally:
+        heap.thaw()  # what the run froze (see pipeline.heap)
     _LOGGER.info(
         "Wrote %s: %s rows in %.1f s",
         job.config.output_dir,
@@ -546,6 +549,7 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
         p = beam.Pipeline(runner=pipeline_runner(beam_options), options=beam_options)
         snapshot_id = snapshot.snapshot_id if snapshot else None
         build_pipeline(p, job, snapshot_id)
+        heap.freeze()  # the built graph lives to the end of the run
         with _progress_reporter(job, snapshot_id):
             result = p.run()
             # The snapshot must outlive every partition read: wait for the whole job.
@@ -633,6 +637,7 @@ def _run_staged(job: Job, beam_options: PipelineOptions) -> dict[str, Any]:
     if config.statistics:  # drift, anomalies and report.html (may refuse to publish)
         from pipeline.report import publish_statistics
 
+        heap.freeze()  # the run's results and garbage: thawed when run_job ends
         publish_statistics(config, manifest, built)
     _cleanup_temp(job)
     output.write_manifest(built, manifest)

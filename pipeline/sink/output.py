@@ -80,9 +80,18 @@ def write_bytes(path: str, name: str, data: bytes) -> str:
     return final
 
 
-def write_json(path: str, name: str, value: dict[str, Any]) -> str:
-    """Publishes `<path>/<name>` atomically (temp file, then rename)."""
-    text = json.dumps(value, indent=2, sort_keys=True, default=str)
+def write_json(
+    path: str, name: str, value: dict[str, Any], compact: bool = False
+) -> str:
+    """Publishes `<path>/<name>` atomically (temp file, then rename).
+
+    Indented for reading, or `compact` (one line, no spaces) for large data files:
+    Python's JSON encoder is C only without an indent, about 7x faster.
+    """
+    if compact:
+        text = json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+    else:
+        text = json.dumps(value, indent=2, sort_keys=True, default=str)
     return write_bytes(path, name, text.encode())
 
 
