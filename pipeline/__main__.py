@@ -118,7 +118,7 @@ def _run_job(argv: list[str], verbose: bool) -> int:
 
     # The imports allocate ~470,000 objects that live as long as the process and
     # almost no garbage: no collection while they run, then out of its reach.
-    with heap.collection_paused():
+    with heap.long_lived():
         from pipeline import console
         from pipeline.options import UsageError, parse_args
 
@@ -127,7 +127,7 @@ def _run_job(argv: list[str], verbose: bool) -> int:
     except UsageError as err:
         print(f"{console.PREFIX} {err}", file=sys.stderr)
         return 2
-    with heap.collection_paused():
+    with heap.long_lived():
         import tensorflow_transform.beam  # noqa: F401 - the job's, loaded here
         from apache_beam.options.pipeline_options import (
             GoogleCloudOptions,
@@ -135,7 +135,6 @@ def _run_job(argv: list[str], verbose: bool) -> int:
         )
 
         from pipeline.job import prepare_job, run_job
-    heap.freeze()
 
     if not verbose:
         console.mute_beam_worker_prints()

@@ -5,8 +5,10 @@ With TensorFlow, Beam and tf.Transform loaded a process holds ~470,000 objects
 all of them: 0.2-0.4 s here, several times per run, for almost no garbage (a full
 collection after the imports frees 3 objects, after `build_pipeline` none). So:
 
-- `collection_paused()`: no collection inside; for the imports and for building
-  large acyclic values (JSON), whose allocations would trigger full collections.
+- `long_lived()`: no collection inside, then what is alive is frozen; for the
+  imports.
+- `collection_paused()`: no collection inside; for building large acyclic values
+  (JSON), whose allocations would trigger full collections.
 - `freeze()`: the objects alive now are skipped by later collections (`gc.freeze`);
   called after the imports, after the pipeline is built and before the statistics
   are published, points where what is alive stays alive to the end of the run.
@@ -24,7 +26,7 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
-__all__ = ["collection_paused", "freeze", "thaw"]
+__all__ = ["collection_paused", "freeze", "long_lived", "thaw"]
 
 
 @contextlib.contextmanager
@@ -37,6 +39,18 @@ def collection_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def long_lived() -> Iterator[None]:
+    """No collection inside, then every object alive is frozen (for imports).
+
+    Frozen before the collector is back on: its first collection would otherwise
+    walk all the objects allocated inside, counted as new.
+    """
+    with collection_paused():
+        yield
+        gc.freeze()
 
 
 def freeze() -> None:
