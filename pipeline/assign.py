@@ -199,9 +199,10 @@ class _AssignSplitFn(beam.DoFn):
         # selecting and routing a split is a zero-copy slice.
         order = np.argsort(assignment, kind="stable")
         if np.any(order != np.arange(len(order))):
-            batch = batch.take(pa.array(order))
             assignment = assignment[order]
-        prepared = self._prepare(batch)
+        else:
+            order = None
+        prepared = self._prepare(batch, order)
         split = pa.ListArray.from_arrays(
             pa.array(np.arange(batch.num_rows + 1, dtype=np.int32)),
             pa.array(assignment.astype(np.int32)),

@@ -178,6 +178,11 @@ def test_transform_batches_match_the_general_conversion(seed, start, length):
     assert convert(batch).schema.equals(
         transform_arrow_schema(COLUMNS), check_metadata=True
     )
+    order = np.random.default_rng(seed).permutation(length)
+    _assert_same(convert(batch, order), _general(batch.take(order), COLUMNS))
+    rng = np.random.default_rng(seed)
+    repeated = np.sort(rng.integers(0, length, 2 * length)) if length else order
+    _assert_same(convert(batch, repeated), _general(batch.take(repeated), COLUMNS))
 
 
 def test_transform_batches_name_a_dense_column_holding_nulls():

@@ -136,17 +136,25 @@ _NUMPY_CASTS = {
 }
 
 
-def _values(array: pa.Array, value_type: pa.DataType, valid: np.ndarray | None):
-    """The values of a scalar column (those where `valid`, if given) as `value_type`."""
-    dtype = _NUMPY_CASTS.get((array.type, value_type))
-    if dtype is None:
-        return (array if valid is None else array.drop_null()).cast(value_type)
-    if valid is None and array.type == value_type:
-        return array
+def _numpy_list_array(
+    array: pa.Array, dtype, value_type: pa.DataType, one_each: pa.Array, order
+) -> pa.Array:
+    """`_as_list_array` of a fixed-width scalar column (rows in `order`), in numpy."""
     start = array.offset
     raw = np.frombuffer(array.buffers()[1], array.type.to_pandas_dtype())
     raw = raw[start : start + len(array)]
-    return pa.array((raw if valid is None else raw[valid]).astype(dtype), value_type)
+    valid = _validity(array) if array.null_count else None
+    if order is not None:
+        raw = raw[order]
+        valid = None if valid is None else valid[order]
+    elif valid is None and array.type == value_type:
+        return pa.ListArray.from_arrays(one_each, array)
+    values = pa.array((raw if valid is None else raw[valid]).astype(dtype), value_type)
+    if valid is None:
+        return pa.ListArray.from_arrays(one_each, values)
+    offsets = np.zeros(len(raw) + 1, dtype=np.int32)
+    np.cumsum(valid, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
 def _as_list_array(
@@ -154,7 +162,7 @@ def _as_list_array(
 ) -> pa.Array:
     """`array` as `list<value_type>`; `one_each` is the offsets 0..len(array)."""
     if not is_array and not array.null_count:  # one value per row
-        return pa.ListArray.from_arrays(one_each, _values(array, value_type, None))
+        return pa.ListArray.from_arrays(one_each, array.cast(value_type))
     if is_array:
         # NULL array -> no values; NULL elements inside an array are dropped.
         lengths = pc.fill_null(pc.list_value_length(array), 0)
@@ -173,8 +181,8 @@ def _as_list_array(
         values = flat.cast(value_type)
         lengths = lengths.to_numpy(zero_copy_only=False)
     else:
+        values = array.drop_null().cast(value_type)
         lengths = _validity(array)
-        values = _values(array, value_type, lengths)
     offsets = np.zeros(len(array) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), values)
@@ -195,14 +203,27 @@ class TransformBatches:
             (c.name, _ARROW_VALUE[c.kind], c.is_array, is_dense(c)) for c in columns
         )
 
-    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        one_each = pa.array(np.arange(batch.num_rows + 1, dtype=np.int32))
+    def __call__(
+        self, batch: pa.RecordBatch, order: np.ndarray | None = None
+    ) -> pa.RecordBatch:
+        """The batch converted; its rows taken in `order` (row indices) when given."""
+        rows = batch.num_rows if order is None else len(order)
+        one_each = pa.array(np.arange(rows + 1, dtype=np.int32))
+        take = None if order is None else pa.array(order)
         arrays = []
         with np.errstate(over="ignore"):  # beyond float32 -> ±inf, as Arrow casts
             for name, value_type, is_array, dense in self._plan:
                 array = batch.column(name)
                 if dense and array.null_count:
                     raise ValueError(f'column "{name}" is NOT NULL but holds NULLs')
+                dtype = None if is_array else _NUMPY_CASTS.get((array.type, value_type))
+                if dtype is not None:
+                    arrays.append(
+                        _numpy_list_array(array, dtype, value_type, one_each, order)
+                    )
+                    continue
+                if take is not None:
+                    array = array.take(take)
                 arrays.append(_as_list_array(array, value_type, is_array, one_each))
         return pa.RecordBatch.from_arrays(arrays, schema=self._schema)
 
