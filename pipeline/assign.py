@@ -43,7 +43,7 @@ from tfx_bsl.tfxio import tensor_adapter
 from pipeline import METRICS_NAMESPACE, arrow_coder
 from pipeline.split import SplitSpec, assign_splits
 from transforms.preprocessing import FLOAT32_MAX
-from transforms.schema import to_transform_batch
+from transforms.schema import TransformBatches
 from transforms.types import NEG_INFINITY, POS_INFINITY, TIME_KINDS, Column, Kind
 
 __all__ = [
@@ -88,6 +88,26 @@ def _usable(column: pa.Array) -> pa.Array:
     )
 
 
+_NUMPY_FLOATS = {pa.float64(): np.float64, pa.float32(): np.float32}
+
+
+def _count_unusable(column: pa.Array) -> int:
+    """The non-NULL values of a floating column that `_usable` rejects."""
+    if not len(column):
+        return 0
+    dtype = _NUMPY_FLOATS.get(column.type)
+    if dtype is None:
+        return len(column) - column.null_count - (pc.sum(_usable(column)).as_py() or 0)
+    start = column.offset
+    values = np.frombuffer(column.buffers()[1], dtype)[start : start + len(column)]
+    unusable = ~(np.abs(values) <= FLOAT32_MAX)  # NaN compares False
+    if not unusable.any():
+        return 0
+    if column.null_count:  # a NULL's slot holds any value
+        unusable &= pc.is_valid(column).to_numpy(zero_copy_only=False)
+    return int(np.count_nonzero(unusable))
+
+
 class _AssignSplitFn(beam.DoFn):
     def __init__(
         self,
@@ -99,8 +119,7 @@ class _AssignSplitFn(beam.DoFn):
         namespace: str = METRICS_NAMESPACE,
         names: Mapping[str, str] | None = None,
     ):
-        self._columns = tuple(columns)
-        self._names = dict(names) if names is not None else None
+        self._prepare = TransformBatches(columns, names)
         self._namespace = namespace
         self._label = label
         self._split_key = split_key
@@ -150,13 +169,7 @@ class _AssignSplitFn(beam.DoFn):
             if nulls:
                 Metrics.counter(self._namespace, f"nulls:{name}").inc(nulls)
         for name in self._floats:
-            column = batch.column(name)
-            usable = _usable(column)
-            bad = (
-                len(column) - column.null_count - (pc.sum(usable).as_py() or 0)
-                if len(column)
-                else 0
-            )
+            bad = _count_unusable(batch.column(name))
             if bad:
                 Metrics.counter(self._namespace, f"non_finite:{name}").inc(bad)
         for name in self._times:
@@ -186,9 +199,10 @@ class _AssignSplitFn(beam.DoFn):
         # selecting and routing a split is a zero-copy slice.
         order = np.argsort(assignment, kind="stable")
         if np.any(order != np.arange(len(order))):
-            batch = batch.take(pa.array(order))
             assignment = assignment[order]
-        prepared = to_transform_batch(batch, self._columns, self._names)
+        else:
+            order = None
+        prepared = self._prepare(batch, order)
         split = pa.ListArray.from_arrays(
             pa.array(np.arange(batch.num_rows + 1, dtype=np.int32)),
             pa.array(assignment.astype(np.int32)),

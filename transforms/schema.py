@@ -37,6 +37,7 @@ __all__ = [
     "transform_arrow_schema",
     "tensor_adapter_config",
     "to_transform_batch",
+    "TransformBatches",
 ]
 
 _TF_DTYPE = {
@@ -114,9 +115,55 @@ def tensor_adapter_config(
     )
 
 
-def _as_list_array(array: pa.Array, column: Column) -> pa.Array:
-    value_type = _ARROW_VALUE[column.kind]
-    if column.is_array:
+def _validity(array: pa.Array) -> np.ndarray:
+    """[len(array)] bool: True where `array` holds a value (not NULL)."""
+    bitmap = array.buffers()[0]
+    if bitmap is None:  # no bitmap: all valid, or a null-typed array
+        return np.full(len(array), array.null_count == 0)
+    bits = np.unpackbits(
+        np.frombuffer(bitmap, np.uint8),
+        count=array.offset + len(array),
+        bitorder="little",
+    )
+    return bits[array.offset :].view(bool)
+
+
+# (raw type, value type) -> numpy dtype where numpy's cast is Arrow's (C casts).
+_NUMPY_CASTS = {
+    (pa.float64(), pa.float32()): np.float32,
+    (pa.float32(), pa.float32()): np.float32,
+    (pa.int64(), pa.int64()): np.int64,
+}
+
+
+def _numpy_list_array(
+    array: pa.Array, dtype, value_type: pa.DataType, one_each: pa.Array, order
+) -> pa.Array:
+    """`_as_list_array` of a fixed-width scalar column (rows in `order`), in numpy."""
+    start = array.offset
+    raw = np.frombuffer(array.buffers()[1], array.type.to_pandas_dtype())
+    raw = raw[start : start + len(array)]
+    valid = _validity(array) if array.null_count else None
+    if order is not None:
+        raw = raw[order]
+        valid = None if valid is None else valid[order]
+    elif valid is None and array.type == value_type:
+        return pa.ListArray.from_arrays(one_each, array)
+    values = pa.array((raw if valid is None else raw[valid]).astype(dtype), value_type)
+    if valid is None:
+        return pa.ListArray.from_arrays(one_each, values)
+    offsets = np.zeros(len(raw) + 1, dtype=np.int32)
+    np.cumsum(valid, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def _as_list_array(
+    array: pa.Array, value_type: pa.DataType, is_array: bool, one_each: pa.Array
+) -> pa.Array:
+    """`array` as `list<value_type>`; `one_each` is the offsets 0..len(array)."""
+    if not is_array and not array.null_count:  # one value per row
+        return pa.ListArray.from_arrays(one_each, array.cast(value_type))
+    if is_array:
         # NULL array -> no values; NULL elements inside an array are dropped.
         lengths = pc.fill_null(pc.list_value_length(array), 0)
         flat = pc.list_flatten(array)
@@ -132,12 +179,53 @@ def _as_list_array(array: pa.Array, column: Column) -> pa.Array:
             )
             flat = flat.filter(valid)
         values = flat.cast(value_type)
+        lengths = lengths.to_numpy(zero_copy_only=False)
     else:
-        lengths = pc.cast(pc.is_valid(array), pa.int64())
         values = array.drop_null().cast(value_type)
+        lengths = _validity(array)
     offsets = np.zeros(len(array) + 1, dtype=np.int32)
-    np.cumsum(lengths.to_numpy(zero_copy_only=False), out=offsets[1:])
+    np.cumsum(lengths, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+class TransformBatches:
+    """Converts raw reader batches of `columns` to `transform_arrow_schema(columns)`.
+
+    The per-column plan and the schema are computed once, for every batch.
+    Raises ValueError naming the column when a NOT NULL column holds a NULL.
+    """
+
+    def __init__(
+        self, columns: Sequence[Column], names: Mapping[str, str] | None = None
+    ):
+        self._schema = transform_arrow_schema(columns, names)
+        self._plan = tuple(
+            (c.name, _ARROW_VALUE[c.kind], c.is_array, is_dense(c)) for c in columns
+        )
+
+    def __call__(
+        self, batch: pa.RecordBatch, order: np.ndarray | None = None
+    ) -> pa.RecordBatch:
+        """The batch converted; its rows taken in `order` (row indices) when given."""
+        rows = batch.num_rows if order is None else len(order)
+        one_each = pa.array(np.arange(rows + 1, dtype=np.int32))
+        take = None if order is None else pa.array(order)
+        arrays = []
+        with np.errstate(over="ignore"):  # beyond float32 -> ±inf, as Arrow casts
+            for name, value_type, is_array, dense in self._plan:
+                array = batch.column(name)
+                if dense and array.null_count:
+                    raise ValueError(f'column "{name}" is NOT NULL but holds NULLs')
+                dtype = None if is_array else _NUMPY_CASTS.get((array.type, value_type))
+                if dtype is not None:
+                    arrays.append(
+                        _numpy_list_array(array, dtype, value_type, one_each, order)
+                    )
+                    continue
+                if take is not None:
+                    array = array.take(take)
+                arrays.append(_as_list_array(array, value_type, is_array, one_each))
+        return pa.RecordBatch.from_arrays(arrays, schema=self._schema)
 
 
 def to_transform_batch(
@@ -148,13 +236,6 @@ def to_transform_batch(
     """Converts a raw reader batch to `transform_arrow_schema(columns)`.
 
     Raises ValueError naming the column when a NOT NULL column holds a NULL.
+    (`TransformBatches` does the same for many batches of the same columns.)
     """
-    arrays = []
-    for column in columns:
-        array = batch.column(column.name)
-        if is_dense(column) and array.null_count:
-            raise ValueError(f'column "{column.name}" is NOT NULL but holds NULLs')
-        arrays.append(_as_list_array(array, column))
-    return pa.RecordBatch.from_arrays(
-        arrays, schema=transform_arrow_schema(columns, names)
-    )
+    return TransformBatches(columns, names)(batch)
