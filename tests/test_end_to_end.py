@@ -7,6 +7,7 @@ and a plain-Python SplitMix64 (the split of every id).
 
 import collections
 import datetime as dt
+import gc
 import hashlib
 import io
 import json
@@ -189,6 +190,7 @@ def _run(database_url, table, out, *extra):
     argv = ["--db_url", database_url, "--table", table, "--label", "y",
             "--output_dir", str(out), *extra]
     assert main(argv) == 0
+    assert gc.get_freeze_count() == 0  # the job thawed what it froze (pipeline.heap)
 
 
 @pytest.fixture(scope="session")
