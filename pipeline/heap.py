@@ -17,7 +17,8 @@ collection after the imports frees 3 objects, after `build_pipeline` none). So:
   `run_job` thaws when it ends, however it ends.
 
 Frozen objects are not freed while frozen, so nothing is frozen that a run could
-want to free early; what the run allocates later is collected as usual.
+want to free early; what the run allocates later is collected as usual. Python has
+one frozen set: `thaw()` also gives back anything a caller froze before the job.
 """
 
 from __future__ import annotations
