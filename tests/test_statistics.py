@@ -364,16 +364,18 @@ def _bits(values):
     return [np.float64(v).tobytes() for v in values]
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda rng, n: rng.lognormal(0, 2, n),  # float64, not float32-exact
-        lambda rng, n: rng.normal(0, 1, n).astype(np.float32).astype(np.float64),
-        lambda rng, n: rng.integers(-3, 4, n).astype(np.float64) * -1.0,  # -0.0 too
-        lambda rng, n: rng.integers(-(2**31), 2**31, n).astype(np.float64),
-        lambda rng, n: rng.integers(-(2**53), 2**53, n).astype(np.float64),
-    ],
-)
+_VALUES = [
+    lambda rng, n: rng.lognormal(0, 2, n),  # float64, not float32-exact
+    lambda rng, n: rng.normal(0, 1, n).astype(np.float32).astype(np.float64),
+    lambda rng, n: rng.integers(-3, 4, n).astype(np.float64) * -1.0,  # -0.0 too
+    lambda rng, n: rng.integers(1, 4, n).astype(np.float64),  # ties, no zero
+    lambda rng, n: rng.choice(np.array([-0.0, 0.0, -1.0, 1.0]), n),  # both zeros
+    lambda rng, n: rng.integers(-(2**31), 2**31, n).astype(np.float64),
+    lambda rng, n: rng.integers(-(2**53), 2**53, n).astype(np.float64),
+]
+
+
+@pytest.mark.parametrize("make", _VALUES)
 def test_quantile_summary_pickled_and_merged_matches_reference(make):
     """Same points, bit for bit, as the reference through adds, pickles and merges."""
     rng = np.random.default_rng(13)
@@ -400,6 +402,22 @@ def test_quantile_summary_pickled_and_merged_matches_reference(make):
     for count in (10, 100):
         got, want = merged.quantiles(count, lo, hi), ref.quantiles(count, lo, hi)
         assert _bits(got) == _bits(want)
+
+
+@pytest.mark.parametrize("make", _VALUES)
+def test_quantile_summary_of_unit_weights_matches_reference(make):
+    """Small batches, no compaction yet (the sorted shortcut): the same quantiles."""
+    rng = np.random.default_rng(17)
+    summary, ref = st.QuantileSummary(), _ReferenceSummary()
+    chunks = [make(rng, int(rng.integers(1, 3000))) for _ in range(10)]
+    for chunk in chunks:
+        summary.add(chunk)
+        ref.add(chunk)
+        assert summary.quantiles(10, 0, 1) is not None
+        assert set(summary.weights.tolist()) == {1.0}  # still uncompacted
+        for count in (3, 10, 100):
+            got, want = summary.quantiles(count, 0, 1), ref.quantiles(count, 0, 1)
+            assert _bits(got) == _bits(want)
 
 
 def test_quantile_summary_pickle_is_small():
