@@ -127,7 +127,7 @@ def _run_job(argv: list[str], verbose: bool) -> int:
     except UsageError as err:
         print(f"{console.PREFIX} {err}", file=sys.stderr)
         return 2
-    with heap.long_lived():
+    with heap.long_lived(), console.native_stderr_muted(not verbose):
         import tensorflow_transform.beam  # noqa: F401 - the job's, loaded here
         from apache_beam.options.pipeline_options import (
             GoogleCloudOptions,

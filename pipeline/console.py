@@ -140,6 +140,32 @@ def session(verbose: bool):
         yield  # after an interrupt the watchdog stays armed until the process ends
 
 
+@contextlib.contextmanager
+def native_stderr_muted(active: bool = True):
+    """File descriptor 2 goes to /dev/null inside, when `active`.
+
+    For importing TensorFlow without --verbose: its C++ start-up notices (absl's
+    "All log messages before absl::InitializeLog()…", oneDNN, CUDA) are written
+    to the descriptor directly, whatever TF_CPP_MIN_LOG_LEVEL says, and would
+    precede a failed run's one-line error. An import error still raises (and is
+    reported after); `--verbose` shows everything.
+    """
+    if not active:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def mute_beam_worker_prints() -> None:
     """Beam's SDK harness prints each failed bundle's traceback to stderr: mute it.
 

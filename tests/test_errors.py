@@ -554,3 +554,21 @@ def test_console_hides_tensorflows_known_harmless_warnings_only():
     assert quiet.filter(record("tensorflow", "Out of memory: tried to allocate 8 GB"))
     assert quiet.filter(record("pipeline.job", "Issue encountered when serializing x"))
     assert quiet.filter(record("apache_beam", "Instructions for updating: x"))
+
+
+def test_a_missing_table_is_the_only_line_on_stderr(database_url, tmp_path):
+    """TensorFlow's C++ start-up notices (absl, oneDNN) do not precede the error."""
+    missing = "no_such_table_" + os.urandom(3).hex()
+    argv = [sys.executable, "-m", "pipeline", "--db_url", database_url, "--table",
+            missing, "--label", "y", "--output_dir", str(tmp_path / "o")]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT,
+                          env=_job_env(), timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"sql2tfrecord: error: --table: table '{missing}' does not exist "
+        "(or is not visible)"
+    ], proc.stderr[-3000:]
+    verbose = subprocess.run([*argv, "--verbose"], capture_output=True, text=True,
+                             cwd=ROOT, env=_job_env(), timeout=300)
+    assert verbose.returncode == 1
+    assert "absl::InitializeLog" in verbose.stderr  # --verbose still shows them
