@@ -150,20 +150,28 @@ def native_stderr_muted(active: bool = True):
     precede a failed run's one-line error. An import error still raises (and is
     reported after); `--verbose` shows everything.
     """
-    if not active:
+    try:
+        saved = os.dup(2) if active else None
+    except OSError:  # no descriptor 2 (closed): nothing to mute
+        saved = None
+    if saved is None:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
+    _flush_stderr()
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
         yield
     finally:
-        sys.stderr.flush()
+        _flush_stderr()
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def _flush_stderr() -> None:
+    if sys.stderr is not None:  # None when the process started without one
+        sys.stderr.flush()
 
 
 def mute_beam_worker_prints() -> None:
