@@ -148,14 +148,36 @@ class PromptStateSampler(_ORIGINAL_STATE_SAMPLER):
         )
 
 
-_skip_logged = False
+_SKIPS_LOGGED: set[str] = set()
+
+
+def switched_off(off_switch: str) -> bool:
+    """Whether the environment variable `off_switch` says 0, false, off or no."""
+    value = os.environ.get(off_switch, "1").strip().lower()
+    return value in ("0", "false", "off", "no")
+
+
+def log_skip_once(name: str, library: str, version: str, tested: str, off_switch: str):
+    """Says (once per `name`) that speed-ups `name` were not applied, and why."""
+    if name in _SKIPS_LOGGED:
+        return
+    _SKIPS_LOGGED.add(name)
+    _LOGGER.info(
+        "%s not applied (%s %s, tested with %s; %s=%s)",
+        name,
+        library,
+        version,
+        tested,
+        off_switch,
+        os.environ.get(off_switch, "unset"),
+    )
 
 
 def enabled() -> bool:
     """Whether `install()` patches Beam: the tested version, and not switched off."""
-    if os.environ.get(OFF_SWITCH, "1").strip().lower() in ("0", "false", "off", "no"):
-        return False
-    return apache_beam.__version__ == TESTED_BEAM_VERSION
+    return (
+        not switched_off(OFF_SWITCH) and apache_beam.__version__ == TESTED_BEAM_VERSION
+    )
 
 
 def install() -> None:
@@ -163,17 +185,14 @@ def install() -> None:
 
     Does nothing (and says so once) on another Beam version or when switched off.
     """
-    global _skip_logged
     if not enabled():
-        if not _skip_logged:
-            _skip_logged = True
-            _LOGGER.info(
-                "Beam speed-ups not applied (Beam %s, tested with %s; %s=%s)",
-                apache_beam.__version__,
-                TESTED_BEAM_VERSION,
-                OFF_SWITCH,
-                os.environ.get(OFF_SWITCH, "unset"),
-            )
+        log_skip_once(
+            "Beam speed-ups",
+            "Beam",
+            apache_beam.__version__,
+            TESTED_BEAM_VERSION,
+            OFF_SWITCH,
+        )
         return
     userstate.get_dofn_specs = cached_get_dofn_specs
     PipelineOptions.view_as = cached_view_as

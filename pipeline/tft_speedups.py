@@ -17,35 +17,34 @@ raises them per output, translated by tf.Transform's own decorator).
 `install()` is idempotent and called by the launcher before the graph is built;
 nothing happens at import time. It applies only on the tf.Transform version it was
 tested with (`TESTED_TFT_VERSION`; on any other it logs once and changes nothing),
-and `SQL2TFRECORD_TFT_SPEEDUPS=0` in the environment turns it off. Either way the
+and `SQL2TFRECORD_TFT_SPEEDUPS=0` in the environment turns it off (the gate and
+its log line are `beam_speedups`'). Either way the
 job's output is the same (a test compares two runs).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Mapping
 
 import tensorflow as tf
 import tensorflow_transform
 from tensorflow_transform import analyzer_nodes, graph_tools, tf_utils
 
-__all__ = ["OFF_SWITCH", "TESTED_TFT_VERSION", "dependent_inputs", "enabled", "install"]
+from pipeline import beam_speedups
 
-_LOGGER = logging.getLogger(__name__)
+__all__ = ["OFF_SWITCH", "TESTED_TFT_VERSION", "dependent_inputs", "enabled", "install"]
 
 TESTED_TFT_VERSION = "1.21.0"
 OFF_SWITCH = "SQL2TFRECORD_TFT_SPEEDUPS"
 
 _ORIGINAL = graph_tools.get_dependent_inputs
-_COMPOSITE_TYPES = (tf.Tensor, tf.SparseTensor, tf.RaggedTensor, tf.Operation)
+_ACCEPTED_TYPES = (tf.Tensor, tf.SparseTensor, tf.RaggedTensor, tf.Operation)
 
 
 @graph_tools._reraise_unexpected_error  # noqa: SLF001 - the original's error contract
 def _sources(analyzer, tensor_or_op) -> set:
     """The hashable sources `tensor_or_op` depends on (the original's first half)."""
-    if not isinstance(tensor_or_op, _COMPOSITE_TYPES):
+    if not isinstance(tensor_or_op, _ACCEPTED_TYPES):
         raise TypeError(
             "Expected Tensor, SparseTensor, RaggedTensor or Operation got "
             f"{tensor_or_op} of type {type(tensor_or_op)}"
@@ -79,14 +78,12 @@ def dependent_inputs(graph, input_tensors: Mapping, output_tensors) -> dict:
     }
 
 
-_skip_logged = False
-
-
 def enabled() -> bool:
     """Whether `install()` patches: the tested version, and not switched off."""
-    if os.environ.get(OFF_SWITCH, "1").strip().lower() in ("0", "false", "off", "no"):
-        return False
-    return tensorflow_transform.__version__ == TESTED_TFT_VERSION
+    return (
+        not beam_speedups.switched_off(OFF_SWITCH)
+        and tensorflow_transform.__version__ == TESTED_TFT_VERSION
+    )
 
 
 def install() -> None:
@@ -94,17 +91,13 @@ def install() -> None:
 
     Does nothing (and says so once) on another tf.Transform version or when off.
     """
-    global _skip_logged
     if not enabled():
-        if not _skip_logged:
-            _skip_logged = True
-            _LOGGER.info(
-                "tf.Transform speed-up not applied (tf.Transform %s, tested with %s; "
-                "%s=%s)",
-                tensorflow_transform.__version__,
-                TESTED_TFT_VERSION,
-                OFF_SWITCH,
-                os.environ.get(OFF_SWITCH, "unset"),
-            )
+        beam_speedups.log_skip_once(
+            "tf.Transform speed-up",
+            "tf.Transform",
+            tensorflow_transform.__version__,
+            TESTED_TFT_VERSION,
+            OFF_SWITCH,
+        )
         return
     graph_tools.get_dependent_inputs = dependent_inputs

@@ -184,7 +184,7 @@ def test_install_changes_nothing_on_another_beam_version_or_when_switched_off(
         monkeypatch.setattr(beam_speedups.apache_beam, "__version__", "2.78.0")
     else:
         monkeypatch.setenv(beam_speedups.OFF_SWITCH, "0")
-    monkeypatch.setattr(beam_speedups, "_skip_logged", False)
+    monkeypatch.setattr(beam_speedups, "_SKIPS_LOGGED", set())
     before = (userstate.get_dofn_specs, beam.options.pipeline_options.PipelineOptions.view_as)
     with caplog.at_level("INFO", logger="pipeline.beam_speedups"):
         beam_speedups.install()

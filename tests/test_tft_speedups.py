@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_transform import graph_tools
 
-from pipeline import tft_speedups
+from pipeline import beam_speedups, tft_speedups
 
 
 def _graph(columns: int):
@@ -80,9 +80,9 @@ def test_install_changes_nothing_on_another_version_or_when_switched_off(
         monkeypatch.setattr(tft_speedups.tensorflow_transform, "__version__", "1.22.0")
     else:
         monkeypatch.setenv(tft_speedups.OFF_SWITCH, "0")
-    monkeypatch.setattr(tft_speedups, "_skip_logged", False)
+    monkeypatch.setattr(beam_speedups, "_SKIPS_LOGGED", set())
     monkeypatch.setattr(graph_tools, "get_dependent_inputs", tft_speedups._ORIGINAL)
-    with caplog.at_level("INFO", logger="pipeline.tft_speedups"):
+    with caplog.at_level("INFO", logger="pipeline.beam_speedups"):
         tft_speedups.install()
         tft_speedups.install()
     assert not tft_speedups.enabled()
