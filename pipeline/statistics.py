@@ -133,7 +133,11 @@ class Histogram:
             k = max(k, self.k)
         span = float(vmax) - float(vmin)
         if span > 0:
-            k = max(k, math.floor(math.log2(span / self.max_bins)))
+            if math.isinf(span):  # e.g. -1e308 .. 1e308: the same width, halved first
+                span = float(vmax) / 2 - float(vmin) / 2
+                k = max(k, math.floor(math.log2(span / self.max_bins)) + 1)
+            else:
+                k = max(k, math.floor(math.log2(span / self.max_bins)))
         while True:
             lo, hi = self._index(vmin, k), self._index(vmax, k)
             if self.k is not None and len(self.counts):
@@ -167,6 +171,58 @@ class Histogram:
         index = self._indices(values, self.k)
         self._extend(self._index(vmin, self.k), self._index(vmax, self.k))
         self.counts += np.bincount(index - self.lo, minlength=len(self.counts))
+
+    @staticmethod
+    def add_segments(
+        hists: Sequence[Histogram],
+        values: np.ndarray,
+        starts: np.ndarray,
+        sizes: np.ndarray,
+        lows: np.ndarray,
+        highs: np.ndarray,
+    ) -> None:
+        """`hists[i].add(values[starts[i]:][:sizes[i]], lows[i], highs[i])` for all i.
+
+        The same counts; segments whose values fall in their histogram's current
+        bins (the usual case after the first batch) are counted by one bincount.
+        """
+        known = np.array([h.k is not None for h in hists])
+        k = np.array([h.k or 0 for h in hists], dtype=np.int64)
+        lo = np.array([h.lo for h in hists], dtype=np.int64)
+        bins = np.array([len(h.counts) for h in hists], dtype=np.int64)
+        # What `_fit` keeps: the current width, when [low, high] lies in its bins.
+        if hists[0].integer:
+            fits = (lows >> k >= lo) & (highs >> k < lo + bins)
+        else:
+            largest = np.maximum(np.abs(lows), np.abs(highs))
+            floor_k = np.where(
+                largest > 0, np.maximum(-1074, np.frexp(largest)[1] - 60), -1074
+            )
+            fits = (
+                (floor_k <= k)
+                & (np.floor(np.ldexp(lows, -k)) >= lo)
+                & (np.floor(np.ldexp(highs, -k)) < lo + bins)
+            )
+        fits &= known & (bins > 0)
+        for i in np.flatnonzero(~fits).tolist():
+            start = int(starts[i])
+            hists[i].add(values[start : start + int(sizes[i])], lows[i], highs[i])
+        if not fits.any():
+            return
+        chosen = np.flatnonzero(fits)
+        offsets = np.concatenate(([0], np.cumsum(bins[chosen])[:-1]))
+        picked = np.repeat(fits, sizes)
+        part = values if picked.all() else values[picked]
+        repeat = sizes[chosen]
+        shift = np.repeat(k[chosen], repeat)
+        if hists[0].integer:
+            index = part >> shift
+        else:
+            index = np.floor(np.ldexp(part, -shift)).astype(np.int64)
+        index += np.repeat(offsets - lo[chosen], repeat)
+        counts = np.bincount(index, minlength=int(bins[chosen].sum()))
+        for i, start in zip(chosen.tolist(), offsets.tolist(), strict=True):
+            hists[i].counts += counts[start : start + len(hists[i].counts)]
 
     def merge(self, other: Histogram) -> None:
         """Adds `other`'s counts (same `integer`)."""
@@ -222,6 +278,24 @@ class Histogram:
         return hist
 
 
+def _within(hist: Histogram, max_bins: int) -> Histogram:
+    """A trimmed `hist` widened until at most `max_bins` bins remain, then trimmed.
+
+    The same bins as widening by one step and trimming until they fit: the first
+    and last non-empty bins of a wider histogram are those of the trimmed one's
+    ends, so one widening by the smallest shift that fits does it.
+    """
+    out = _trimmed(hist)
+    lo, hi = out.lo, out.lo + len(out.counts) - 1
+    shift = 0
+    while (hi >> shift) - (lo >> shift) + 1 > max_bins:
+        shift += 1
+    if shift:
+        out._coarsen(out.k + shift)  # noqa: SLF001 - same class
+        out = _trimmed(out)
+    return out
+
+
 def _trimmed(hist: Histogram) -> Histogram:
     nonzero = np.flatnonzero(hist.counts)
     out = hist.copy()
@@ -237,10 +311,7 @@ def display_bins(
     """`(low, high, count)` of at most `max_bins` equal-width bins (exact counts)."""
     if hist.k is None or not hist.counts.any():
         return []
-    out = _trimmed(hist)
-    while len(out.counts) > max_bins:
-        out._coarsen(out.k + 1)  # noqa: SLF001 - same class
-        out = _trimmed(out)
+    out = _within(hist, max_bins)
     return [
         (out.edge(out.lo + i), out.edge(out.lo + i + 1), int(c))
         for i, c in enumerate(out.counts)
@@ -259,10 +330,7 @@ def common_bins(
         merged.merge(_trimmed(hist))
     if merged.k is None:
         return [], [np.zeros(0, dtype=np.int64) for _ in hists]
-    merged = _trimmed(merged)
-    while len(merged.counts) > max_bins:
-        merged._coarsen(merged.k + 1)  # noqa: SLF001 - same class
-        merged = _trimmed(merged)
+    merged = _within(merged, max_bins)
     out = []
     for hist in hists:
         hist = hist.copy()
@@ -323,16 +391,20 @@ class QuantileSummary:
         self.points = state["points"]
         values = state["values"].astype(np.float64)
         lengths = state["lengths"]
-        parts = np.split(values, np.cumsum(lengths)[:-1]) if len(lengths) else []
+        ends = np.cumsum(lengths).tolist()
+        starts = [0, *ends[:-1]] if ends else []
         self._chunks = [
-            (part, float(w)) for part, w in zip(parts, state["weights"], strict=True)
+            (values[start:end], float(w))
+            for start, end, w in zip(starts, ends, state["weights"], strict=True)
         ]
         self._size = len(values)
 
     @property
     def values(self) -> np.ndarray:
         """The points' values (float64)."""
-        return self._joined()[0]
+        if len(self._chunks) == 1:
+            return self._chunks[0][0]
+        return np.concatenate([v for v, _ in self._chunks] or [np.zeros(0)])
 
     @property
     def weights(self) -> np.ndarray:
@@ -380,18 +452,20 @@ class QuantileSummary:
 
     def quantiles(self, count: int, lowest, highest) -> list[float] | None:
         """`count + 1` values at ranks 0, 1/count, … 1 (ends: the exact min/max)."""
-        values, weights = self._joined()
-        if not len(values):
+        if not self._size:
             return None
-        if all(w == 1.0 for _, w in self._chunks) and np.all(values != 0):
+        values = self.values
+        if all(w == 1.0 for _, w in self._chunks) and not np.any(
+            (values == 0) & np.signbit(values)
+        ):
             # Unit weights (no compaction yet): the cumulative weights are 1 … n in
-            # any order, so a sort does (faster than argsort). Zeros take the
-            # argsort: -0.0 and 0.0 tie, and the two sorts may order them apart.
+            # any order, so a sort does (faster than argsort). With a -0.0 zeros
+            # take the argsort: -0.0 and 0.0 tie, and the sorts may order them apart.
             values = np.sort(values)
             cumulative = np.arange(1, len(values) + 1, dtype=np.float64)
         else:
             order = np.argsort(values)
-            values, cumulative = values[order], np.cumsum(weights[order])
+            values, cumulative = values[order], np.cumsum(self.weights[order])
         targets = np.arange(1, count) / count * cumulative[-1]
         index = np.minimum(np.searchsorted(cumulative, targets), len(values) - 1)
         return [float(lowest), *values[index].tolist(), float(highest)]
@@ -560,6 +634,127 @@ def _list_parts(array: pa.Array) -> tuple[np.ndarray, pa.Array]:
         return lengths, values
     lengths = pc.cast(pc.is_valid(array), pa.int64()).to_numpy(zero_copy_only=False)
     return lengths, array.drop_null()
+
+
+def _numeric_parts(array: pa.Array) -> tuple[np.ndarray | None, np.ndarray] | None:
+    """(row offsets, values) of a numeric column `_add_numeric` takes, else None.
+
+    It takes flat columns without NULLs (offsets None: one value per row) and
+    list columns without NULL rows, NULL values or nested lists.
+    """
+    if array.null_count:
+        return None
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        values = array.values
+        if _is_list(values.type):
+            return None
+        offsets = array.offsets.to_numpy()
+        start = int(offsets[0])
+        values = values.slice(start, int(offsets[-1]) - start)
+        if values.null_count:
+            return None
+        return offsets, values.to_numpy(zero_copy_only=False)
+    if _is_list(array.type):
+        return None
+    return None, array.to_numpy(zero_copy_only=False)
+
+
+def _add_numeric(
+    features: list[FeatureStatistics],
+    columns: list[pa.Array],
+    parts: list[tuple[np.ndarray | None, np.ndarray]],
+    rows: int,
+) -> None:
+    """`features[i].add(columns[i])` for numeric columns of one kind, all at once.
+
+    `parts` are the columns' `_numeric_parts`. The same numbers bit for bit: each
+    column's sums reduce its own contiguous values as `add` does (several columns
+    of one length as rows of a matrix, which `np.add.reduce` sums row by row in
+    the same order), counts, minima and maxima are exact whatever the order (a
+    zero minimum or maximum is taken again from its column, for its sign).
+    """
+    integer = features[0].kind == "int"
+    dtype = np.int64 if integer else np.float64
+    ones = None
+    offsets = np.empty((len(parts), rows + 1), dtype=np.int64)
+    for i, (row_offsets, _) in enumerate(parts):
+        if row_offsets is None:
+            if ones is None:
+                ones = np.arange(rows + 1, dtype=np.int64)
+            offsets[i] = ones
+        else:
+            offsets[i] = row_offsets
+    values = np.concatenate([v for _, v in parts], dtype=dtype, casting="unsafe")
+    sizes = offsets[:, -1] - offsets[:, 0]
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    if not integer and not np.isfinite(values).all():
+        # NaN or ±Infinity: those columns one by one, the others together.
+        ends = starts + sizes
+        bad = set(
+            np.searchsorted(
+                ends, np.flatnonzero(~np.isfinite(values)), "right"
+            ).tolist()
+        )
+        for i in sorted(bad):
+            features[i].add(columns[i])
+        keep = [i for i in range(len(features)) if i not in bad]
+        if keep:
+            _add_numeric(
+                [features[i] for i in keep],
+                [columns[i] for i in keep],
+                [parts[i] for i in keep],
+                rows,
+            )
+        return
+    lengths = np.diff(offsets, axis=1)
+    missing = np.count_nonzero(lengths == 0, axis=1).tolist()
+    least, most = lengths.min(axis=1).tolist(), lengths.max(axis=1).tolist()
+    for i, stats in enumerate(features):
+        stats.rows += rows
+        stats.missing += missing[i]
+        stats.values += int(sizes[i])
+        lo, hi = least[i], most[i]
+        stats.min_values = lo if stats.min_values is None else min(stats.min_values, lo)
+        stats.max_values = hi if stats.max_values is None else max(stats.max_values, hi)
+    present = np.flatnonzero(sizes)
+    if not len(present):
+        return
+    if len(present) < len(features):
+        features = [features[i] for i in present.tolist()]
+        starts, sizes = starts[present], sizes[present]
+    as_float = values if not integer else values.astype(np.float64)
+    zeros = np.add.reduceat((values == 0).view(np.uint8), starts, dtype=np.int64)
+    lows = np.minimum.reduceat(values, starts)
+    highs = np.maximum.reduceat(values, starts)
+    means = np.empty(len(features))
+    m2s = np.empty(len(features))
+    for size in np.unique(sizes).tolist():
+        group = np.flatnonzero(sizes == size)
+        if len(group) == 1:
+            start = int(starts[group[0]])
+            matrix = as_float[start : start + size][None, :]
+        else:
+            matrix = as_float[starts[group][:, None] + np.arange(size)]
+        mean = np.add.reduce(matrix, axis=1) / size
+        means[group] = mean
+        m2s[group] = np.add.reduce(np.square(matrix - mean[:, None]), axis=1)
+    if not integer:
+        for i in np.flatnonzero((lows == 0) | (highs == 0)).tolist():
+            column = values[int(starts[i]) : int(starts[i] + sizes[i])]
+            lows[i], highs[i] = np.minimum.reduce(column), np.maximum.reduce(column)
+    zeros, counts = zeros.tolist(), sizes.tolist()
+    means_, m2s_ = means.tolist(), m2s.tolist()
+    for i, stats in enumerate(features):
+        stats.zeros += zeros[i]
+        stats._merge_moments(counts[i], means_[i], m2s_[i])
+        vmin, vmax = lows[i].item(), highs[i].item()
+        stats.min = vmin if stats.min is None else min(stats.min, vmin)
+        stats.max = vmax if stats.max is None else max(stats.max, vmax)
+        start = int(starts[i])
+        stats.quantiles.add(as_float[start : start + counts[i]])
+    Histogram.add_segments(
+        [s.hist for s in features], values, starts, sizes, lows, highs
+    )
 
 
 class FeatureStatistics:
@@ -735,15 +930,32 @@ class SplitStatistics:
         return cls(kinds)
 
     def add(self, batch: pa.RecordBatch) -> None:
-        """Adds a batch's rows (columns by name; an absent column counts missing)."""
+        """Adds a batch's rows (columns by name; an absent column counts missing).
+
+        Numeric columns are added together, per kind (`_add_numeric`); text and
+        unusual columns (NULL rows, nested lists) one by one.
+        """
         self.rows += batch.num_rows
         names = {name: i for i, name in enumerate(batch.schema.names)}
+        numeric: dict[str, tuple[list, list, list]] = {}
         for name, stats in self.features.items():
-            if name in names:
-                stats.add(batch.column(names[name]))
-            else:
+            if name not in names:
                 stats.rows += batch.num_rows
                 stats.missing += batch.num_rows
+                continue
+            column = batch.column(names[name])
+            parts = None
+            if stats.kind != "bytes" and batch.num_rows:
+                parts = _numeric_parts(column)
+            if parts is None:
+                stats.add(column)
+                continue
+            group = numeric.setdefault(stats.kind, ([], [], []))
+            group[0].append(stats)
+            group[1].append(column)
+            group[2].append(parts)
+        for features, columns, parts in numeric.values():
+            _add_numeric(features, columns, parts, batch.num_rows)
 
     def merge(self, other: SplitStatistics) -> None:
         """Adds `other`'s rows; features only `other` has are taken over."""
