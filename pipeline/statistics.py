@@ -249,10 +249,16 @@ class Histogram:
         self.counts[start : start + len(other.counts)] += other.counts
 
     def edge(self, index: int) -> float:
-        """The lower edge of bin `index` (an int for integer histograms)."""
+        """The lower edge of bin `index` (an int for integer histograms).
+
+        An edge past the largest float is ±inf (the top of a bin holding it).
+        """
         if self.integer:
             return index << self.k
-        return math.ldexp(index, self.k)
+        try:
+            return math.ldexp(index, self.k)
+        except OverflowError:
+            return math.copysign(math.inf, index)
 
     def copy(self) -> Histogram:
         """An independent copy."""

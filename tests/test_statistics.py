@@ -207,14 +207,18 @@ def test_flat_columns_and_all_missing():
         [-3.4e38, 3.4e38],
         [1e308, -1e308, 0.0],
         [5e-324, 1.0],
+        [-1.7976931348623157e308, 1.7976931348623157e308, 1.0],
     ],
 )
-def test_histogram_extremes(values):
+@pytest.mark.parametrize("whole", [False, True])
+def test_histogram_extremes(values, whole):
+    """Also a batch spanning more than the largest float (its width overflowed)."""
     hist = st.Histogram(integer=False)
-    for chunk in (values[:1], values[1:]):
+    for chunk in [values] if whole else (values[:1], values[1:]):
         hist.add(np.array(chunk, dtype=np.float64))
     numbers = np.array(values)
     assert hist.counts.sum() == len(values)
+    assert 0 < len(hist.counts) <= st.FINE_BINS
     for low, high, count in st.display_bins(hist):
         assert count == int(np.sum((numbers >= low) & (numbers < high)))
 
