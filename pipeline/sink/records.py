@@ -74,30 +74,35 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _values(column: pa.Array) -> np.ndarray | None:
-    """Flat values of a one-value-per-row list column of float32/int64, else None."""
-    if not (pa.types.is_large_list(column.type) or pa.types.is_list(column.type)):
+_LIST_TYPE_IDS = frozenset({pa.list_(pa.int8()).id, pa.large_list(pa.int8()).id})
+_VALUE_TYPE_IDS = frozenset({pa.float32().id, pa.int64().id})
+
+
+def _values(column: pa.Array, one_per_row: np.ndarray) -> np.ndarray | None:
+    """Flat values of a one-value-per-row list column of float32/int64, else None.
+
+    `one_per_row` is `np.arange(len(column) + 1)`, such a column's offsets from 0.
+    """
+    if column.type.id not in _LIST_TYPE_IDS or column.null_count:
         return None
     values = column.values
-    if values.type not in (pa.float32(), pa.int64()):
-        return None
-    if column.null_count or values.null_count:
+    if values.type.id not in _VALUE_TYPE_IDS or values.null_count:
         return None
     offsets = column.offsets.to_numpy()
-    if len(offsets) != len(column) + 1 or not np.array_equal(
-        offsets - offsets[0], np.arange(len(column) + 1)
-    ):
+    start = offsets[0]
+    if not np.array_equal(offsets - start, one_per_row):
         return None
-    return values.to_numpy()[offsets[0] : offsets[0] + len(column)]
+    return values.to_numpy()[start : start + len(column)]
 
 
 def _dense_columns(batch: pa.RecordBatch) -> list[np.ndarray] | None:
     """Each column's flat values when `encode_dense` can encode the batch, else None."""
     if any(len(name.encode()) > _MAX_KEY_BYTES for name in batch.schema.names):
         return None
+    one_per_row = np.arange(batch.num_rows + 1)
     columns = []
     for column in batch.columns:
-        values = _values(column)
+        values = _values(column, one_per_row)
         if values is None:
             return None
         columns.append(values)
@@ -162,46 +167,63 @@ def encode_dense(
         columns = _dense_columns(batch)
         if columns is None:
             raise ValueError("encode_dense: the batch is not dense and numeric")
-    parts = []  # (prefix bytes, value bytes [n, w], value lengths or None)
+    # Every example is `0x0a varint(length)` then the same entries: the bytes that
+    # do not vary (keys, tags, lengths of fixed-width values) form one template
+    # row; the values, and the lengths that grow with a varint, are written over.
+    template = bytearray()
+    varying = []  # (position in template, value bytes [n, w], varint lengths, grows)
+    lengths = np.zeros(n, dtype=np.int64)
     for name, values in zip(batch.schema.names, columns, strict=True):
         key = name.encode()
         key_part = b"\x0a" + _varint(len(key)) + key
         if values.dtype == np.float32:
+            template += _float_prefix(key_part)
             raw = values.astype("<f4", copy=False).view(np.uint8).reshape(n, 4)
-            parts.append((_float_prefix(key_part), None, raw, None))
+            varying.append((len(template), raw, None, ()))
+            template += bytes(4)
+            continue
+        prefix, grows = _int_prefix(key_part)
+        varints, nbytes = _varint_block(values)
+        w = varints.shape[1]
+        if (nbytes == w).all():  # one width: its lengths are constant too
+            prefix = bytearray(prefix)
+            for position in grows:
+                prefix[position] += w
+            template += prefix
+            varying.append((len(template), varints, None, ()))
         else:
-            prefix, grows = _int_prefix(key_part)
-            varints, nbytes = _varint_block(values)
-            parts.append((prefix, grows, varints, nbytes))
-    lengths = np.zeros(n, dtype=np.int64)
-    for prefix, _, raw, nbytes in parts:
-        lengths += len(prefix) + (raw.shape[1] if nbytes is None else nbytes)
+            at = len(template)
+            template += prefix
+            varying.append((len(template), varints, nbytes, [at + g for g in grows]))
+            lengths += nbytes - w
+        template += bytes(w)
+    lengths += len(template)
     # Example.features (field 1) holding Features: 0x0a, varint(length), entries.
     head, head_bytes = _varint_block(lengths)
-    width = 1 + head.shape[1] + sum(len(p) + raw.shape[1] for p, _, raw, _ in parts)
+    skip = 1 + head.shape[1]
+    width = skip + len(template)
     block = np.empty((n, width), dtype=np.uint8)
-    mask = None
+    block[:, skip:] = np.frombuffer(bytes(template), dtype=np.uint8)
     block[:, 0] = 0x0A
-    at = 1
+    block[:, 1:skip] = head
+    mask = None
 
-    def place(raw, nbytes):
-        nonlocal at, mask
+    def drop_unused(at, w, nbytes):
+        nonlocal mask
+        if mask is None:
+            mask = np.ones((n, width), dtype=bool)
+        mask[:, at : at + w] = np.arange(w) < nbytes[:, None]
+
+    if not (head_bytes == head.shape[1]).all():
+        drop_unused(1, head.shape[1], head_bytes)
+    for at, raw, nbytes, grows in varying:
         w = raw.shape[1]
-        block[:, at : at + w] = raw
-        if nbytes is not None and w > 1 and not (nbytes == w).all():
-            if mask is None:
-                mask = np.ones((n, width), dtype=bool)
-            mask[:, at : at + w] = np.arange(w) < nbytes[:, None]
-        at += w
-
-    place(head, head_bytes)
-    for prefix, grows, raw, nbytes in parts:
-        block[:, at : at + len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
-        if grows is not None:
+        block[:, skip + at : skip + at + w] = raw
+        if nbytes is not None:
+            grown = nbytes.astype(np.uint8)
             for position in grows:
-                block[:, at + position] += nbytes.astype(np.uint8)
-        at += len(prefix)
-        place(raw, nbytes)
+                block[:, skip + position] += grown
+            drop_unused(skip + at, w, nbytes)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths + 1 + head_bytes, out=offsets[1:])
     flat = block.reshape(-1) if mask is None else block[mask]
