@@ -1,44 +1,67 @@
-"""Cuts a tf.Transform cost that grows with columns × outputs; results unchanged.
+"""Cuts two tf.Transform costs that grow with the graph; results unchanged.
 
-What it saves is in bench/RESULTS.md.
+What they save is in bench/RESULTS.md.
 
-`tensorflow_transform.graph_tools.get_dependent_inputs(graph, inputs, outputs)`
-returns the inputs that the outputs transitively depend on. tf.Transform calls it
-each time it loads a transform graph to run it (`_RunMetaGraphDoFn`: the analysis
-phase's graph and the final one), and it checks every input against every output,
-decomposing each input's composite tensor (a `SparseTensor` per nullable column)
-anew each time: columns × outputs `tf.nest.flatten` calls, most of a wide graph's
-load time. `install()` swaps in `dependent_inputs`: the same graph analysis per
-output, then one pass over the inputs against the union of what the outputs
-depend on. That is the same answer by construction (an input is kept iff one of
-its components is a source of some output) and the same errors (the analysis
-raises them per output, translated by tf.Transform's own decorator).
+1. Dependent inputs. `tensorflow_transform.graph_tools.get_dependent_inputs(graph,
+inputs, outputs)` returns the inputs that the outputs transitively depend on.
+tf.Transform calls it each time it loads a transform graph to run it
+(`_RunMetaGraphDoFn`: the analysis phase's graph and the final one), and it checks
+every input against every output, decomposing each input's composite tensor (a
+`SparseTensor` per nullable column) anew each time: columns × outputs
+`tf.nest.flatten` calls, most of a wide graph's load time. `install()` swaps in
+`dependent_inputs`: the same graph analysis per output, then one pass over the
+inputs against the union of what the outputs depend on. That is the same answer by
+construction (an input is kept iff one of its components is a source of some
+output) and the same errors (the analysis raises them per output, translated by
+tf.Transform's own decorator).
+
+2. Grappler. The sessions in which tf.Transform runs a graph over the data (its
+`_RunMetaGraphDoFn`, once per graph and process) take their `ConfigProto` from a
+table keyed by the runner's type. A session's first run hands the graph to
+Grappler, whose passes cost about as much as loading it. Inside
+`sessions_without_grappler()` the transforms built take the same configuration
+with Grappler's meta-optimizer disabled: the graph runs as written, op for op.
+Grappler's rewrites are meant to keep results, but a few of its arithmetic ones
+(e.g. `log(1 + x)` into `log1p(x)`) need not keep the last bit, so the launcher
+opens it only around the built-in `preprocessing_fn`, whose ops it leaves alone
+(tests compare both ways on hostile values); a user's module keeps Grappler.
 
 `install()` is idempotent and called by the launcher before the graph is built;
-nothing happens at import time. It applies only on the tf.Transform version it was
-tested with (`TESTED_TFT_VERSION`; on any other it logs once and changes nothing),
-and `SQL2TFRECORD_TFT_SPEEDUPS=0` in the environment turns it off (the gate and
-its log line are `beam_speedups`'). Either way the
-job's output is the same (a test compares two runs).
+nothing happens at import time. Both apply only on the tf.Transform version they
+were tested with (`TESTED_TFT_VERSION`; on any other `install()` logs once and
+changes nothing), and `SQL2TFRECORD_TFT_SPEEDUPS=0` in the environment turns them
+off (the gate and its log line are `beam_speedups`'). Either way the job's output
+is the same (a test compares two runs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 
 import tensorflow as tf
 import tensorflow_transform
 from tensorflow_transform import analyzer_nodes, graph_tools, tf_utils
+from tensorflow_transform.beam import impl as tft_beam_impl
 
 from pipeline import beam_speedups
 
-__all__ = ["OFF_SWITCH", "TESTED_TFT_VERSION", "dependent_inputs", "enabled", "install"]
+__all__ = [
+    "OFF_SWITCH",
+    "TESTED_TFT_VERSION",
+    "dependent_inputs",
+    "enabled",
+    "install",
+    "sessions_without_grappler",
+    "without_grappler",
+]
 
 TESTED_TFT_VERSION = "1.21.0"
 OFF_SWITCH = "SQL2TFRECORD_TFT_SPEEDUPS"
 
 _ORIGINAL = graph_tools.get_dependent_inputs
 _ACCEPTED_TYPES = (tf.Tensor, tf.SparseTensor, tf.RaggedTensor, tf.Operation)
+_SESSION_CONFIGS = "_DEFAULT_TENSORFLOW_CONFIG_BY_BEAM_RUNNER_TYPE"  # runner -> config
 
 
 @graph_tools._reraise_unexpected_error  # noqa: SLF001 - the original's error contract
@@ -101,3 +124,31 @@ def install() -> None:
         )
         return
     graph_tools.get_dependent_inputs = dependent_inputs
+
+
+def without_grappler(config: tf.compat.v1.ConfigProto) -> tf.compat.v1.ConfigProto:
+    """A copy of `config` with Grappler's meta-optimizer disabled."""
+    copy = tf.compat.v1.ConfigProto()
+    copy.CopyFrom(config)
+    copy.graph_options.rewrite_options.disable_meta_optimizer = True
+    return copy
+
+
+@contextlib.contextmanager
+def sessions_without_grappler() -> Iterator[None]:
+    """tf.Transform's transforms built inside run their graphs without Grappler.
+
+    Only runners tf.Transform has a session configuration for (the direct
+    runners, Dataflow) change: the configuration travels with each `DoFn`.
+    Nothing changes when `enabled()` is false.
+    """
+    if not enabled():
+        yield
+        return
+    original = getattr(tft_beam_impl, _SESSION_CONFIGS)
+    changed = {runner: without_grappler(c) for runner, c in original.items()}
+    setattr(tft_beam_impl, _SESSION_CONFIGS, changed)
+    try:
+        yield
+    finally:
+        setattr(tft_beam_impl, _SESSION_CONFIGS, original)

@@ -1,10 +1,25 @@
-"""tft_speedups: the linear `get_dependent_inputs` gives tf.Transform's answers."""
+"""tft_speedups: the linear `get_dependent_inputs` gives tf.Transform's answers, and
+the built-in graph run without Grappler gives the same bits."""
 
+import contextlib
+import tempfile
+
+import apache_beam as beam
+import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_transform.beam as tft_beam
+from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_transform import graph_tools
+from tensorflow_transform.beam import impl as tft_beam_impl
 
 from pipeline import beam_speedups, tft_speedups
+from pipeline.runner import pipeline_runner
+from pipeline.vocabulary_writer import WriteVocabularies
+from transforms.features import parse_config
+from transforms.preprocessing import build_preprocessing_fn
+from transforms.schema import raw_metadata
+from transforms.types import Column
 
 
 def _graph(columns: int):
@@ -89,3 +104,186 @@ def test_install_changes_nothing_on_another_version_or_when_switched_off(
     assert graph_tools.get_dependent_inputs is tft_speedups._ORIGINAL
     skipped = [r for r in caplog.records if "not applied" in r.getMessage()]
     assert len(skipped) == 1  # said once
+
+
+# --- Grappler off: the built-in graph gives the same bits ---
+
+HOSTILE = [
+    Column("f", "float8", "double precision"),
+    Column("g", "float8", "double precision"),
+    Column("gone", "float8", "double precision"),
+    Column("n", "float8", "double precision", not_null=True),
+    Column("i", "int8", "bigint"),
+    Column("t", "timestamp", "timestamp without time zone"),
+    Column("s", "text", "text"),
+    Column("u", "text", "text"),
+    Column("w", "text", "text", not_null=True),
+    Column("y", "text", "text", not_null=True),
+]
+HOSTILE_CONFIG = {
+    "label": "y",
+    "features": [
+        {"column": "f", "transform": "zscore", "indicator": True},
+        {"column": "g", "transform": "zscore", "impute": "median"},
+        {
+            "column": "gone",
+            "transform": "zscore",
+            "impute": "constant",
+            "constant": 1.5,
+            "indicator": True,
+        },
+        {"column": "n", "transform": "zscore"},
+        {"column": "i", "transform": "zscore", "indicator": True},
+        {"column": "t", "transform": "zscore"},
+        {"column": "f", "name": "f01", "transform": "scale_0_1", "indicator": True},
+        {"column": "g", "name": "gb", "transform": "bucketize", "num_buckets": 3},
+        {"column": "i", "name": "ip", "transform": "passthrough", "impute": "median"},
+        {"column": "t", "name": "th", "transform": "hour_of_day", "indicator": True},
+        {"column": "s", "transform": "vocabulary", "indicator": True},
+        {
+            "column": "u",
+            "transform": "vocabulary",
+            "impute": "most_frequent",
+            "top_k": 3,
+            "num_oov_buckets": 2,
+        },
+        {"column": "w", "transform": "vocabulary", "frequency_threshold": 3},
+        {"column": "s", "name": "sh", "transform": "hash", "hash_buckets": 7},
+        {"column": "u", "name": "up", "transform": "passthrough", "indicator": True},
+    ],
+}
+_FLOATS = [
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    1e308,
+    -3.5e38,
+    -0.0,
+    0.0,
+    5e-324,
+    1e-300,
+    123456789.123,
+    -2.5,
+]
+_TEXTS = ["", "a", "b\nc", "d\re", "back\\slash", "\\n", "ü", "a a", "x" * 300]
+
+
+def _hostile_rows(n=700, seed=3):
+    rng = np.random.default_rng(seed)
+
+    def pick(values, p_null=0.2):
+        return [] if rng.random() < p_null else [values[rng.integers(len(values))]]
+
+    rows = []
+    for _ in range(n):
+        rows.append(
+            {
+                "f": pick(_FLOATS + list(rng.normal(0, 1e3, 20))),
+                "g": pick(list(rng.lognormal(0, 5, 30))),
+                "gone": [],
+                "n": float(rng.choice(_FLOATS[2:] + list(rng.normal(size=20)))),
+                "i": pick([2**63 - 1, -(2**63), 0, 7, -13, 10**15 + 1]),
+                "t": pick([2**63 - 1, -(2**63), -1, 3600 * 25 + 1, 1_700_000_000]),
+                "s": [t.encode() for t in pick(_TEXTS)],
+                "u": [t.encode() for t in pick(_TEXTS, 0.4)],
+                "w": _TEXTS[rng.integers(len(_TEXTS))].encode(),
+                "y": _TEXTS[rng.integers(4)].encode(),
+            }
+        )
+    return rows
+
+
+_COLLECTED: list = []
+
+
+def _collect(example) -> None:
+    _COLLECTED.append(example)  # the in-process runner: this module's list
+
+
+def _transformed(rows, grappler: bool):
+    """The examples (in canonical bytes) and tf.Transform's data sessions' configs."""
+    config = parse_config(HOSTILE_CONFIG, HOSTILE, None)
+    fn = build_preprocessing_fn(config, HOSTILE, WriteVocabularies)
+    sessions = (
+        contextlib.nullcontext()
+        if grappler
+        else tft_speedups.sessions_without_grappler()
+    )
+    _COLLECTED.clear()
+    options = PipelineOptions()
+    found = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            dofn = getattr(node.transform, "fn", None)
+            if isinstance(dofn, tft_beam_impl._RunMetaGraphDoFn):
+                found.append(dofn._tf_config)
+
+    with tempfile.TemporaryDirectory() as temp:
+        p = beam.Pipeline(runner=pipeline_runner(options), options=options)
+        with (
+            sessions,
+            tft_beam.Context(
+                temp_dir=temp, force_tf_compat_v1=True, desired_batch_size=150
+            ),
+        ):
+            raw = p | beam.Create(rows, reshuffle=False)
+            (out, _), _ = (raw, raw_metadata(HOSTILE)) | (
+                tft_beam.AnalyzeAndTransformDataset(fn)
+            )
+            _ = out | beam.Map(_collect)
+        p.visit(Visitor())
+        p.run().wait_until_finish()
+    examples = sorted(
+        tuple(
+            (k, np.asarray(v).dtype.str, np.asarray(v).tobytes())
+            for k, v in sorted(e.items())
+        )
+        for e in _COLLECTED
+    )
+    return examples, found
+
+
+@pytest.fixture(scope="module")
+def both_ways():
+    rows = _hostile_rows()
+    return _transformed(rows, grappler=True), _transformed(rows, grappler=False)
+
+
+def test_built_in_graph_gives_the_same_bits_without_grappler(both_ways):
+    (with_grappler, configs_on), (without, configs_off) = both_ways
+    assert len(with_grappler) == 700
+    assert with_grappler == without
+    assert len(configs_on) == len(configs_off) == 2  # the analysis and the transform
+    for on, off in zip(configs_on, configs_off, strict=True):
+        assert not on.graph_options.rewrite_options.disable_meta_optimizer
+        assert off.graph_options.rewrite_options.disable_meta_optimizer
+        assert tft_speedups.without_grappler(on) == off  # nothing else differs
+
+
+def test_without_grappler_copies_the_config():
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=3)
+    changed = tft_speedups.without_grappler(config)
+    assert changed.graph_options.rewrite_options.disable_meta_optimizer
+    assert changed.intra_op_parallelism_threads == 3
+    assert not config.graph_options.rewrite_options.disable_meta_optimizer
+
+
+def test_sessions_without_grappler_restores_tf_transforms_table(monkeypatch):
+    original = tft_beam_impl._DEFAULT_TENSORFLOW_CONFIG_BY_BEAM_RUNNER_TYPE
+    with pytest.raises(RuntimeError), tft_speedups.sessions_without_grappler():
+        inside = tft_beam_impl._DEFAULT_TENSORFLOW_CONFIG_BY_BEAM_RUNNER_TYPE
+        assert inside.keys() == original.keys()
+        assert all(
+            c.graph_options.rewrite_options.disable_meta_optimizer
+            for c in inside.values()
+        )
+        raise RuntimeError("the build failed")
+    assert tft_beam_impl._DEFAULT_TENSORFLOW_CONFIG_BY_BEAM_RUNNER_TYPE is original
+    assert not any(
+        c.graph_options.rewrite_options.disable_meta_optimizer
+        for c in original.values()
+    )
+    monkeypatch.setenv(tft_speedups.OFF_SWITCH, "0")
+    with tft_speedups.sessions_without_grappler():
+        assert tft_beam_impl._DEFAULT_TENSORFLOW_CONFIG_BY_BEAM_RUNNER_TYPE is original
