@@ -439,3 +439,27 @@ def test_float_matrix_refuses_inputs_of_different_batch_sizes():
         _float_matrix([three, two], [Kind.FLOAT, Kind.FLOAT])
     with pytest.raises(tf.errors.InvalidArgumentError, match="batch sizes"):
         _float_matrix([two, three], [Kind.FLOAT, Kind.FLOAT])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_escaped_all_at_once_equals_each_tensors_escape(seed):
+    """One escape over the concatenation: each tensor's `escape_token`, in order."""
+    import tensorflow as tf
+
+    from transforms.preprocessing import _escaped, escape_token
+
+    rng = np.random.default_rng(seed)
+    pool = ["", "a", "b\nc", "d\re", "\\", "\\n", "ü", "x" * 200, "\r\n", "plain"]
+    tensors, clean = [], ["", "a", "ü", "plain"]
+    for i in range(int(rng.integers(1, 7))):
+        choices = clean if i % 2 == 0 else pool  # clean tensors beside dirty ones
+        size = int(rng.integers(0, 6))
+        tensors.append(tf.constant(list(rng.choice(choices, size)) or [], tf.string))
+    got = _escaped(tensors)
+    assert len(got) == len(tensors)
+    for x, y in zip(tensors, got, strict=True):
+        want = [
+            v.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+            for v in x.numpy().tolist()
+        ]
+        assert y.numpy().tolist() == want == escape_token(x).numpy().tolist()
