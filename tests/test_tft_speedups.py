@@ -97,11 +97,14 @@ def test_install_changes_nothing_on_another_version_or_when_switched_off(
         monkeypatch.setenv(tft_speedups.OFF_SWITCH, "0")
     monkeypatch.setattr(beam_speedups, "_SKIPS_LOGGED", set())
     monkeypatch.setattr(graph_tools, "get_dependent_inputs", tft_speedups._ORIGINAL)
+    cls = tft_beam_impl._RunMetaGraphDoFn
+    monkeypatch.setattr(cls, "_GraphStateCompatV1", tft_speedups._ORIGINAL_GRAPH_STATE)
     with caplog.at_level("INFO", logger="pipeline.beam_speedups"):
         tft_speedups.install()
         tft_speedups.install()
     assert not tft_speedups.enabled()
     assert graph_tools.get_dependent_inputs is tft_speedups._ORIGINAL
+    assert cls._GraphStateCompatV1 is tft_speedups._ORIGINAL_GRAPH_STATE
     skipped = [r for r in caplog.records if "not applied" in r.getMessage()]
     assert len(skipped) == 1  # said once
 
@@ -287,3 +290,112 @@ def test_sessions_without_grappler_restores_tf_transforms_table(monkeypatch):
     monkeypatch.setenv(tft_speedups.OFF_SWITCH, "0")
     with tft_speedups.sessions_without_grappler():
         assert tft_beam_impl._DEFAULT_TENSORFLOW_CONFIG_BY_BEAM_RUNNER_TYPE is original
+
+
+# --- FastGraphState: tf.Transform's graph state, fed without Session.run ---
+
+
+def _saved_transform(path, composite_output=False):
+    """A saved transform graph: dense, sparse, string and scalar inputs and outputs."""
+    from tensorflow_transform.saved import saved_transform_io
+
+    with tf.compat.v1.Graph().as_default() as graph:
+        inputs = {
+            "d": tf.compat.v1.placeholder(tf.float64, [None], name="d"),
+            "s": tf.compat.v1.sparse_placeholder(tf.float32, [None, 1], name="s"),
+            "t": tf.compat.v1.sparse_placeholder(tf.string, [None, None], name="t"),
+            "unused": tf.compat.v1.placeholder(tf.int64, [None], name="unused"),
+        }
+        dense_s = tf.sparse.to_dense(inputs["s"], default_value=float("nan"))
+        outputs = {
+            "d2": inputs["d"] * 3.0 - 1e-300,
+            "s_sum": tf.reduce_sum(dense_s, axis=1),
+            "t_joined": tf.strings.reduce_join(
+                tf.sparse.to_dense(inputs["t"], default_value=b"-"), axis=1
+            ),
+            "count": tf.size(inputs["d"]),  # a scalar
+            "rows": tf.shape(dense_s, out_type=tf.int64),
+        }
+        if composite_output:
+            outputs["sparse"] = tf.SparseTensor(
+                inputs["s"].indices, inputs["s"].values * 2.0, inputs["s"].dense_shape
+            )
+        with tf.compat.v1.Session(graph=graph) as session:
+            saved_transform_io.write_saved_transform_from_session(
+                session, inputs, outputs, str(path)
+            )
+    return str(path)
+
+
+def _feeds(rng, batch):
+    present = np.flatnonzero(rng.random(batch) < 0.6)
+    strings = np.array([b"a", b"", b"\n", "ü".encode()], dtype=object)
+    t_rows = np.repeat(np.arange(batch), 2)
+    return {
+        "d": rng.normal(size=batch) * 1e300,
+        "s": tf.compat.v1.SparseTensorValue(
+            np.stack([present, np.zeros_like(present)], 1).astype(np.int64),
+            rng.normal(size=len(present)).astype(np.float32),
+            np.array([batch, 1], np.int64),
+        ),
+        "t": tf.compat.v1.SparseTensorValue(
+            np.stack([t_rows, np.tile([0, 1], batch)], 1).astype(np.int64),
+            rng.choice(strings, 2 * batch),
+            np.array([batch, 2], np.int64),
+        ),
+    }
+
+
+def _run_state(state, feeds):
+    return state.callable_get_outputs(*(feeds[k] for k in state.inputs_tensor_keys))
+
+
+@pytest.mark.parametrize("composite_output", [False, True])
+def test_fast_graph_state_gives_tf_transforms_values(tmp_path, composite_output):
+    path = _saved_transform(tmp_path / "tf", composite_output)
+    names = {"d", "s", "t", "unused"}
+    original = tft_speedups._ORIGINAL_GRAPH_STATE(path, names, [], None)
+    fast = tft_speedups.FastGraphState(path, names, [], None)
+    assert fast.inputs_tensor_keys == original.inputs_tensor_keys == ["d", "s", "t"]
+    assert fast.outputs_tensor_keys == original.outputs_tensor_keys
+    rng = np.random.default_rng(5)
+    for batch in (0, 1, 7, 300):
+        feeds = _feeds(rng, batch)
+        want, got = _run_state(original, feeds), _run_state(fast, feeds)
+        assert len(got) == len(want) == len(fast.outputs_tensor_keys)
+        for w, g in zip(want, got, strict=True):
+            assert type(g) is type(w)
+            for a, b in zip(tf.nest.flatten(w), tf.nest.flatten(g), strict=True):
+                a, b = np.asarray(a), np.asarray(b)
+                assert a.dtype == b.dtype and a.shape == b.shape
+                assert (
+                    a.tolist() == b.tolist()
+                    if a.dtype == object
+                    else (a.tobytes() == b.tobytes())
+                )
+
+
+def test_fast_graph_state_converts_and_checks_feeds_as_session_run(tmp_path):
+    path = _saved_transform(tmp_path / "tf")
+    names = {"d", "s", "t", "unused"}
+    original = tft_speedups._ORIGINAL_GRAPH_STATE(path, names, [], None)
+    fast = tft_speedups.FastGraphState(path, names, [], None)
+    feeds = _feeds(np.random.default_rng(1), 4)
+    feeds["d"] = [1, 2, 3, 4]  # a list of ints: converted to float64
+    want, got = _run_state(original, feeds), _run_state(fast, feeds)
+    assert got[0].tolist() == want[0].tolist()
+    feeds["d"] = np.ones((4, 1))  # a wrong shape
+    for state in (original, fast):
+        with pytest.raises(ValueError, match="Cannot feed value of shape"):
+            _run_state(state, feeds)
+    with pytest.raises(ValueError, match="not in graph"):
+        tft_speedups.FastGraphState(path, {"d", "nope"}, [], None)
+    with pytest.raises(ValueError, match="not in graph"):
+        tft_speedups.FastGraphState(path, names, ["nope"], None)
+
+
+def test_install_gives_tf_transform_the_fast_graph_state(monkeypatch):
+    cls = tft_beam_impl._RunMetaGraphDoFn
+    monkeypatch.setattr(cls, "_GraphStateCompatV1", tft_speedups._ORIGINAL_GRAPH_STATE)
+    tft_speedups.install()
+    assert cls._GraphStateCompatV1 is tft_speedups.FastGraphState
