@@ -463,3 +463,31 @@ def test_escaped_all_at_once_equals_each_tensors_escape(seed):
             for v in x.numpy().tolist()
         ]
         assert y.numpy().tolist() == want == escape_token(x).numpy().tolist()
+
+
+def test_each_feature_depends_on_its_column_never_on_the_label():
+    """Serving feeds no label: no feature may need it (the text label's ids do)."""
+    import tensorflow as tf
+    from tensorflow_transform import graph_tools, impl_helper
+    from tensorflow_transform.tf_metadata import schema_utils
+
+    config = parse_config({
+        "label": "kind",
+        "features": [
+            {"column": "s", "transform": "vocabulary", "indicator": True},
+            {"column": "s", "name": "s_mf", "transform": "vocabulary",
+             "impute": "most_frequent"},
+            {"column": "x", "transform": "zscore"},
+        ],
+    }, COLUMNS, None)
+    fn = build_preprocessing_fn(config, COLUMNS, WriteVocabularies)
+    specs = schema_utils.schema_as_feature_spec(raw_metadata(COLUMNS).schema).feature_spec
+    graph, inputs, outputs = impl_helper.trace_preprocessing_function(fn, specs, True)
+    with graph.as_default():
+        for name, output in outputs.items():
+            needed = graph_tools.get_dependent_inputs(graph, inputs, [output])
+            if name == "kind":
+                assert set(needed) == {"kind"}
+            else:
+                assert "kind" not in needed, name
+    assert isinstance(outputs["s"], tf.Tensor)

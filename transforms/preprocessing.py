@@ -88,11 +88,8 @@ _UNESCAPE = {b"\\": b"\\", b"n": b"\n", b"r": b"\r"}
 
 def label_token(x: tf.Tensor) -> tf.Tensor:
     """`escape_token`, and the empty string as `EMPTY_TOKEN` (both reversible)."""
-    return _empty_as_token(escape_token(x))
-
-
-def _empty_as_token(escaped: tf.Tensor) -> tf.Tensor:
-    return tf.where(tf.equal(escaped, b""), tf.constant(EMPTY_TOKEN), escaped)
+    y = escape_token(x)
+    return tf.where(tf.equal(y, b""), tf.constant(EMPTY_TOKEN), y)
 
 
 def _escaped(values: Sequence[tf.Tensor]) -> list[tf.Tensor]:
@@ -100,7 +97,9 @@ def _escaped(values: Sequence[tf.Tensor]) -> list[tf.Tensor]:
 
     Escaping is element-wise (whether a batch skips it changes no value), so the
     values of all are concatenated, escaped once and split back: one match and
-    one `cond` in the graph instead of one per tensor.
+    one `cond` in the graph instead of one per tensor. Each result then needs all
+    the tensors: pass feature columns only (serving feeds every feature column,
+    never the label).
     """
     if len(values) < 2:
         return [escape_token(x) for x in values]
@@ -319,8 +318,6 @@ def _packed_vocabularies(
     xs = [inputs[keys[f.column]] for f in features]
     text_label = kinds[config.label.column] is Kind.BYTES
     unescaped = [_unescaped_tokens(x, f) for x, f in zip(xs, features, strict=True)]
-    if text_label:
-        unescaped.append(_dense(inputs[config.label_key], tf.constant(b"")))
     tokens = _escaped(unescaped)
     for i, (x, f) in enumerate(zip(xs, features, strict=True)):
         if _keeps_sparse(x, f):
@@ -331,8 +328,8 @@ def _packed_vocabularies(
     ]
     oov = [f.num_oov_buckets for f in features]
     names = [f.name for f in features]
-    if text_label:
-        tokens[-1] = _empty_as_token(tokens[-1])  # `label_token`
+    if text_label:  # escaped on its own: serving has features but no label
+        tokens.append(label_token(_dense(inputs[config.label_key], tf.constant(b""))))
         specs.append(VocabularySpec(config.label_key))
         oov.append(0)
         names.append(config.label_key)
