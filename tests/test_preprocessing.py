@@ -481,7 +481,8 @@ def test_each_feature_depends_on_its_column_never_on_the_label():
         ],
     }, COLUMNS, None)
     fn = build_preprocessing_fn(config, COLUMNS, WriteVocabularies)
-    specs = schema_utils.schema_as_feature_spec(raw_metadata(COLUMNS).schema).feature_spec
+    schema = raw_metadata(COLUMNS).schema
+    specs = schema_utils.schema_as_feature_spec(schema).feature_spec
     graph, inputs, outputs = impl_helper.trace_preprocessing_function(fn, specs, True)
     with graph.as_default():
         for name, output in outputs.items():
