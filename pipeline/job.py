@@ -11,6 +11,7 @@ also on failure) and writes `manifest.json` last.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -340,6 +341,7 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
     """
     import tensorflow_transform.beam as tft_beam
 
+    from pipeline import tft_speedups
     from transforms.schema import tensor_adapter_config
 
     config = job.config
@@ -395,9 +397,16 @@ def build_pipeline(p: beam.Pipeline, job: Job, snapshot_id: str | None) -> None:
     else:
         rows_to_transform = rows
     adapter_config = with_split_column(adapter_config)
-    with tft_beam.Context(
-        temp_dir=job.temp_dir,
-        force_tf_compat_v1=FORCE_TF_COMPAT_V1,
+    # The built-in graph runs as written, without Grappler (see tft_speedups).
+    built_in = job.features is not None and not config.transform_from
+    sessions = (
+        tft_speedups.sessions_without_grappler()
+        if built_in
+        else contextlib.nullcontext()
+    )
+    with (
+        sessions,
+        tft_beam.Context(temp_dir=job.temp_dir, force_tf_compat_v1=FORCE_TF_COMPAT_V1),
     ):
         earlier = (job.span or {}).get("analyzed_with_spans")
         if not config.transform_from:

@@ -439,3 +439,56 @@ def test_float_matrix_refuses_inputs_of_different_batch_sizes():
         _float_matrix([three, two], [Kind.FLOAT, Kind.FLOAT])
     with pytest.raises(tf.errors.InvalidArgumentError, match="batch sizes"):
         _float_matrix([two, three], [Kind.FLOAT, Kind.FLOAT])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_escaped_all_at_once_equals_each_tensors_escape(seed):
+    """One escape over the concatenation: each tensor's `escape_token`, in order."""
+    import tensorflow as tf
+
+    from transforms.preprocessing import _escaped, escape_token
+
+    rng = np.random.default_rng(seed)
+    pool = ["", "a", "b\nc", "d\re", "\\", "\\n", "ü", "x" * 200, "\r\n", "plain"]
+    tensors, clean = [], ["", "a", "ü", "plain"]
+    for i in range(int(rng.integers(1, 7))):
+        choices = clean if i % 2 == 0 else pool  # clean tensors beside dirty ones
+        size = int(rng.integers(0, 6))
+        tensors.append(tf.constant(list(rng.choice(choices, size)) or [], tf.string))
+    got = _escaped(tensors)
+    assert len(got) == len(tensors)
+    for x, y in zip(tensors, got, strict=True):
+        want = [
+            v.replace(b"\\", b"\\\\").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+            for v in x.numpy().tolist()
+        ]
+        assert y.numpy().tolist() == want == escape_token(x).numpy().tolist()
+
+
+def test_each_feature_depends_on_its_column_never_on_the_label():
+    """Serving feeds no label: no feature may need it (the text label's ids do)."""
+    import tensorflow as tf
+    from tensorflow_transform import graph_tools, impl_helper
+    from tensorflow_transform.tf_metadata import schema_utils
+
+    config = parse_config({
+        "label": "kind",
+        "features": [
+            {"column": "s", "transform": "vocabulary", "indicator": True},
+            {"column": "s", "name": "s_mf", "transform": "vocabulary",
+             "impute": "most_frequent"},
+            {"column": "x", "transform": "zscore"},
+        ],
+    }, COLUMNS, None)
+    fn = build_preprocessing_fn(config, COLUMNS, WriteVocabularies)
+    schema = raw_metadata(COLUMNS).schema
+    specs = schema_utils.schema_as_feature_spec(schema).feature_spec
+    graph, inputs, outputs = impl_helper.trace_preprocessing_function(fn, specs, True)
+    with graph.as_default():
+        for name, output in outputs.items():
+            needed = graph_tools.get_dependent_inputs(graph, inputs, [output])
+            if name == "kind":
+                assert set(needed) == {"kind"}
+            else:
+                assert "kind" not in needed, name
+    assert isinstance(outputs["s"], tf.Tensor)

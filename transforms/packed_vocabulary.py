@@ -70,7 +70,7 @@ class VocabularySpec:
 def _flat_tokens(x) -> tf.Tensor:
     if isinstance(x, tf.SparseTensor):
         x = x.values
-    return tf.reshape(x, [-1])
+    return x if x.shape.rank == 1 else tf.reshape(x, [-1])
 
 
 def _reduced_batch(tokens: Sequence) -> list[tf.Tensor]:
@@ -82,9 +82,8 @@ def _reduced_batch(tokens: Sequence) -> list[tf.Tensor]:
     n = len(tokens)
     flats = [_flat_tokens(x) for x in tokens]
     flat = tf.concat(flats, axis=0)
-    columns = tf.repeat(
-        tf.range(n, dtype=tf.int64), tf.stack([tf.size(x) for x in flats])
-    )
+    sizes = tf.concat(tf.shape_n(flats, out_type=tf.int64), axis=0)
+    columns = tf.repeat(tf.range(n, dtype=tf.int64), sizes)
     keep = tf.logical_not(tf.strings.regex_full_match(flat, _FILTER_REGEX))
     flat = tf.boolean_mask(flat, keep)
     columns = tf.boolean_mask(columns, keep)

@@ -92,6 +92,21 @@ def label_token(x: tf.Tensor) -> tf.Tensor:
     return tf.where(tf.equal(y, b""), tf.constant(EMPTY_TOKEN), y)
 
 
+def _escaped(values: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """`escape_token` of each 1-D string tensor, by one escape of them all.
+
+    Escaping is element-wise (whether a batch skips it changes no value), so the
+    values of all are concatenated, escaped once and split back: one match and
+    one `cond` in the graph instead of one per tensor. Each result then needs all
+    the tensors: pass feature columns only (serving feeds every feature column,
+    never the label).
+    """
+    if len(values) < 2:
+        return [escape_token(x) for x in values]
+    sizes = tf.concat(tf.shape_n(values, out_type=tf.int64), axis=0)
+    return tf.split(escape_token(tf.concat(values, axis=0)), sizes, num=len(values))
+
+
 def unescape_token(token: bytes) -> bytes:
     """Inverts `label_token` (and `escape_token`): a vocabulary entry -> the value."""
     if token == EMPTY_TOKEN:
@@ -164,7 +179,13 @@ def _float_matrix(xs: Sequence, kinds: Sequence[Kind | None]) -> tf.Tensor:
         indices += [xs[j].indices for j in members]
         group = tf.concat([xs[j].values for j in members], axis=0)
         values.append(_as_float64(group, kinds[members[0]]))
-    sizes = tf.stack([tf.size(xs[j].values, out_type=tf.int64) for j in order])
+    sizes = tf.concat(  # value counts, in `order`: one ShapeN per value type
+        [
+            tf.concat(tf.shape_n([xs[j].values for j in members], tf.int64), 0)
+            for members in groups.values()
+        ],
+        axis=0,
+    )
     slots = tf.repeat(tf.range(len(order), dtype=tf.int64), sizes)
     # One batch size for all (each column's own densifying met a mismatch in
     # the stack): a short column must not read as missing values.
@@ -260,16 +281,20 @@ def _strings(x, feature: Feature) -> tf.Tensor:
     return escape_token(_dense(x, tf.constant(feature.missing_token.encode())))
 
 
-def _vocabulary_tokens(x, feature: Feature):
-    """The tokens a vocabulary feature counts and looks up (dense or sparse)."""
-    if feature.imputation == "most_frequent" and isinstance(x, tf.SparseTensor):
-        # Ids of present tokens; a NULL takes id 0, the most frequent train token.
-        return tf.SparseTensor(x.indices, escape_token(x.values), x.dense_shape)
-    return _strings(x, feature)
+def _unescaped_tokens(x, feature: Feature) -> tf.Tensor:
+    """1-D: the values a vocabulary feature escapes, counts and looks up.
+
+    The present values for `most_frequent` imputation of a nullable column
+    (looked up as a `SparseTensor`: a NULL takes id 0, the most frequent train
+    token), else the `[batch]` values with NULL as `missing_token`.
+    """
+    if _keeps_sparse(x, feature):
+        return x.values
+    return _dense(x, tf.constant(feature.missing_token.encode()))
 
 
-def _label_tokens(y) -> tf.Tensor:
-    return label_token(_dense(y, tf.constant(b"")))
+def _keeps_sparse(x, feature: Feature) -> bool:
+    return feature.imputation == "most_frequent" and isinstance(x, tf.SparseTensor)
 
 
 def _packed_vocabularies(
@@ -290,15 +315,21 @@ def _packed_vocabularies(
         for f in config.features
         if f.transform == "vocabulary" and kinds[f.column] is Kind.BYTES
     ]
-    tokens = [_vocabulary_tokens(inputs[keys[f.column]], f) for f in features]
+    xs = [inputs[keys[f.column]] for f in features]
+    text_label = kinds[config.label.column] is Kind.BYTES
+    unescaped = [_unescaped_tokens(x, f) for x, f in zip(xs, features, strict=True)]
+    tokens = _escaped(unescaped)
+    for i, (x, f) in enumerate(zip(xs, features, strict=True)):
+        if _keeps_sparse(x, f):
+            tokens[i] = tf.SparseTensor(x.indices, tokens[i], x.dense_shape)
     specs = [
         VocabularySpec(f.vocab_filename, f.top_k, f.frequency_threshold)
         for f in features
     ]
     oov = [f.num_oov_buckets for f in features]
     names = [f.name for f in features]
-    if kinds[config.label.column] is Kind.BYTES:
-        tokens.append(_label_tokens(inputs[config.label_key]))
+    if text_label:  # escaped on its own: serving has features but no label
+        tokens.append(label_token(_dense(inputs[config.label_key], tf.constant(b""))))
         specs.append(VocabularySpec(config.label_key))
         oov.append(0)
         names.append(config.label_key)
@@ -365,19 +396,19 @@ def _apply(
         else:  # passthrough
             value = _passthrough(x, feature, kind, None)
         out = {feature.name: value}
-        missing = 1 - tf.cast(_present_mask(x), tf.int64)
-    else:
-        numbers = _Numbers(_float_values(x, kind))
-        if t in _NUMERIC_TRANSFORMS:
-            value = _NUMERIC_TRANSFORMS[t](numbers, feature)
-        elif t == "passthrough":
-            value = _passthrough(x, feature, kind, numbers)
-        else:  # hour_of_day, day_of_week
-            value = _time_part(x, feature, kind, numbers)
-        out = {feature.name: value}
-        missing = numbers.missing()
+        if feature.indicator:
+            out[feature.indicator_name] = 1 - tf.cast(_present_mask(x), tf.int64)
+        return out
+    numbers = _Numbers(_float_values(x, kind))
+    if t in _NUMERIC_TRANSFORMS:
+        value = _NUMERIC_TRANSFORMS[t](numbers, feature)
+    elif t == "passthrough":
+        value = _passthrough(x, feature, kind, numbers)
+    else:  # hour_of_day, day_of_week
+        value = _time_part(x, feature, kind, numbers)
+    out = {feature.name: value}
     if feature.indicator:
-        out[feature.indicator_name] = missing
+        out[feature.indicator_name] = numbers.missing()
     return out
 
 
