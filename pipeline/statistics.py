@@ -198,11 +198,10 @@ class Histogram:
             floor_k = np.where(
                 largest > 0, np.maximum(-1074, np.frexp(largest)[1] - 60), -1074
             )
-            fits = (
-                (floor_k <= k)
-                & (np.floor(np.ldexp(lows, -k)) >= lo)
-                & (np.floor(np.ldexp(highs, -k)) < lo + bins)
-            )
+            with np.errstate(invalid="ignore"):  # past int64: not fitting anyway
+                first = np.floor(np.ldexp(lows, -k)).astype(np.int64)
+                last = np.floor(np.ldexp(highs, -k)).astype(np.int64)
+            fits = (floor_k <= k) & (first >= lo) & (last < lo + bins)
         fits &= known & (bins > 0)
         for i in np.flatnonzero(~fits).tolist():
             start = int(starts[i])
@@ -749,10 +748,10 @@ def _add_numeric(
             column = values[int(starts[i]) : int(starts[i] + sizes[i])]
             lows[i], highs[i] = np.minimum.reduce(column), np.maximum.reduce(column)
     zeros, counts = zeros.tolist(), sizes.tolist()
-    means_, m2s_ = means.tolist(), m2s.tolist()
+    means, m2s = means.tolist(), m2s.tolist()
     for i, stats in enumerate(features):
         stats.zeros += zeros[i]
-        stats._merge_moments(counts[i], means_[i], m2s_[i])
+        stats._merge_moments(counts[i], means[i], m2s[i])
         vmin, vmax = lows[i].item(), highs[i].item()
         stats.min = vmin if stats.min is None else min(stats.min, vmin)
         stats.max = vmax if stats.max is None else max(stats.max, vmax)

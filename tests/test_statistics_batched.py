@@ -149,3 +149,27 @@ def test_dense_columns_of_a_growing_range_and_signed_zeros():
     assert out["n"]["min"] == -5 and out["n"]["max"] == 256 * 10**4 - 5
     assert out["x"]["min"] == -1e9 and out["x"]["max"] == 1e9
     assert out["y"]["zeros"] == 5 * 257
+
+
+@pytest.mark.parametrize("offset", [1e18, -1e18, 2.0**62, 1e300, 3e38])
+def test_bins_far_from_zero(offset):
+    """Bin indices past 2**53 (a narrow spread far from zero), batch after batch."""
+    rng = np.random.default_rng(int(abs(offset)) % 1000)
+    kinds = {"a": "float", "b": "float", "c": "float"}
+    batches = []
+    for _ in range(6):
+        a = offset + rng.integers(-4, 5, 300) * np.spacing(offset)
+        b = np.full(300, np.float32(min(abs(offset), 3e38)), dtype=np.float32)
+        c = offset + rng.normal(0, abs(offset) * 1e-9, 300)
+        batches.append(
+            pa.RecordBatch.from_arrays(
+                [pa.array(a), pa.array(b), pa.array(c)], names=list(kinds)
+            )
+        )
+    batched = st.SplitStatistics(kinds)
+    for batch in batches:
+        batched.add(batch)
+    assert _exact(batched) == _exact(_one_by_one(kinds, batches))
+    a = np.concatenate([b.column(0).to_numpy() for b in batches])
+    hist = batched.features["a"].hist
+    assert hist.counts.sum() == len(a) and len(hist.counts) <= st.FINE_BINS
