@@ -97,16 +97,29 @@ def _exact(stats):
     return json.dumps(stats.to_json(), sort_keys=True)
 
 
+def _batched_as_one_by_one(kinds, batches):
+    """The batches added batch by batch; asserts it equals the one-by-one path."""
+    batched = st.SplitStatistics(kinds)
+    for batch in batches:
+        batched.add(batch)
+    assert _exact(batched) == _exact(_one_by_one(kinds, batches))
+    return batched
+
+
+def _flat_batches(kinds, columns_per_batch):
+    return [
+        pa.RecordBatch.from_arrays([pa.array(c) for c in columns], names=list(kinds))
+        for columns in columns_per_batch
+    ]
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_batched_equals_one_by_one(seed):
     rng = np.random.default_rng(seed)
     columns = [(f"c{i}", rng.choice(["int", "float"])) for i in range(12)]
     kinds = dict(columns)
     batches = [_batch(rng, columns) for _ in range(int(rng.integers(1, 6)))]
-    batched = st.SplitStatistics(kinds)
-    for batch in batches:
-        batched.add(batch)
-    assert _exact(batched) == _exact(_one_by_one(kinds, batches))
+    _batched_as_one_by_one(kinds, batches)
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -130,21 +143,14 @@ def test_batched_merges_and_pickles_the_same(seed):
 def test_dense_columns_of_a_growing_range_and_signed_zeros():
     """Bins widen and extend across batches; a zero minimum keeps its sign."""
     kinds = {"x": "float", "y": "float", "n": "int"}
-    batches = []
+    columns = []
     for step, scale in enumerate([1.0, 1e3, 1e-3, 1e9, 1.0]):
         x = np.linspace(-scale, scale, 257).astype(np.float32)
         y = np.full(257, -0.0 if step % 2 else 0.0, dtype=np.float32)
         y[::3] = 0.0 if step % 2 else -0.0
         n = np.arange(257, dtype=np.int64) * int(10**step) - 5
-        batches.append(
-            pa.RecordBatch.from_arrays(
-                [pa.array(x), pa.array(y), pa.array(n)], names=list(kinds)
-            )
-        )
-    batched = st.SplitStatistics(kinds)
-    for batch in batches:
-        batched.add(batch)
-    assert _exact(batched) == _exact(_one_by_one(kinds, batches))
+        columns.append((x, y, n))
+    batched = _batched_as_one_by_one(kinds, _flat_batches(kinds, columns))
     out = batched.to_json()["features"]
     assert out["n"]["min"] == -5 and out["n"]["max"] == 256 * 10**4 - 5
     assert out["x"]["min"] == -1e9 and out["x"]["max"] == 1e9
@@ -156,20 +162,13 @@ def test_bins_far_from_zero(offset):
     """Bin indices past 2**53 (a narrow spread far from zero), batch after batch."""
     rng = np.random.default_rng(int(abs(offset)) % 1000)
     kinds = {"a": "float", "b": "float", "c": "float"}
-    batches = []
+    columns = []
     for _ in range(6):
         a = offset + rng.integers(-4, 5, 300) * np.spacing(offset)
         b = np.full(300, np.float32(min(abs(offset), 3e38)), dtype=np.float32)
         c = offset + rng.normal(0, abs(offset) * 1e-9, 300)
-        batches.append(
-            pa.RecordBatch.from_arrays(
-                [pa.array(a), pa.array(b), pa.array(c)], names=list(kinds)
-            )
-        )
-    batched = st.SplitStatistics(kinds)
-    for batch in batches:
-        batched.add(batch)
-    assert _exact(batched) == _exact(_one_by_one(kinds, batches))
-    a = np.concatenate([b.column(0).to_numpy() for b in batches])
+        columns.append((a, b, c))
+    batched = _batched_as_one_by_one(kinds, _flat_batches(kinds, columns))
+    a = np.concatenate([a for a, _, _ in columns])
     hist = batched.features["a"].hist
     assert hist.counts.sum() == len(a) and len(hist.counts) <= st.FINE_BINS
