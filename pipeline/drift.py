@@ -2,7 +2,7 @@
 
 Pure module. Numbers: the Jensen-Shannon divergence (base 2, so 0 = same
 distribution, 1 = disjoint) of the two exact histograms over shared equal-width bins
-(`statistics.common_bins`: at most 24 bins over the union of both ranges; finite
+(`histogram.common_bins`: at most 24 bins over the union of both ranges; finite
 values only). Text: the L-infinity distance, the largest difference of a token's
 share of all values between the two sides, over the tokens the statistics keep
 (all of them while a side has fewer than `TOKEN_CAP` distinct values; otherwise the
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.statistics import Histogram, common_bins
+from pipeline.histogram import Histogram, common_bins
 
 __all__ = [
     "AnomaliesError",

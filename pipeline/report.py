@@ -218,7 +218,7 @@ def _feature_section(
                 + "</div>"
             )
     else:
-        from pipeline.statistics import Histogram, common_bins
+        from pipeline.histogram import Histogram, common_bins
 
         hists = [Histogram.from_json(f["histogram"]) for _, f in present]
         edges, counts = common_bins(hists)

@@ -123,7 +123,7 @@ def _js(p, q):
 
 
 def test_drift_numbers_match_independent_computation(output_a, expected):
-    from pipeline.statistics import Histogram, common_bins
+    from pipeline.histogram import Histogram, common_bins
 
     stats = _stats(output_a)
     manifest = json.load(open(os.path.join(output_a, "manifest.json")))
