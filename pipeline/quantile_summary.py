@@ -31,23 +31,11 @@ class QuantileSummary:
         self._chunks: list[tuple[np.ndarray, float]] = []
         self._size = 0
 
-    def _joined(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self._chunks:
-            return np.zeros(0), np.zeros(0)
-        if len(self._chunks) == 1:
-            values, weight = self._chunks[0]
-            return values, np.full(len(values), weight)
-        values = np.concatenate([v for v, _ in self._chunks])
-        weights = np.concatenate([np.full(len(v), w) for v, w in self._chunks])
-        return values, weights
-
     def __getstate__(self) -> dict[str, Any]:
-        values = [v for v, _ in self._chunks]
-        joined = np.concatenate(values) if values else np.zeros(0)
         return {
             "points": self.points,
-            "values": _compact(joined),
-            "lengths": np.array([len(v) for v in values], dtype=np.int64),
+            "values": _compact(self.values),
+            "lengths": np.array([len(v) for v, _ in self._chunks], dtype=np.int64),
             "weights": np.array([w for _, w in self._chunks], dtype=np.float64),
         }
 
@@ -73,7 +61,9 @@ class QuantileSummary:
     @property
     def weights(self) -> np.ndarray:
         """The points' weights (float64)."""
-        return self._joined()[1]
+        return np.concatenate(
+            [np.full(len(v), w) for v, w in self._chunks] or [np.zeros(0)]
+        )
 
     @staticmethod
     def _pick(values: np.ndarray, weights: np.ndarray | None, points: int):
@@ -106,7 +96,7 @@ class QuantileSummary:
         self._chunks.extend(chunks)
         self._size += sum(len(v) for v, _ in chunks)
         if self._size > 8 * self.points:
-            picked = self._pick(*self._joined(), self.points)
+            picked = self._pick(self.values, self.weights, self.points)
             self._chunks, self._size = [picked], len(picked[0])
 
     def merge(self, other: QuantileSummary) -> None:
