@@ -5,8 +5,8 @@ and `batch_pairs` declare that type on our steps' outputs (the job runs with
 `pipeline_type_check=False`, which also turns off Beam's output type inference).
 Untyped, batches fall back to pickling, and Beam's element-size sampling pickles each
 sampled batch only to take its length (bench/RESULTS.md). `estimate_size` is the
-batch's buffer size instead, as
-Beam's `Coder.estimate_size` invites. Real encodes (a shuffle, a remote worker) use
+size of the buffers the batch references instead, as Beam's `Coder.estimate_size`
+invites (Beam samples it for its element-size metrics only). Real encodes (a shuffle, a remote worker) use
 the Arrow IPC stream format.
 """
 
@@ -35,8 +35,13 @@ class RecordBatchCoder(beam.coders.Coder):
         return pa.ipc.open_stream(encoded).read_next_batch()
 
     def estimate_size(self, batch: pa.RecordBatch) -> int:
-        """The batch's buffer bytes: close to the IPC size, and free to compute."""
-        return batch.nbytes
+        """The bytes of the buffers the batch references, without encoding it.
+
+        Close to the IPC size; a slice counts the whole buffers it shares with its
+        parent (an upper bound). `batch.nbytes`, exact for slices, walks every
+        list column's offsets: ~2 ms for a 420-column batch against ~0.1 ms.
+        """
+        return batch.get_total_buffer_size()
 
     def is_deterministic(self) -> bool:
         return False  # never a key; Arrow does not promise byte-stable output

@@ -59,8 +59,14 @@ def test_size_is_estimated_without_encoding(monkeypatch):
 
     monkeypatch.setattr(RecordBatchCoder, "encode", no_encode)
     estimate = RecordBatchCoder().estimate_size(batch)
-    assert estimate == batch.nbytes
+    assert batch.nbytes <= estimate <= batch.nbytes + 64 * batch.num_columns
     assert 0.8 * encoded <= estimate <= 1.2 * encoded
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_size_estimate_bounds_the_batch_bytes(index):
+    batch = _batches()[index]
+    assert RecordBatchCoder().estimate_size(batch) >= batch.nbytes
 
 
 def test_batch_typed_pcollections_get_the_coder():
