@@ -142,6 +142,45 @@ def test_all_types_round_trip_with_nulls(database_url, make_table):
     assert empty == (None,) * 17
 
 
+def test_domains_at_any_depth_read_as_their_base_types(database_url, make_table):
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for name in ("s2t_pos2", "s2t_pos", "s2t_dmood", "s2t_dmood_enum", "s2t_ints",
+                     "s2t_flag", "s2t_word"):
+            cur.execute(f"DROP TYPE IF EXISTS {name} CASCADE")
+        cur.execute("CREATE DOMAIN s2t_pos AS integer CHECK (VALUE > 0)")
+        cur.execute("CREATE DOMAIN s2t_pos2 AS s2t_pos")  # a domain over a domain
+        cur.execute("CREATE TYPE s2t_dmood_enum AS ENUM ('sad', 'ok')")
+        cur.execute("CREATE DOMAIN s2t_dmood AS s2t_dmood_enum")
+        cur.execute("CREATE DOMAIN s2t_ints AS s2t_pos[]")  # over an array of a domain
+        cur.execute("CREATE DOMAIN s2t_flag AS boolean")
+        cur.execute("CREATE DOMAIN s2t_word AS varchar(8)")
+    conn.close()
+    table = make_table(
+        "CREATE TABLE {table} (id int PRIMARY KEY, a s2t_pos2, b s2t_pos2[], "
+        "m s2t_dmood, l s2t_ints, f s2t_flag, w s2t_word)",
+        "INSERT INTO {table} VALUES (1, 7, '{1,2}', 'ok', '{3,NULL}', true, 'x,y'), "
+        "(2, NULL, NULL, NULL, NULL, NULL, NULL)",
+    )
+    for source in (
+        SourceSpec(Dsn(database_url), table=table),
+        SourceSpec(Dsn(database_url), query=f'SELECT * FROM "{table}"'),
+    ):
+        plan = plan_read(source, None)
+        kinds = {c.name: (c.pg_type, c.is_array) for c in plan.columns}
+        assert kinds == {
+            "id": ("int4", False), "a": ("int4", False), "b": ("int4", True),
+            "m": ("enum", False), "l": ("int4", True), "f": ("bool", False),
+            "w": ("varchar", False),
+        }
+        rows, _ = _read_rows(source, plan)
+        assert sorted(rows, key=lambda r: r[0]) == [
+            (1, 7, [1, 2], "ok", [3, None], 1, "x,y"),
+            (2, None, None, None, None, None, None),
+        ]
+
+
 def test_unsupported_type_fails_before_reading_and_names_column(database_url, make_table):
     table = make_table("CREATE TABLE {table} (id int, doc jsonb, pt point)")
     source = SourceSpec(Dsn(database_url), table=table)

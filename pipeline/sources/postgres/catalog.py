@@ -94,18 +94,48 @@ def resolve_table(conn, table: str) -> TableRef:
 
 
 _TYPE_QUERY = """
-SELECT t.oid,
-       CASE WHEN b.typtype = 'e' THEN 'enum' ELSE b.typname END,
-       format_type(t.oid, NULL),
-       e.oid IS NOT NULL,
-       CASE WHEN e.typtype = 'e' THEN 'enum' ELSE eb.typname END
-FROM pg_type t
-JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
-LEFT JOIN pg_type e ON e.oid = b.typelem AND b.typcategory = 'A'
-LEFT JOIN pg_type eb ON eb.oid = CASE WHEN e.typtype = 'd' THEN e.typbasetype
-                                     ELSE e.oid END
-WHERE t.oid = ANY(%s)
+SELECT oid, typname, typtype, typbasetype, typelem, typcategory, format_type(oid, NULL)
+FROM pg_type WHERE oid = ANY(%s)
 """
+
+
+def _type_rows(cur, oids) -> dict[int, tuple]:
+    """`pg_type` rows of `oids` and of every type they are built on.
+
+    oid -> (name, typtype, base type, element type, category, shown name); the
+    types built on are domains' base types and arrays' element types, at any
+    depth (a domain over a domain, an array of a domain, a domain over an array).
+    """
+    rows: dict[int, tuple] = {}
+    wanted, asked = set(oids), set()
+    while wanted:
+        asked |= wanted
+        cur.execute(_TYPE_QUERY, (sorted(wanted),))
+        rows.update((row[0], row[1:]) for row in cur)
+        wanted = {
+            ref
+            for _, typtype, base, element, category, _ in rows.values()
+            for ref in (
+                base if typtype == "d" else 0,
+                element if category == "A" else 0,
+            )
+            if ref
+        } - asked
+    return rows
+
+
+def _base_type(rows: dict[int, tuple], oid: int) -> int:
+    """The type a (possibly nested) domain is over; any other type itself."""
+    seen = set()
+    while rows[oid][1] == "d" and oid not in seen:
+        seen.add(oid)
+        oid = rows[oid][2]
+    return oid
+
+
+def _type_name(rows: dict[int, tuple], oid: int) -> str:
+    """The catalog type name our type mapping knows: 'enum' for any enum."""
+    return "enum" if rows[oid][1] == "e" else rows[oid][0]
 
 
 def describe_table(conn, table: TableRef) -> list[Column]:
@@ -136,18 +166,19 @@ def _columns(conn, described: list[tuple]) -> list[Column]:
     The shown type may be None: the type's own name is used.
     """
     with conn.cursor() as cur:
-        cur.execute(_TYPE_QUERY, (list({d[1] for d in described}),))
-        types = {row[0]: row[1:] for row in cur}
+        rows = _type_rows(cur, {d[1] for d in described})
     columns = []
     for name, oid, not_null, ndims, shown in described:
-        base, display, is_array, element = types[oid]
-        display = shown or display
+        base = _base_type(rows, oid)
+        is_array = rows[base][4] == "A" and rows[base][3] in rows
+        element = _base_type(rows, rows[base][3]) if is_array else None
+        display = shown or rows[oid][5]
         columns.append(
             Column(
                 name=name,
-                pg_type=element if is_array else base,
+                pg_type=_type_name(rows, element if is_array else base),
                 display_type=display,
-                is_array=bool(is_array),
+                is_array=is_array,
                 not_null=not_null,
                 ndims=ndims,
             )
