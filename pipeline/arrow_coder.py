@@ -6,8 +6,8 @@ and `batch_pairs` declare that type on our steps' outputs (the job runs with
 Untyped, batches fall back to pickling, and Beam's element-size sampling pickles each
 sampled batch only to take its length (bench/RESULTS.md). `estimate_size` is the
 size of the buffers the batch references instead, as Beam's `Coder.estimate_size`
-invites (Beam samples it for its element-size metrics only). Real encodes (a shuffle, a remote worker) use
-the Arrow IPC stream format.
+invites (Beam samples it for its element-size metrics only). Real encodes (a
+shuffle, a remote worker) use the Arrow IPC stream format.
 """
 
 from __future__ import annotations
