@@ -181,6 +181,45 @@ def test_domains_at_any_depth_read_as_their_base_types(database_url, make_table)
         ]
 
 
+def test_text_that_is_not_utf8_is_refused_naming_the_column(database_url):
+    """SQL_ASCII stores any bytes: the read names the column and how to read it."""
+    name = "s2t_sql_ascii"
+    admin = psycopg2.connect(database_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        cur.execute(
+            f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' "
+            "LC_CTYPE 'C' TEMPLATE template0"
+        )
+    url = psycopg2.extensions.make_dsn(database_url, dbname=name)
+    try:
+        conn = psycopg2.connect(url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute('CREATE TABLE t (id int PRIMARY KEY, "odd ""s""" text)')
+            cur.execute(
+                "INSERT INTO t SELECT g, CASE WHEN g = 150 THEN E'caf\\xe9' "
+                "ELSE 'ok' END FROM generate_series(1, 300) g"
+            )
+        conn.close()
+        source = SourceSpec(Dsn(url), table="t")
+        with pytest.raises(Exception) as info:
+            _read_rows(source, plan_read(source, None))
+        assert (
+            'column "odd "s"" holds text that is not valid UTF-8' in str(info.value)
+        )
+        hint = "encode(\"odd \"\"s\"\"\"::bytea, 'escape')"
+        assert hint in str(info.value)
+        source = SourceSpec(Dsn(url), query=f"SELECT id, {hint} AS s FROM t")
+        rows, _ = _read_rows(source, plan_read(source, None))
+        assert dict(rows)[150] == "caf\\351" and dict(rows)[1] == "ok"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
 def test_unsupported_type_fails_before_reading_and_names_column(database_url, make_table):
     table = make_table("CREATE TABLE {table} (id int, doc jsonb, pt point)")
     source = SourceSpec(Dsn(database_url), table=table)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 
@@ -97,6 +98,29 @@ def _decode_arrays(batch: pa.RecordBatch, plan: ReadPlan) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=raw_arrow_schema(plan))
 
 
+_CSV_COLUMN_ERROR = re.compile(r"In CSV column #(\d+): (.*)")
+
+
+def _csv_error_message(text: str, plan: ReadPlan) -> str | None:
+    """The message of pyarrow's error converting a CSV column, naming it; else None.
+
+    The one such error a read expression's output can meet is text that is not
+    valid UTF-8: a database with encoding SQL_ASCII stores any bytes unchecked.
+    """
+    match = _CSV_COLUMN_ERROR.search(text)
+    if match is None or int(match.group(1)) >= len(plan.columns):
+        return None
+    name = plan.columns[int(match.group(1))].name
+    if "invalid UTF8" in match.group(2):
+        quoted = '"' + name.replace('"', '""') + '"'
+        return (
+            f'column "{name}" holds text that is not valid UTF-8 (a database '
+            "with encoding SQL_ASCII stores any bytes); read it through --query "
+            f"as valid text, e.g. encode({quoted}::bytea, 'escape')"
+        )
+    return f'column "{name}": {match.group(2).splitlines()[0]}'
+
+
 def read_partition(
     conn,
     plan: ReadPlan,
@@ -145,6 +169,10 @@ def read_partition(
                 if message is not None:
                     raise ColumnValueError(message) from stream.error
                 raise stream.error from err
+            if isinstance(err, pa.ArrowInvalid):
+                message = _csv_error_message(str(err), plan)
+                if message is not None:
+                    raise ColumnValueError(message) from err
             raise
         finally:
             stream.close()
