@@ -134,7 +134,8 @@ def _run_job(argv: list[str], verbose: bool) -> int:
             PipelineOptions,
         )
 
-        from pipeline.job import prepare_job, run_job
+        from pipeline.job import prepare_job
+        from pipeline.run import run_job
 
     if not verbose:
         console.mute_beam_worker_prints()

@@ -45,7 +45,7 @@ def build_manifest(
 
     Args:
         job: the job that ran.
-        counts: its counters (`pipeline.job._counters`).
+        counts: its counters (`pipeline.run._counters`).
         tft_output: `tft.TFTransformOutput` of the written transform graph.
         built: the directory the run wrote (its staging directory).
         snapshot_used: every read imported one exported snapshot.

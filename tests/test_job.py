@@ -2,8 +2,10 @@
 
 import pytest
 
-from pipeline.job import Job, _check_reread, rereads
+from pipeline.build import rereads
+from pipeline.job import Job
 from pipeline.options import parse_args
+from pipeline.run import _check_reread
 from pipeline.sources.postgres.catalog import TableRef
 from pipeline.sources.postgres.plan import ReadPlan
 

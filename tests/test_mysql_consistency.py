@@ -232,8 +232,9 @@ def test_a_launcher_session_lost_during_the_run_is_not_published(
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.job import prepare_job, run_job
+    from pipeline.job import prepare_job
     from pipeline.options import parse_args
+    from pipeline.run import run_job
 
     name = mysql_table(
         "CREATE TABLE {table} (id INT PRIMARY KEY, x DOUBLE, y INT)",

@@ -495,7 +495,7 @@ def test_a_rerun_failing_late_keeps_the_old_output(
         def interrupt(job):
             raise KeyboardInterrupt
 
-        monkeypatch.setattr("pipeline.job._cleanup_temp", interrupt)
+        monkeypatch.setattr("pipeline.run._cleanup_temp", interrupt)
         code = 130
     capsys.readouterr()
     argv = _argv(database_url, publish_table, out, "--overwrite", "--num_shards", "1")

@@ -22,7 +22,8 @@ import tensorflow_transform as tft
 from apache_beam.internal import pickler
 
 from pipeline.__main__ import main
-from pipeline.job import build_pipeline, prepare_job
+from pipeline.build import build_pipeline
+from pipeline.job import prepare_job
 from pipeline.options import parse_args
 
 FEATURES = {
@@ -214,7 +215,7 @@ def test_every_transform_and_dofn_pickles_without_connections(
 
     p.visit(Visitor())
     # With a snapshot the database is read twice: for the analysis, then again for
-    # the transform (pipeline.job.rereads).
+    # the transform (pipeline.build.rereads).
     assert seen["_ReadPartitionFn"] == 2 and seen["_AssignSplitFn"] == 2
     assert seen["ReadFromPostgres"] == 2 and seen["WriteExamples"] == 2
 

@@ -11,7 +11,8 @@ import apache_beam as beam
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.job import build_pipeline, prepare_job
+from pipeline.build import build_pipeline
+from pipeline.job import prepare_job
 from pipeline.options import parse_args
 
 SECRET = "S3cr3t-pw-7731"

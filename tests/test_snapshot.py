@@ -456,8 +456,9 @@ def test_a_launcher_session_lost_during_the_run_is_not_published(
     empty later partitions, as MVCC does not cover it): nothing is published."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.job import prepare_job, run_job
+    from pipeline.job import prepare_job
     from pipeline.options import parse_args
+    from pipeline.run import run_job
 
     table = make_table(
         "CREATE TABLE {table} (id int PRIMARY KEY, x float8, y int)",

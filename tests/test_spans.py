@@ -208,7 +208,7 @@ def test_span_runs_held_transaction_failed_run_and_transform_from(
     import numpy as np
 
     import trainer
-    from pipeline import job as job_module
+    from pipeline import run as run_module
     from pipeline.__main__ import main
 
     table = make_table(DDL)
@@ -235,7 +235,7 @@ def test_span_runs_held_transaction_failed_run_and_transform_from(
         raise RuntimeError("injected failure before the manifest")
 
     with monkeypatch.context() as patch:
-        patch.setattr(job_module, "_cleanup_temp", fail)
+        patch.setattr(run_module, "_cleanup_temp", fail)
         assert main(argv) != 0
     assert sorted(os.listdir(out)) == ["span-0001"]  # no span, no staging left
     assert not [n for n in os.listdir(tmp_path) if "staging" in n]

@@ -62,7 +62,7 @@ class TableRef:
 
     @property
     def stored_locally(self) -> bool:
-        """False: a MySQL table is never read twice (`pipeline.job.rereads`).
+        """False: a MySQL table is never read twice (`pipeline.build.rereads`).
 
         Partitions cannot re-enter one snapshot in MySQL, so a second read need
         not see the same rows as the first; the runner holds the rows instead.
