@@ -9,10 +9,14 @@ depth, SELECT INTO and row-locking clauses (FOR UPDATE/SHARE). Wrapping the text
 as a subquery is no defence on its own: PostgreSQL's simple query protocol runs
 every statement of a string.
 
-What the grammar cannot see: a function called by the query runs with the
-role's rights. Every session is also `default_transaction_read_only`, which stops
-writes but not, say, `pg_terminate_backend()` or a `dblink_exec()` to another
-server: a role with SELECT rights only is the strongest guarantee.
+A read-only transaction stops writes, but not the built-in functions that act
+outside it: signalling other sessions (`pg_terminate_backend`), configuration and
+replication (`pg_reload_conf`, `pg_switch_wal`, replication slots), statements run
+over another connection (`dblink*`), server files (`lo_import`, `lo_export`),
+session settings (`set_config`) and sequences. A call of any of them
+(`SIDE_EFFECT_FUNCTIONS`, matched by name in any schema) is refused too. What the
+grammar cannot see is what a user-defined function or a view calls with the
+role's rights: a role with SELECT rights only is the strongest guarantee.
 
 The relations the statement names (CTE names excluded) are returned so the
 launcher can lock them, as pg_dump does. Pure module: no database, no Beam.
@@ -26,11 +30,12 @@ import pglast
 from pglast import ast
 from pglast.visitors import Visitor
 
-__all__ = ["CheckedQuery", "QueryRefusedError", "check_query"]
+__all__ = ["CheckedQuery", "QueryRefusedError", "SIDE_EFFECT_FUNCTIONS", "check_query"]
 
 ACCEPTED = (
     "it takes exactly one read-only SELECT, VALUES or TABLE statement "
-    "(WITH … SELECT included; no data-modifying WITH, SELECT INTO or FOR UPDATE/SHARE)"
+    "(WITH … SELECT included; no data-modifying WITH, SELECT INTO, FOR UPDATE/SHARE "
+    "or functions with side effects)"
 )
 
 _STATEMENT_NAMES = {
@@ -49,6 +54,65 @@ _STATEMENT_NAMES = {
     "LockStmt": "LOCK",
     "TruncateStmt": "TRUNCATE",
     "DropStmt": "DROP",
+}
+
+
+# Built-in functions whose effects a read-only transaction does not stop (or that
+# fail only once running), by what they do.
+SIDE_EFFECT_FUNCTIONS = {
+    **dict.fromkeys(
+        ("pg_terminate_backend", "pg_cancel_backend"), "signals other sessions"
+    ),
+    **dict.fromkeys(
+        (
+            "pg_reload_conf",
+            "pg_rotate_logfile",
+            "pg_promote",
+            "pg_switch_wal",
+            "pg_create_restore_point",
+            "pg_backup_start",
+            "pg_backup_stop",
+            "pg_start_backup",
+            "pg_stop_backup",
+            "pg_wal_replay_pause",
+            "pg_wal_replay_resume",
+            "pg_create_physical_replication_slot",
+            "pg_create_logical_replication_slot",
+            "pg_copy_physical_replication_slot",
+            "pg_copy_logical_replication_slot",
+            "pg_drop_replication_slot",
+            "pg_replication_slot_advance",
+            "pg_logical_emit_message",
+            "pg_stat_reset",
+            "pg_stat_reset_shared",
+            "pg_stat_reset_single_table_counters",
+            "pg_stat_reset_single_function_counters",
+            "pg_stat_reset_slru",
+            "pg_stat_reset_replication_slot",
+            "pg_stat_reset_subscription_stats",
+        ),
+        "acts on the server",
+    ),
+    **dict.fromkeys(
+        (
+            "dblink",
+            "dblink_exec",
+            "dblink_connect",
+            "dblink_connect_u",
+            "dblink_send_query",
+            "dblink_open",
+        ),
+        "runs statements over another connection",
+    ),
+    **dict.fromkeys(
+        ("lo_import", "lo_export", "lo_unlink", "lo_create", "lo_creat", "lo_put"),
+        "reads or writes server files or large objects",
+    ),
+    "lo_from_bytea": "reads or writes server files or large objects",
+    "set_config": "changes session settings",
+    "nextval": "advances a sequence",
+    "setval": "sets a sequence",
+    "pg_notify": "notifies listeners",
 }
 
 
@@ -111,6 +175,11 @@ class _Inspector(Visitor):
             self._refuse("SELECT INTO")
         if node.lockingClause:
             self._refuse("a row-locking clause (FOR UPDATE/SHARE)")
+
+    def visit_FuncCall(self, ancestors, node):  # noqa: N802
+        name = node.funcname[-1].sval.lower()
+        if name in SIDE_EFFECT_FUNCTIONS:
+            self._refuse(f"a call of {name}(), which {SIDE_EFFECT_FUNCTIONS[name]}")
 
     def visit(self, ancestors, node):  # any other node
         if type(node).__name__.endswith("Stmt") and not isinstance(
