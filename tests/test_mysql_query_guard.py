@@ -22,6 +22,10 @@ ACCEPTED = {
     "SELECT CAST(x AS CHAR CHARACTER SET utf8mb4) FROM t": (
         "SELECT CAST(x AS CHAR CHARACTER SET utf8mb4) FROM t"
     ),
+    "SELECT get_lock, `nextval`('x'), 'load_file(1)' FROM `get_lock`": (
+        "SELECT get_lock, `nextval`('x'), 'load_file(1)' FROM `get_lock`"
+    ),
+    "SELECT PREVIOUS VALUE FOR s": "SELECT PREVIOUS VALUE FOR s",
 }
 
 REFUSED = {
@@ -45,6 +49,12 @@ REFUSED = {
     "CALL p()": "SELECT",
     "": "empty",
     "  -- only a comment": "SELECT",
+    "SELECT GET_LOCK('x', 10), a FROM t": "GET_LOCK(), which takes a named lock",
+    "SELECT a FROM t WHERE release_lock ('x')": "RELEASE_LOCK()",
+    "SELECT load_file('/etc/passwd') AS f": "LOAD_FILE(), which reads a file",
+    "SELECT nextval(s), a FROM t": "NEXTVAL(), which advances a sequence",
+    "SELECT NEXT VALUE FOR s, a FROM t": "NEXT VALUE FOR",
+    "SELECT next\n value  for s": "NEXT VALUE FOR",
 }
 
 

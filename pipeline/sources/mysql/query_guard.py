@@ -4,10 +4,13 @@ Checked before anything is sent, on the query's tokens outside string literals,
 quoted identifiers and comments: one statement (a trailing `;` is allowed, the
 client's multi-statement mode is off besides), starting with SELECT, WITH or `(`;
 no `INTO` (OUTFILE, DUMPFILE, @variables), no locking reads (`FOR UPDATE`,
-`FOR SHARE`, `LOCK IN SHARE MODE`), no data-changing keywords, and no executable
-comments (`/*! … */`, `/*M! … */`, whose text the server runs). The server-side
-guarantee is the read-only transaction every read runs in; this check makes the
-refusal one clear line before the run.
+`FOR SHARE`, `LOCK IN SHARE MODE`), no data-changing keywords, no executable
+comments (`/*! … */`, `/*M! … */`, whose text the server runs), and no call of a
+built-in function whose effect a read-only transaction does not stop
+(`SIDE_EFFECT_FUNCTIONS`: named locks other sessions wait on, server files,
+sequences, also as `NEXT VALUE FOR`). The server-side guarantee is the read-only
+transaction every read runs in; this check makes the refusal one clear line
+before the run.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-__all__ = ["QueryRefusedError", "CheckedQuery", "check_query"]
+__all__ = ["QueryRefusedError", "CheckedQuery", "SIDE_EFFECT_FUNCTIONS", "check_query"]
 
 _REFUSED_WORDS = {
     "INTO": "SELECT … INTO (OUTFILE, DUMPFILE, variables)",
@@ -40,6 +43,16 @@ _REFUSED_WORDS = {
     "HANDLER": "HANDLER",
     "PROCEDURE": "PROCEDURE",
 }
+SIDE_EFFECT_FUNCTIONS = {
+    "GET_LOCK": "takes a named lock other sessions wait on",
+    "RELEASE_LOCK": "releases a named lock",
+    "RELEASE_ALL_LOCKS": "releases named locks",
+    "LOAD_FILE": "reads a file on the server",
+    "NEXTVAL": "advances a sequence",
+    "SETVAL": "sets a sequence",
+}
+_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_$]*)\s*\(")
+_NEXT_VALUE = re.compile(r"\bNEXT\s+VALUE\s+FOR\b", re.IGNORECASE)
 _FIRST_WORDS = ("SELECT", "WITH")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
@@ -139,4 +152,16 @@ def check_query(query: str) -> CheckedQuery:
                 f"--query must be one plain read-only SELECT; it has "
                 f"{_REFUSED_WORDS[word]} ({word} outside quotes)"
             )
+    calls = [c.upper() for c in _CALL.findall(stripped)]
+    for name in calls:
+        if name in SIDE_EFFECT_FUNCTIONS:
+            raise QueryRefusedError(
+                f"--query must be one plain read-only SELECT; it calls {name}(), "
+                f"which {SIDE_EFFECT_FUNCTIONS[name]}"
+            )
+    if _NEXT_VALUE.search(stripped):
+        raise QueryRefusedError(
+            "--query must be one plain read-only SELECT; it has NEXT VALUE FOR, "
+            "which advances a sequence"
+        )
     return CheckedQuery(text)
