@@ -58,9 +58,14 @@ def parse_splits(text: str) -> SplitSpec:
                 f"`--splits` must look like train=80,eval=20, got {text!r}"
             )
         name, weight = match.group(1), int(match.group(2))
-        if name in names:
-            raise ValueError(f"`--splits` names split {name!r} twice")
-        if name in RESERVED_NAMES:
+        # Each split is a directory: names equal up to case would be one
+        # directory on a case-insensitive filesystem (macOS, Windows).
+        if name.lower() in {n.lower() for n in names}:
+            raise ValueError(
+                f"`--splits` names split {name!r} twice (split names are "
+                "directories: they must differ in more than case)"
+            )
+        if name.lower() in RESERVED_NAMES:
             raise ValueError(
                 f"`--splits` split name {name!r} is a directory of the output "
                 "layout; choose another (reserved: "

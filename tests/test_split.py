@@ -48,6 +48,9 @@ def test_assignment_follows_weights():
         ("train=0,eval=20", "must be >= 1"),
         ("eval=20", "must include a 'train'"),
         ("train=1,train=2", "twice"),
+        ("train=1,eval=1,EVAL=1", "twice .*differ in more than case"),
+        ("train=8,Train=2", "twice"),
+        ("train=8,Metadata=2", "is a directory of the output layout"),
         ("", "must include a 'train'"),
     ],
 )
