@@ -42,7 +42,7 @@ from tfx_bsl.tfxio import tensor_adapter
 
 from pipeline import METRICS_NAMESPACE, arrow_coder
 from pipeline.split import SplitSpec, assign_splits
-from transforms.preprocessing import FLOAT32_MAX
+from transforms.inputs import FLOAT32_MAX
 from transforms.schema import TransformBatches
 from transforms.types import NEG_INFINITY, POS_INFINITY, TIME_KINDS, Column, Kind
 

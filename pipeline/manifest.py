@@ -150,7 +150,7 @@ def label_classes(tft_output, text_label_key: str | None) -> list[str] | None:
     """A text label's classes in id order (the label vocabulary, unescaped)."""
     if text_label_key is None:
         return None
-    from transforms.preprocessing import unescape_token
+    from transforms.tokens import unescape_token
 
     return [
         unescape_token(t).decode("utf-8")

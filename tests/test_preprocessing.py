@@ -187,7 +187,7 @@ def test_names_tf_transform_rewrites_alike_keep_separate_vocabularies(odd_output
 def test_every_text_label_class_gets_an_id_in_counter_order(odd_output):
     import tensorflow_transform as tft
 
-    from transforms.preprocessing import unescape_token
+    from transforms.tokens import unescape_token
 
     config, raw, out, out_dir = odd_output
     vocab = _counter_vocab(_label_token(r["lab/el"].decode()) for r in raw)
@@ -376,7 +376,8 @@ def test_float_matrix_is_each_columns_densified_values_bit_for_bit(seed):
     """The stacked densifying equals `_float_values` per column, NaN bits included."""
     import tensorflow as tf
 
-    from transforms.preprocessing import _float_matrix, _float_values
+    from transforms.inputs import float_matrix as _float_matrix
+    from transforms.inputs import float_values as _float_values
     from transforms.types import NEG_INFINITY, POS_INFINITY, Kind
 
     rng = np.random.default_rng(seed)
@@ -417,7 +418,7 @@ def test_float_matrix_refuses_two_values_in_a_row():
     """A nullable scalar with two values in one row fails, as its own densifying did."""
     import tensorflow as tf
 
-    from transforms.preprocessing import _float_matrix
+    from transforms.inputs import float_matrix as _float_matrix
     from transforms.types import Kind
 
     good = _sparse([1.0, 2.0], np.array([True, True]), tf.float32)
@@ -430,7 +431,7 @@ def test_float_matrix_refuses_inputs_of_different_batch_sizes():
     """A short nullable column fails, never reads as missing values (serving)."""
     import tensorflow as tf
 
-    from transforms.preprocessing import _float_matrix
+    from transforms.inputs import float_matrix as _float_matrix
     from transforms.types import Kind
 
     three = _sparse([1.0, 2.0, 3.0], np.array([True, True, True]), tf.float32)
@@ -446,7 +447,8 @@ def test_escaped_all_at_once_equals_each_tensors_escape(seed):
     """One escape over the concatenation: each tensor's `escape_token`, in order."""
     import tensorflow as tf
 
-    from transforms.preprocessing import _escaped, escape_token
+    from transforms.tokens import escape_token
+    from transforms.tokens import escaped as _escaped
 
     rng = np.random.default_rng(seed)
     pool = ["", "a", "b\nc", "d\re", "\\", "\\n", "ü", "x" * 200, "\r\n", "plain"]

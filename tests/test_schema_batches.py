@@ -6,7 +6,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline.assign import _count_unusable
-from transforms.preprocessing import FLOAT32_MAX
+from transforms.inputs import FLOAT32_MAX
 from transforms.schema import (
     _ARROW_VALUE,
     TransformBatches,

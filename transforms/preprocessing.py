@@ -26,17 +26,17 @@ ask `TFTransformOutput.vocabulary_size_by_name(name)`. All of them (and a text
 label's) come from one analyzer (`transforms.packed_vocabulary`): byte for byte the
 files `tft.compute_and_apply_vocabulary` writes, applied with `tft.apply_vocabulary`.
 tf.Transform drops the empty token and tokens containing newlines from vocabulary
-files; here `\\`, `\\n` and `\\r` are escaped first (reversibly) so multi-line
-values keep their own ids, and the empty string maps to an OOV id while NULL maps to
-the missing token: they stay distinct.
+files; here `\\`, `\\n` and `\\r` are escaped first (reversibly, `transforms.tokens`)
+so multi-line values keep their own ids, and the empty string maps to an OOV id
+while NULL maps to the missing token: they stay distinct.
 
 Inputs and outputs are keyed by feature names (`FeatureConfig.names`, see
 `transforms.names`), never by raw column names.
 
-A text label becomes ids of a vocabulary over the train rows (`label_token`: the
-escaping above, and the empty string as the two characters `\\e`, so every train
-class, '' and multi-line ones included, gets an id; `unescape_token` inverts it).
-Ids follow tf.Transform's order: count descending, ties by token descending
+A text label becomes ids of a vocabulary over the train rows (`tokens.label_token`:
+the escaping above, and the empty string as the two characters `\\e`, so every train
+class, '' and multi-line ones included, gets an id; `tokens.unescape_token` inverts
+it). Ids follow tf.Transform's order: count descending, ties by token descending
 (bytewise). A class absent from train gets -1 here; those rows are dropped after the
 transform and counted (`pipeline.assign.RouteSplits`). NULL and non-finite labels
 never reach the transform (dropped in `pipeline.assign.AssignSplit`); the label is
@@ -45,177 +45,29 @@ never imputed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from transforms.features import Feature, FeatureConfig
+from transforms.inputs import (
+    dense,
+    float_matrix,
+    float_values,
+    present_mask,
+    usable,
+)
 from transforms.packed_analyzers import mean_and_var_vectors
 from transforms.packed_vocabulary import VocabularySpec, vocabularies
-from transforms.types import NEG_INFINITY, POS_INFINITY, TIME_KINDS, Column, Kind
+from transforms.tokens import escape_token, escaped, label_token
+from transforms.types import TIME_KINDS, Column, Kind
 
-__all__ = ["build_preprocessing_fn", "escape_token", "label_token", "unescape_token"]
+__all__ = ["build_preprocessing_fn"]
 
 SECONDS_PER_DAY = 86_400
 MISSING_HOUR = 24  # hour_of_day of a missing timestamp
 MISSING_DAY = 7  # day_of_week of a missing date or timestamp
-FLOAT32_MAX = 3.4028234663852886e38  # beyond it a value cannot become a float32 feature
-
-
-def escape_token(x: tf.Tensor) -> tf.Tensor:
-    """Escapes backslash, newline and carriage return (reversible, vocabulary-safe).
-
-    The three rewrites run only when some value of the batch needs them, which
-    one match over the joined batch tells (clean batches, the usual case, skip
-    them).
-    """
-
-    def escape():
-        y = tf.strings.regex_replace(x, r"\\", r"\\\\")
-        y = tf.strings.regex_replace(y, "\n", r"\\n")
-        return tf.strings.regex_replace(y, "\r", r"\\r")
-
-    clean = tf.strings.regex_full_match(tf.strings.reduce_join(x), "[^\\\\\n\r]*")
-    return tf.cond(clean, lambda: tf.identity(x), escape)
-
-
-EMPTY_TOKEN = b"\\e"  # the empty string in a label vocabulary
-_UNESCAPE = {b"\\": b"\\", b"n": b"\n", b"r": b"\r"}
-
-
-def label_token(x: tf.Tensor) -> tf.Tensor:
-    """`escape_token`, and the empty string as `EMPTY_TOKEN` (both reversible)."""
-    y = escape_token(x)
-    return tf.where(tf.equal(y, b""), tf.constant(EMPTY_TOKEN), y)
-
-
-def _escaped(values: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-    """`escape_token` of each 1-D string tensor, by one escape of them all.
-
-    Escaping is element-wise (whether a batch skips it changes no value), so the
-    values of all are concatenated, escaped once and split back: one match and
-    one `cond` in the graph instead of one per tensor. Each result then needs all
-    the tensors: pass feature columns only (serving feeds every feature column,
-    never the label).
-    """
-    if len(values) < 2:
-        return [escape_token(x) for x in values]
-    sizes = tf.concat(tf.shape_n(values, out_type=tf.int64), axis=0)
-    return tf.split(escape_token(tf.concat(values, axis=0)), sizes, num=len(values))
-
-
-def unescape_token(token: bytes) -> bytes:
-    """Inverts `label_token` (and `escape_token`): a vocabulary entry -> the value."""
-    if token == EMPTY_TOKEN:
-        return b""
-    return re.sub(rb"\\(.)", lambda m: _UNESCAPE[m.group(1)], token, flags=re.S)
-
-
-def _dense(x, default) -> tf.Tensor:
-    """A [batch] tensor from a dense [batch] tensor or a [batch, ≤1] SparseTensor."""
-    if isinstance(x, tf.SparseTensor):
-        return tf.squeeze(
-            tft.sparse_tensor_to_dense_with_shape(x, [None, 1], default_value=default),
-            axis=1,
-        )
-    return x
-
-
-def _present_mask(x) -> tf.Tensor:
-    """[batch] bool: the row has a value (a NULL is absent from the SparseTensor)."""
-    if not isinstance(x, tf.SparseTensor):
-        return tf.ones_like(x, dtype=tf.bool)
-    ones = tf.SparseTensor(x.indices, tf.ones_like(x.values, tf.int64), x.dense_shape)
-    return _dense(ones, tf.constant(0, tf.int64)) > 0
-
-
-def _as_float64(values: tf.Tensor, kind: Kind | None) -> tf.Tensor:
-    """float64 values; ±infinity dates and timestamps (int64 extremes) become NaN."""
-    floats = tf.cast(values, tf.float64)
-    if kind not in TIME_KINDS:
-        return floats
-    finite = tf.logical_and(
-        tf.not_equal(values, tf.constant(POS_INFINITY, tf.int64)),
-        tf.not_equal(values, tf.constant(NEG_INFINITY, tf.int64)),
-    )
-    return tf.where(finite, floats, tf.constant(float("nan"), tf.float64))
-
-
-def _float_values(x, kind: Kind | None = None) -> tf.Tensor:
-    """[batch] float64 of a numeric column, NaN where NULL or an infinite date."""
-    if isinstance(x, tf.SparseTensor):
-        x = tf.SparseTensor(x.indices, _as_float64(x.values, kind), x.dense_shape)
-        return _dense(x, tf.constant(float("nan"), tf.float64))
-    return _as_float64(x, kind)
-
-
-def _float_matrix(xs: Sequence, kinds: Sequence[Kind | None]) -> tf.Tensor:
-    """[batch, n] float64: column j is `_float_values(xs[j], kinds[j])`, bit for bit.
-
-    The nullable columns (SparseTensors `[batch, ≤1]`) become one matrix in one
-    `SparseToDense`: their indices and values are concatenated (values cast once
-    per value type), each value placed at (its column's slot, row, 0) of a
-    `[m, batch, 1]` tensor, transposed. That op checks, as each column's own
-    densifying did, that every index is in bounds (at most one value per row),
-    sorted and unique, and all columns must share one batch size. So a column
-    costs one op (its value count) instead of about ten; the values are moved, not
-    computed, and the casts are element-wise.
-    """
-    sparse = [j for j, x in enumerate(xs) if isinstance(x, tf.SparseTensor)]
-    if len(sparse) < 2:
-        return tf.stack(
-            [_float_values(x, k) for x, k in zip(xs, kinds, strict=True)], axis=1
-        )
-    groups: dict[tuple, list[int]] = {}
-    for j in sparse:
-        key = (xs[j].values.dtype, kinds[j] in TIME_KINDS)
-        groups.setdefault(key, []).append(j)
-    order, indices, values = [], [], []
-    for members in groups.values():
-        order += members
-        indices += [xs[j].indices for j in members]
-        group = tf.concat([xs[j].values for j in members], axis=0)
-        values.append(_as_float64(group, kinds[members[0]]))
-    sizes = tf.concat(  # value counts, in `order`: one ShapeN per value type
-        [
-            tf.concat(tf.shape_n([xs[j].values for j in members], tf.int64), 0)
-            for members in groups.values()
-        ],
-        axis=0,
-    )
-    slots = tf.repeat(tf.range(len(order), dtype=tf.int64), sizes)
-    # One batch size for all (each column's own densifying met a mismatch in
-    # the stack): a short column must not read as missing values.
-    shapes = tf.reshape(tf.concat([xs[j].dense_shape for j in order], 0), [-1, 2])
-    batch = shapes[0, 0]
-    same = tf.debugging.assert_equal(
-        shapes[:, 0], batch, message="nullable inputs of different batch sizes"
-    )
-    with tf.control_dependencies([same]):
-        cube = tf.raw_ops.SparseToDense(
-            sparse_indices=tf.concat([slots[:, None], tf.concat(indices, axis=0)], 1),
-            output_shape=tf.stack([tf.constant(len(order), tf.int64), batch, 1]),
-            sparse_values=tf.concat(values, axis=0),
-            default_value=tf.constant(float("nan"), tf.float64),
-        )
-    matrix = tf.transpose(tf.reshape(cube, tf.stack([len(order), -1])))
-    dense = [j for j, x in enumerate(xs) if not isinstance(x, tf.SparseTensor)]
-    if dense:
-        rest = [_as_float64(xs[j], kinds[j]) for j in dense]
-        matrix = tf.concat([matrix, tf.stack(rest, axis=1)], axis=1)
-        order += dense
-    if order != sorted(order):
-        matrix = tf.gather(matrix, np.argsort(order), axis=1)
-    matrix.set_shape([None, len(xs)])
-    return matrix
-
-
-def _usable(value: tf.Tensor) -> tf.Tensor:
-    """bool, element-wise: finite and within float32's range."""
-    return tf.logical_and(tf.math.is_finite(value), tf.abs(value) <= FLOAT32_MAX)
 
 
 class _Numbers:
@@ -223,13 +75,13 @@ class _Numbers:
 
     NULL, NaN, ±Infinity, magnitudes beyond float32's range and infinite dates and
     timestamps are all "missing": statistics skip them and imputation replaces them.
-    `value` comes from `_float_values`; `present`, when given, is `_usable(value)`
+    `value` comes from `float_values`; `present`, when given, is `usable(value)`
     computed elsewhere (stacked).
     """
 
     def __init__(self, value: tf.Tensor, present: tf.Tensor | None = None):
         self.value = value
-        self.present = _usable(value) if present is None else present
+        self.present = usable(value) if present is None else present
         self.values = tf.boolean_mask(value, self.present)  # for analyzers
         self._mean: tf.Tensor | None = None
 
@@ -278,7 +130,7 @@ def _bucketize(numbers: _Numbers, feature: Feature) -> tf.Tensor:
 
 
 def _strings(x, feature: Feature) -> tf.Tensor:
-    return escape_token(_dense(x, tf.constant(feature.missing_token.encode())))
+    return escape_token(dense(x, tf.constant(feature.missing_token.encode())))
 
 
 def _unescaped_tokens(x, feature: Feature) -> tf.Tensor:
@@ -290,7 +142,7 @@ def _unescaped_tokens(x, feature: Feature) -> tf.Tensor:
     """
     if _keeps_sparse(x, feature):
         return x.values
-    return _dense(x, tf.constant(feature.missing_token.encode()))
+    return dense(x, tf.constant(feature.missing_token.encode()))
 
 
 def _keeps_sparse(x, feature: Feature) -> bool:
@@ -318,7 +170,7 @@ def _packed_vocabularies(
     xs = [inputs[keys[f.column]] for f in features]
     text_label = kinds[config.label.column] is Kind.BYTES
     unescaped = [_unescaped_tokens(x, f) for x, f in zip(xs, features, strict=True)]
-    tokens = _escaped(unescaped)
+    tokens = escaped(unescaped)
     for i, (x, f) in enumerate(zip(xs, features, strict=True)):
         if _keeps_sparse(x, f):
             tokens[i] = tf.SparseTensor(x.indices, tokens[i], x.dense_shape)
@@ -329,7 +181,7 @@ def _packed_vocabularies(
     oov = [f.num_oov_buckets for f in features]
     names = [f.name for f in features]
     if text_label:  # escaped on its own: serving has features but no label
-        tokens.append(label_token(_dense(inputs[config.label_key], tf.constant(b""))))
+        tokens.append(label_token(dense(inputs[config.label_key], tf.constant(b""))))
         specs.append(VocabularySpec(config.label_key))
         oov.append(0)
         names.append(config.label_key)
@@ -338,20 +190,20 @@ def _packed_vocabularies(
         names, tokens, vocabularies(tokens, specs, writer), oov, strict=True
     ):
         ids = tft.apply_vocabulary(x, path, default_value=-1, num_oov_buckets=buckets)
-        out[name] = _dense(ids, tf.constant(0, tf.int64))
+        out[name] = dense(ids, tf.constant(0, tf.int64))
     return out
 
 
 def _passthrough(x, feature: Feature, kind: Kind, numbers: _Numbers) -> tf.Tensor:
     if kind is Kind.BYTES:
-        return _dense(x, tf.constant(feature.missing_token.encode()))
+        return dense(x, tf.constant(feature.missing_token.encode()))
     if kind is Kind.FLOAT:
         return tf.cast(numbers.filled(feature), tf.float32)
     # Integers, dates and timestamps stay int64 end to end (float64 would round
     # large keys); only the imputed value goes through float64.
     if not isinstance(x, tf.SparseTensor) and kind not in TIME_KINDS:
         return x  # NOT NULL integers: nothing is missing
-    value = _dense(x, tf.constant(0, tf.int64))
+    value = dense(x, tf.constant(0, tf.int64))
     if feature.imputation == "constant":
         fill = tf.constant(round(float(feature.constant)), tf.int64)
     else:
@@ -360,7 +212,7 @@ def _passthrough(x, feature: Feature, kind: Kind, numbers: _Numbers) -> tf.Tenso
 
 
 def _time_part(x, feature: Feature, kind: Kind, numbers: _Numbers) -> tf.Tensor:
-    units = _dense(x, tf.constant(0, tf.int64))
+    units = dense(x, tf.constant(0, tf.int64))
     # The int64 extremes of ±infinity would overflow below: masked out first.
     units = tf.where(numbers.present, units, tf.zeros_like(units))
     seconds = units * SECONDS_PER_DAY if kind is Kind.DATE else units
@@ -397,9 +249,9 @@ def _apply(
             value = _passthrough(x, feature, kind, None)
         out = {feature.name: value}
         if feature.indicator:
-            out[feature.indicator_name] = 1 - tf.cast(_present_mask(x), tf.int64)
+            out[feature.indicator_name] = 1 - tf.cast(present_mask(x), tf.int64)
         return out
-    numbers = _Numbers(_float_values(x, kind))
+    numbers = _Numbers(float_values(x, kind))
     if t in _NUMERIC_TRANSFORMS:
         value = _NUMERIC_TRANSFORMS[t](numbers, feature)
     elif t == "passthrough":
@@ -439,10 +291,10 @@ def _stacked_zscores(
     features = [f for f in config.features if f.transform == "zscore"]
     if not features:
         return {}
-    matrix = _float_matrix(
+    matrix = float_matrix(
         [inputs[keys[f.column]] for f in features], [kinds[f.column] for f in features]
     )
-    present = _usable(matrix)
+    present = usable(matrix)
     mean, var = mean_and_var_vectors(*_usable_flat(matrix, present))
     mean = _finite_or(mean, 0.0)
     std = _finite_or(tf.sqrt(var), 0.0)
@@ -505,12 +357,12 @@ def build_preprocessing_fn(
         if kinds[label.column] is Kind.BYTES:
             outputs[key] = ids[key]
         elif label.threshold is not None:
-            value = _float_values(y)
+            value = float_values(y)
             outputs[key] = tf.cast(value > label.threshold, tf.int64)
         elif kinds[label.column] is Kind.FLOAT:
-            outputs[key] = _dense(y, tf.constant(0.0, tf.float32))
+            outputs[key] = dense(y, tf.constant(0.0, tf.float32))
         else:
-            outputs[key] = _dense(y, tf.constant(0, tf.int64))
+            outputs[key] = dense(y, tf.constant(0, tf.int64))
         return outputs
 
     return preprocessing_fn
