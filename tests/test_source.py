@@ -202,6 +202,8 @@ def test_text_that_is_not_utf8_is_refused_naming_the_column(database_url):
                 "INSERT INTO t SELECT g, CASE WHEN g = 150 THEN E'caf\\xe9' "
                 "ELSE 'ok' END FROM generate_series(1, 300) g"
             )
+            cur.execute("CREATE TABLE a (id int PRIMARY KEY, tags text[])")
+            cur.execute("INSERT INTO a VALUES (1, ARRAY['ok', E'\\xff'])")
         conn.close()
         source = SourceSpec(Dsn(url), table="t")
         with pytest.raises(Exception) as info:
@@ -214,6 +216,15 @@ def test_text_that_is_not_utf8_is_refused_naming_the_column(database_url):
         source = SourceSpec(Dsn(url), query=f"SELECT id, {hint} AS s FROM t")
         rows, _ = _read_rows(source, plan_read(source, None))
         assert dict(rows)[150] == "caf\\351" and dict(rows)[1] == "ok"
+        source = SourceSpec(Dsn(url), table="a")
+        with pytest.raises(Exception) as info:
+            _read_rows(source, plan_read(source, None))
+        hint = "ARRAY(SELECT encode(v::bytea, 'escape') FROM unnest(\"tags\") v)"
+        assert 'column "tags" holds text that is not valid UTF-8' in str(info.value)
+        assert hint in str(info.value)
+        source = SourceSpec(Dsn(url), query=f"SELECT id, {hint} AS tags FROM a")
+        rows, _ = _read_rows(source, plan_read(source, None))
+        assert rows == [(1, ["ok", "\\377"])]
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -110,13 +110,19 @@ def _csv_error_message(text: str, plan: ReadPlan) -> str | None:
     match = _CSV_COLUMN_ERROR.search(text)
     if match is None or int(match.group(1)) >= len(plan.columns):
         return None
-    name = plan.columns[int(match.group(1))].name
+    column = plan.columns[int(match.group(1))]
+    name = column.name
     if "invalid UTF8" in match.group(2):
         quoted = '"' + name.replace('"', '""') + '"'
+        fix = (
+            f"ARRAY(SELECT encode(v::bytea, 'escape') FROM unnest({quoted}) v)"
+            if column.is_array
+            else f"encode({quoted}::bytea, 'escape')"
+        )
         return (
             f'column "{name}" holds text that is not valid UTF-8 (a database '
             "with encoding SQL_ASCII stores any bytes); read it through --query "
-            f"as valid text, e.g. encode({quoted}::bytea, 'escape')"
+            f"as valid text, e.g. {fix}"
         )
     return f'column "{name}": {match.group(2).splitlines()[0]}'
 
