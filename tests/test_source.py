@@ -243,6 +243,29 @@ def test_unsupported_type_fails_before_reading_and_names_column(database_url, ma
     assert [c.name for c in plan.columns] == ["id"]
 
 
+def test_a_relation_that_is_not_read_as_a_table_is_refused_naming_it(
+    database_url, make_table
+):
+    """Sequences, indexes and composite types resolve by name but are no table."""
+    table = make_table("CREATE TABLE {table} (id int PRIMARY KEY, y int)")
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DROP SEQUENCE IF EXISTS s2t_seq")
+        cur.execute("CREATE SEQUENCE s2t_seq")
+        cur.execute("DROP TYPE IF EXISTS s2t_pair CASCADE")
+        cur.execute("CREATE TYPE s2t_pair AS (a int, b text)")
+    conn.close()
+    for name, what in (
+        ("s2t_seq", "a sequence"),
+        (f"{table}_pkey", "an index"),
+        ("s2t_pair", "a composite type"),
+    ):
+        with pytest.raises(DatabaseError) as info:
+            plan_read(SourceSpec(Dsn(database_url), table=name), None)
+        assert str(info.value).startswith(f"--table {name!r} is {what}, not a table")
+
+
 def test_missing_table_and_column_are_named(database_url, make_table):
     with pytest.raises(DatabaseError, match="table 'no_such_table' does not exist"):
         plan_read(SourceSpec(Dsn(database_url), table="no_such_table"), None)

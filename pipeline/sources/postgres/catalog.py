@@ -90,7 +90,23 @@ def resolve_table(conn, table: str) -> TableRef:
         raise DatabaseError(
             f"--table: table {table!r} does not exist (or is not visible)"
         )
+    if row[2] not in _READABLE_KINDS:
+        what = _OTHER_KINDS.get(row[2], f"a relation of kind {row[2]!r}")
+        raise DatabaseError(
+            f"--table {table!r} is {what}, not a table, partitioned table, view, "
+            "materialized view or foreign table"
+        )
     return TableRef(schema=row[0], name=row[1], kind=row[2])
+
+
+_READABLE_KINDS = frozenset("rpvmf")  # pg_class.relkind of what --table reads
+_OTHER_KINDS = {
+    "S": "a sequence",
+    "i": "an index",
+    "I": "a partitioned index",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
 
 
 _TYPE_QUERY = """
