@@ -266,6 +266,24 @@ def test_a_relation_that_is_not_read_as_a_table_is_refused_naming_it(
         assert str(info.value).startswith(f"--table {name!r} is {what}, not a table")
 
 
+def test_a_partition_column_without_scalar_ordered_values_is_refused(
+    database_url, make_table
+):
+    table = make_table(
+        "CREATE TABLE {table} (id int PRIMARY KEY, tags int[], pt point, y int)",
+        "INSERT INTO {table} SELECT g, ARRAY[g], point(g, g), g % 2 "
+        "FROM generate_series(1, 50) g",
+    )
+    source = SourceSpec(Dsn(database_url), table=table)
+    for name, shown in (("tags", "integer[]"), ("pt", "point")):
+        with pytest.raises(DatabaseError) as info:
+            plan_read(source, ["id", "y"], partition_column=name, num_partitions=4)
+        assert str(info.value) == (
+            f"--partition_column: column {name!r} has type {shown}; key ranges "
+            "need a column of scalar numbers, text, dates or timestamps"
+        )
+
+
 def test_missing_table_and_column_are_named(database_url, make_table):
     with pytest.raises(DatabaseError, match="table 'no_such_table' does not exist"):
         plan_read(SourceSpec(Dsn(database_url), table="no_such_table"), None)

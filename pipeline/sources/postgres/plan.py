@@ -128,6 +128,7 @@ def plan_read(
             raise DatabaseError(
                 f"--partition_column: column {partition_column!r} not found"
             )
+        _check_partition_column(by_name[partition_column])
         row_estimate = _row_estimate(conn, table)
         wanted = num_partitions or partitioning.default_num_partitions(row_estimate)
         partition_key = _quoted(partition_column)
@@ -271,6 +272,22 @@ def _analysed(conn, table) -> bool:
             (table.identifier.as_string(conn),),
         )
         return bool(cur.fetchone()[0])
+
+
+def _check_partition_column(column) -> None:
+    """Key ranges need scalar values of a mapped type (numbers, text, times)."""
+    try:
+        _ = column.kind
+    except UnsupportedTypeError:
+        supported = False
+    else:
+        supported = not column.is_array
+    if not supported:
+        raise DatabaseError(
+            f"--partition_column: column {column.name!r} has type "
+            f"{column.display_type}; key ranges need a column of scalar numbers, "
+            "text, dates or timestamps"
+        )
 
 
 _KIND_NAMES = {
