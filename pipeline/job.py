@@ -202,6 +202,12 @@ def _prepare_job(config, temp_location, source, snapshot, target, raw_parquet) -
         raise ConfigError(
             f"--split_key: column {split_key!r} not found; have {sorted(names)}"
         )
+    key_column = next(c for c in all_columns if c.name == split_key)
+    if key_column.is_array:  # hashed value by value: one value per row
+        raise ConfigError(
+            f"--split_key: column {split_key!r} has type {key_column.display_type}; "
+            "name a column of scalar values"
+        )
     if config.preprocessing_module:
         from transforms.user_module import load_preprocessing_fn
 

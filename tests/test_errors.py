@@ -97,6 +97,24 @@ def test_missing_table_and_label_are_named(capsys, database_url, small_table, tm
     assert code == 1 and "--label: column 'nope' not found" in lines[0]
 
 
+def test_an_array_split_key_is_refused_before_the_run(
+    capsys, database_url, make_table, tmp_path
+):
+    table = make_table(
+        "CREATE TABLE {table} (id int PRIMARY KEY, tags int[], y int)",
+        "INSERT INTO {table} SELECT g, ARRAY[g % 5], g % 2 "
+        "FROM generate_series(1, 50) g",
+    )
+    code, lines = _run(capsys, "--db_url", database_url, "--table", table,
+                       "--split_key", "tags", "--label", "y",
+                       "--output_dir", str(tmp_path / "o"))
+    assert code == 1 and lines == [
+        "sql2tfrecord: error: --split_key: column 'tags' has type integer[]; "
+        "name a column of scalar values"
+    ]
+    assert not (tmp_path / "o").exists()
+
+
 def test_permission_denied_on_table(capsys, database_url, small_table, tmp_path):
     conn = psycopg2.connect(database_url)
     conn.autocommit = True
