@@ -284,6 +284,55 @@ def test_a_partition_column_without_scalar_ordered_values_is_refused(
         )
 
 
+def test_every_unmapped_column_is_named_with_a_cast_that_reads_it(
+    database_url, make_table
+):
+    """One line names them all; each suggested expression reads a mapped type."""
+    import re
+
+    from transforms.features import infer_features
+    from transforms.types import UnsupportedTypeError
+
+    types = {"b": "bytea", "m": "money", "i": "interval", "n": "inet", "c": "cidr",
+             "t": "time", "tz": "timetz", "j": "jsonb", "p": "point", "x": "bit(3)"}
+    table = make_table(
+        "CREATE TABLE {table} (id int PRIMARY KEY, y int, "
+        + ", ".join(f"{name} {kind}" for name, kind in types.items()) + ")",
+        "INSERT INTO {table} VALUES (1, 0, '\\x00ff', 1.5, '1 day', '10.0.0.1', "
+        "'10.0.0.0/8', '12:30', '12:30+02', '{\"a\": 1}', '(1,2)', B'101')",
+    )
+    source = SourceSpec(Dsn(database_url), table=table)
+    columns = plan_read(source, ["id", "y"]).columns  # the unmapped ones unread
+    with pytest.raises(UnsupportedTypeError) as info:
+        infer_features(catalog_columns(database_url, table), "y", exclude=["id"])
+    message = str(info.value)
+    assert "\n" not in message
+    hints = dict(re.findall(r'column "(\w+)" has type [^,]+, which has no TensorFlow '
+                            r"feature mapping; select it with a cast in --query, "
+                            r"e\.g\. (.+?)(?: or a numeric expression)?(?:; |$)",
+                            message))
+    assert sorted(hints) == sorted(types)
+    select = ", ".join(
+        hint if " AS " in hint else f"{hint} AS {name}" for name, hint in hints.items()
+    )
+    query = SourceSpec(Dsn(database_url), query=f'SELECT id, {select} FROM "{table}"')
+    plan = plan_read(query, None, partition_column="id")
+    assert [c.name for c in plan.columns] == ["id", *hints]
+    for column in plan.columns:
+        _ = column.kind  # mapped
+    assert [c.name for c in columns] == ["id", "y"]
+
+
+def catalog_columns(database_url, table):
+    from pipeline.sources.postgres import catalog
+
+    conn = psycopg2.connect(database_url)
+    try:
+        return catalog.describe_table(conn, catalog.resolve_table(conn, table))
+    finally:
+        conn.close()
+
+
 def test_missing_table_and_column_are_named(database_url, make_table):
     with pytest.raises(DatabaseError, match="table 'no_such_table' does not exist"):
         plan_read(SourceSpec(Dsn(database_url), table="no_such_table"), None)

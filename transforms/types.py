@@ -136,13 +136,36 @@ def kind_of(column: Column) -> Kind:
         return Kind.BYTES
     kind = _KIND_BY_TYPE.get(column.pg_type)
     if kind is None:
-        cast = "::text[]" if column.is_array else "::text"
         raise UnsupportedTypeError(
             f'column "{column.name}" has type {column.display_type}, which has no '
             f"TensorFlow feature mapping; select it with a cast in --query, e.g. "
-            f'"{column.name}"{cast} or a numeric expression'
+            f"{_cast_hint(column)}"
         )
     return kind
+
+
+# Unmapped scalar types -> the --query expression that reads them best ({} is the
+# quoted column); any other type: its text, or a numeric expression.
+_CAST_HINTS = {
+    "bytea": "encode({}, 'base64')",
+    "money": "{}::numeric",
+    "interval": "extract(epoch FROM {})",
+    "inet": "host({})",
+    "cidr": "{}::text",
+    "time": "extract(epoch FROM {})",
+    "timetz": "extract(epoch FROM {})",
+}
+
+
+def _cast_hint(column: Column) -> str:
+    """The `--query` expression suggested for a column of an unmapped type."""
+    ref = _quoted(column.name)
+    if column.is_array:
+        return f"{ref}::text[] or a numeric expression"
+    hint = _CAST_HINTS.get(column.pg_type)
+    if hint is None:
+        return f"{ref}::text or a numeric expression"
+    return f"{hint.format(ref)} AS {ref}"
 
 
 def _array_fix(name: str) -> str:
