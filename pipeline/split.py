@@ -50,7 +50,7 @@ _SPLIT_ITEM = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(\d+)\s*$")
 def parse_splits(text: str) -> SplitSpec:
     """Parses `--splits` such as "train=80,eval=20". Raises ValueError with the rule."""
     items = [item for item in text.split(",") if item.strip()]
-    splits, names = [], set()
+    splits, names, folded = [], set(), set()  # folded: the names in lower case
     for item in items:
         match = _SPLIT_ITEM.match(item)
         if not match:
@@ -60,7 +60,7 @@ def parse_splits(text: str) -> SplitSpec:
         name, weight = match.group(1), int(match.group(2))
         # Each split is a directory: names equal up to case would be one
         # directory on a case-insensitive filesystem (macOS, Windows).
-        if name.lower() in {n.lower() for n in names}:
+        if name.lower() in folded:
             raise ValueError(
                 f"`--splits` names split {name!r} twice (split names are "
                 "directories: they must differ in more than case)"
@@ -76,6 +76,7 @@ def parse_splits(text: str) -> SplitSpec:
                 f"`--splits` weight of {name!r} must be >= 1, got {weight}"
             )
         names.add(name)
+        folded.add(name.lower())
         splits.append((name, weight))
     if "train" not in names:
         raise ValueError(f"`--splits` must include a 'train' split, got {text!r}")

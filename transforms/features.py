@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from transforms import names as names_
-from transforms.types import Column, Kind, UnsupportedTypeError
+from transforms.types import Column, Kind, check_mapped
 
 __all__ = [
     "Feature",
@@ -210,15 +210,7 @@ def infer_features(
 ) -> FeatureConfig:
     """The default config from catalog types (see module docstring)."""
     skip = {label, *exclude}
-    unmapped = []  # every unmapped column named at once, not the first only
-    for column in columns:
-        if column.name not in skip and not column.is_array:
-            try:
-                _ = column.kind
-            except UnsupportedTypeError as err:
-                unmapped.append(str(err))
-    if unmapped:
-        raise UnsupportedTypeError("; ".join(unmapped))
+    check_mapped(c for c in columns if c.name not in skip and not c.is_array)
     keys = names_.feature_names(c.name for c in columns)
     taken = set(keys.values())  # derived names never take a column's name
     features: list[Feature] = []

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterable
 
 import pyarrow as pa
 
@@ -44,6 +45,7 @@ __all__ = [
     "Column",
     "UnsupportedTypeError",
     "kind_of",
+    "check_mapped",
     "conversion",
     "read_expression",
     "read_error_message",
@@ -166,6 +168,18 @@ def _cast_hint(column: Column) -> str:
     if hint is None:
         return f"{ref}::text or a numeric expression"
     return f"{hint.format(ref)} AS {ref}"
+
+
+def check_mapped(columns: Iterable[Column]) -> None:
+    """Raises UnsupportedTypeError naming every unmapped column in one line."""
+    problems = []
+    for column in columns:
+        try:
+            kind_of(column)
+        except UnsupportedTypeError as err:
+            problems.append(str(err))
+    if problems:
+        raise UnsupportedTypeError("; ".join(problems))
 
 
 def _array_fix(name: str) -> str:

@@ -21,7 +21,7 @@ from pipeline.sources.postgres.connection import DatabaseError
 from pipeline.sources.postgres.query_guard import check_query
 from pipeline.sources.postgres.snapshot import ExportedSnapshot
 from pipeline.sources.read_plan import ReadPlan
-from transforms.types import UnsupportedTypeError, read_expression
+from transforms.types import UnsupportedTypeError, check_mapped, read_expression
 
 __all__ = ["SourceSpec", "ReadPlan", "plan_read", "copy_sql", "ExportedSnapshot"]
 
@@ -114,14 +114,10 @@ def plan_read(
                 f"available: {', '.join(by_name)}"
             )
         columns = [by_name[n] for n in needed_columns]
-    problems = []
-    for column in columns if needed_columns is not None else ():
-        try:
-            _ = column.kind
-        except UnsupportedTypeError as err:
-            problems.append(str(err))
-    if problems:
-        raise DatabaseError("; ".join(problems))
+    try:
+        check_mapped(columns if needed_columns is not None else ())
+    except UnsupportedTypeError as err:
+        raise DatabaseError(str(err)) from None
 
     if partition_column is not None:
         if partition_column not in by_name:
